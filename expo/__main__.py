@@ -1,0 +1,5 @@
+import sys
+
+from expo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""The `expo` command: one sub-command per module in this package.
+
+Each sub-command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+These modules import nothing heavy at the top: each imports its stage (torch, mlflow, kfp) inside
+`run`, so `expo --help` stays fast and one stage's dependencies cost nothing to the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from expo import __version__
+from expo.errors import ExpoError
+
+# command name -> (module, one-line help). Order is the order `expo --help` lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("expo.cli.run", "run the whole pipeline locally through kfp.local (embedded default with no arguments)"),
+    "compile": ("expo.cli.compile", "compile the pipeline to KFP IR YAML"),
+    "submit": ("expo.cli.submit", "compile and submit the pipeline to a Kubeflow Pipelines endpoint"),
+    "data": ("expo.cli.data", "prepare a data set: load, extract answers, dedupe, split"),
+    "model": ("expo.cli.model", "prepare the starting model (a path, a hub id, or the embedded tiny one)"),
+    "explain": ("expo.cli.explain", "sample and verify self-explanations of the known answers"),
+    "train": ("expo.cli.train", "train one arm: ExP-GRPO, GRPO, GRPO + expert-CoT SFT or ExP-DPO"),
+    "evaluate": ("expo.cli.evaluate", "verifier-based accuracy, pass@k by level, and the report"),
+    "models": ("expo.cli.models", "list a registered model's versions, aliases and key metrics"),
+    "promote": ("expo.cli.promote", "move a registry alias (champion by default) to a model version"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="expo",
+        description="ExPO post-training pipeline: self-explanation-guided RL on Kubeflow and MLflow.",
+        epilog="Run 'expo COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"expo-pipeline {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(cmd)
+    return parser
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config FILE` and repeatable `--set key=value`, shared by every pipeline command."""
+    parser.add_argument("--config", metavar="FILE", help="YAML config; every field has a default that runs")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one config key, e.g. --set train.expo_beta=0.04 (repeatable; "
+                             "values are YAML: --set train.arms=[grpo,exp-grpo])")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except ExpoError as exc:
+        print(f"expo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"expo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""The pipeline's configuration: one small dataclass per stage, strict YAML loading, `--set` overrides.
+
+Every field has a default that runs (`expo run` with no arguments is the embedded default). Loading is
+strict: an unknown key, a value of the wrong type or an out-of-range value raises `ConfigError` naming
+the dotted key, before any work starts.
+
+    cfg = load_config("my.yaml", ["train.expo_beta=0.04", "train.arms=[grpo,exp-grpo]"])
+    cfg.train.expo_beta  # 0.04
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from expo.errors import ConfigError
+
+# The embedded default task (issue 8) and the tiny model warmed up on it.
+EMBEDDED_DATA = "builtin:needle"
+EMBEDDED_MODEL = "builtin:tiny"
+
+
+@dataclass
+class DataConfig:
+    """Where problems come from and how they are normalised (stage prepare_data)."""
+
+    source: str = EMBEDDED_DATA  # hub id, folder, .jsonl/.parquet/.csv file, or builtin:<name>
+    schema: Literal["auto", "math", "gsm8k", "custom"] = "auto"
+    columns: dict[str, str] = field(default_factory=dict)  # ours -> theirs, for schema "custom"
+    hub_config: str | None = None  # datasets.load_dataset(name, hub_config)
+    hub_split: str = "train"
+    levels: list[int] | None = None  # keep only these difficulty levels
+    eval_fraction: float = 0.2  # share of rows held out for evaluation
+    max_rows: int | None = None  # cap after dedupe, before the split
+    seed: int = 0
+
+    def validate(self, at: str) -> None:
+        _check(0.0 <= self.eval_fraction < 1.0, at, "eval_fraction", "must be in [0, 1)")
+        _check(self.max_rows is None or self.max_rows > 0, at, "max_rows", "must be positive")
+        _check(self.levels is None or all(1 <= lv <= 5 for lv in self.levels), at, "levels",
+               "levels are 1..5")
+        _check(self.schema != "custom" or bool(self.columns), at, "columns",
+               "schema 'custom' needs a column mapping")
+
+
+@dataclass
+class ModelConfig:
+    """The policy to start from (stage prepare_model)."""
+
+    source: str = EMBEDDED_MODEL  # hub id, local folder, or builtin:tiny (built and warmed up here)
+    trust_remote_code: bool = False  # never run a model repo's Python unless asked
+    allow_pickle_weights: bool = False  # only safetensors unless asked
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    warmup_steps: int = 600  # builtin:tiny only: supervised warm-up on the easy levels
+    seed: int = 0
+
+    def validate(self, at: str) -> None:
+        _check(self.warmup_steps >= 0, at, "warmup_steps", "must be >= 0")
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling engine shared by explanation, training rollouts and evaluation."""
+
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+    max_new_tokens: int = 64
+    top_p: float = 1.0
+    batch_size: int = 32  # prompts per generate call (hf backend)
+    max_prompt_tokens: int = 512
+    overlong_prompt: Literal["truncate", "skip"] = "truncate"  # truncate keeps the end of the prompt
+    seed: int = 0
+
+    def validate(self, at: str) -> None:
+        _check(self.max_new_tokens > 0, at, "max_new_tokens", "must be positive")
+        _check(0.0 < self.top_p <= 1.0, at, "top_p", "must be in (0, 1]")
+        _check(self.batch_size > 0, at, "batch_size", "must be positive")
+        _check(self.max_prompt_tokens > 0, at, "max_prompt_tokens", "must be positive")
+
+
+@dataclass
+class PromptConfig:
+    """Solve and answer-conditioned prompts; they differ only by the hint sentence."""
+
+    solve_template: str = "{question}"
+    hint_template: str = "The correct answer is {answer}. Explain the reasoning that reaches it."
+    hint_position: Literal["before", "after"] = "before"  # where the hint sits relative to the question
+    use_chat_template: bool = True  # when the tokenizer has one
+
+    def validate(self, at: str) -> None:
+        _check("{question}" in self.solve_template, at, "solve_template", "must contain {question}")
+        _check("{answer}" in self.hint_template, at, "hint_template", "must contain {answer}")
+
+
+@dataclass
+class ExplainConfig:
+    """Self-explanation sampling (stage generate_explanations and online regeneration)."""
+
+    samples_per_question: int = 4  # n
+    keep_per_question: int = 2  # m
+    temperature: float = 0.7
+    mode: Literal["online", "offline"] = "online"
+    regenerate_every: int = 10  # online: steps between regenerations (K)
+    solve_rate_samples: int = 4  # unconditioned samples per question for the solve-rate baseline
+
+    def validate(self, at: str) -> None:
+        _check(self.samples_per_question > 0, at, "samples_per_question", "must be positive")
+        _check(0 < self.keep_per_question <= self.samples_per_question, at, "keep_per_question",
+               "must be in 1..samples_per_question")
+        _check(self.temperature >= 0.0, at, "temperature", "must be >= 0")
+        _check(self.regenerate_every > 0, at, "regenerate_every", "must be positive")
+        _check(self.solve_rate_samples >= 0, at, "solve_rate_samples", "must be >= 0")
+
+
+ALGORITHMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo")
+
+
+@dataclass
+class TrainConfig:
+    """ExPO training (stage train). Each arm is one algorithm trained with these settings."""
+
+    arms: list[str] = field(default_factory=lambda: ["grpo", "exp-grpo"])  # from ALGORITHMS
+    expo_beta: float = 0.04  # weight of the self-explanation NLL (not TRL's KL beta)
+    expo_beta_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    expo_on: Literal["all", "unsolved"] = "all"
+    sft_beta: float = 0.04  # grpo-sft: weight of the expert-CoT NLL
+    kl_beta: float = 0.0  # TRL's KL coefficient to the reference policy
+    steps: int = 50
+    learning_rate: float = 1e-4
+    prompts_per_step: int = 4
+    num_generations: int = 8  # G rollouts per prompt
+    temperature: float = 1.0  # rollout temperature
+    max_grad_norm: float = 1.0
+    dpo_beta: float = 0.1
+    dpo_rounds: int = 1  # exp-dpo: 1 = offline, >1 = online rounds
+    lora: bool = False
+    lora_r: int = 16
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 25
+    acceptance_floor: float = 0.5  # collapse guard: refresh from the buffer below this acceptance
+    seed: int = 0
+
+    def validate(self, at: str) -> None:
+        _check(bool(self.arms), at, "arms", "needs at least one arm")
+        for arm in self.arms:
+            _check(arm in ALGORITHMS, at, "arms", f"unknown algorithm {arm!r} (known: {', '.join(ALGORITHMS)})")
+        _check(len(set(self.arms)) == len(self.arms), at, "arms", "arms must be distinct")
+        _check(self.expo_beta >= 0.0, at, "expo_beta", "must be >= 0")
+        _check(self.sft_beta >= 0.0, at, "sft_beta", "must be >= 0")
+        _check(self.kl_beta >= 0.0, at, "kl_beta", "must be >= 0")
+        _check(self.steps > 0, at, "steps", "must be positive")
+        _check(self.learning_rate > 0.0, at, "learning_rate", "must be positive")
+        _check(self.prompts_per_step > 0, at, "prompts_per_step", "must be positive")
+        _check(self.num_generations >= 2, at, "num_generations",
+               "GRPO needs at least 2 rollouts per prompt for a group advantage")
+        _check(self.dpo_rounds >= 1, at, "dpo_rounds", "must be >= 1")
+        _check(self.checkpoint_every > 0, at, "checkpoint_every", "must be positive")
+        _check(0.0 <= self.acceptance_floor <= 1.0, at, "acceptance_floor", "must be in [0, 1]")
+
+
+@dataclass
+class EvaluateConfig:
+    """Verifier-based evaluation (stage evaluate)."""
+
+    samples: int = 8  # k samples per question at `temperature`; pass@k for every k up to this
+    temperature: float = 0.7
+    greedy: bool = True
+    max_questions: int | None = None
+
+    def validate(self, at: str) -> None:
+        _check(self.samples > 0, at, "samples", "must be positive")
+        _check(self.temperature > 0.0, at, "temperature", "must be positive")
+
+
+@dataclass
+class RegisterConfig:
+    """Model registration and the promotion gate (stage register)."""
+
+    model_name: str = "expo-tiny"
+    gate_metric: str = "hardest_level_pass@1"
+    gate_margin: float = 0.0  # champion moves only if candidate beats it by more than this
+
+    def validate(self, at: str) -> None:
+        _check(bool(self.model_name.strip()), at, "model_name", "must not be empty")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. An empty tracking_uri means $MLFLOW_TRACKING_URI, else a SQLite store in the run folder."""
+
+    tracking_uri: str = ""
+    experiment: str = "expo"
+    retries: int = 3
+
+    def validate(self, at: str) -> None:
+        _check(self.retries >= 0, at, "retries", "must be >= 0")
+
+
+@dataclass
+class ClusterConfig:
+    """Where and how the compiled pipeline runs on Kubernetes (ignored by kfp.local)."""
+
+    image: str = "ghcr.io/expo-pipeline/expo:0.1.0"
+    accelerator_type: str = "nvidia.com/gpu"
+    gpus_generate: int = 1
+    gpus_train: int = 1
+    gpus_evaluate: int = 1
+    train_nodes: int = 1  # >1 launches a Kubeflow Trainer TrainJob
+    workspace_pvc: str = "expo-workspace"
+    mlflow_secret: str = "expo-mlflow"
+    storage_secret: str = "expo-object-store"
+    retries: int = 2
+
+    def validate(self, at: str) -> None:
+        for name in ("gpus_generate", "gpus_train", "gpus_evaluate", "retries"):
+            _check(getattr(self, name) >= 0, at, name, "must be >= 0")
+        _check(self.train_nodes >= 1, at, "train_nodes", "must be >= 1")
+
+
+@dataclass
+class ExpoConfig:
+    """The whole pipeline's configuration."""
+
+    name: str = "expo"  # run name; also the pipeline display name
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def validate(self, at: str = "") -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.validate(f.name)
+
+
+def _check(ok: bool, at: str, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{_join(at, key)}': {why}")
+
+
+def _join(at: str, key: str) -> str:
+    return f"{at}.{key}" if at else key
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: dicts -> dataclasses with type checks, YAML files, --set overrides.
+
+
+def from_dict(cls: type, data: dict[str, Any], at: str = "") -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types by dotted name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{at or '<root>'}': expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{_join(at, str(unknown[0]))}' (known in "
+                          f"'{at or '<root>'}': {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(hints[name], value, _join(at, name)) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, at: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, at)
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, at)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"config key '{at}': bad value {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config key '{at}': {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{at}': expected a list, got {type(value).__name__}")
+        (item,) = get_args(tp)
+        return [_coerce(item, v, f"{at}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{at}': expected a mapping, got {type(value).__name__}")
+        key_tp, val_tp = get_args(tp)
+        return {_coerce(key_tp, k, at): _coerce(val_tp, v, f"{at}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{at}': expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{at}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{at}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{at}': expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {at}")  # a bug in this module, not user input
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.expo_beta=0.04` -> (["train", "expo_beta"], 0.04); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.expo_beta=0.04")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.__class__.__name__})") from None
+    return key.strip().split("."), value
+
+
+def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set key=value` strings on top of a config dict (a copy is returned)."""
+    merged = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {'.'.join(path)}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r}: top level must be a mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExpoConfig:
+    """Defaults <- YAML file <- `--set` overrides, then type checks and range checks."""
+    data = read_yaml(path) if path else {}
+    data = merge_overrides(data, overrides or [])
+    cfg = from_dict(ExpoConfig, data)
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain data (for YAML dumps, MLflow params and KFP parameters)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"steps": 5}} -> {"train.steps": 5} (for MLflow params)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def section_from_dict(cls: type, data: dict[str, Any], at: str) -> Any:
+    """Rebuild and validate one section (components receive their section as a dict)."""
+    section = from_dict(cls, data, at)
+    section.validate(at)
+    return section
+
+
+__all__ = [name for name in dir() if name.endswith("Config")] + [
+    "ALGORITHMS", "EMBEDDED_DATA", "EMBEDDED_MODEL", "load_config", "from_dict", "to_dict",
+    "flatten", "merge_overrides", "parse_override", "read_yaml", "section_from_dict",
+]

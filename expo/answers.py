@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _GSM8K_FINAL = re.compile(r"####\s*([^\n]+)")
+_BARE_TOKEN = re.compile(r"[^\s${}]+")
+_BRACE_TOKENS = re.compile(r"\\.|[{}]", re.DOTALL)
+# A number: comma-grouped thousands (1,234.5), plain (1234, -0.5) or a bare decimal (.5). Commas that
+# are not thousands separators ("1,2,3") split numbers instead of gluing them into 123.
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
 
 
 class UnbalancedBraces(ValueError):
@@ -43,35 +48,46 @@ def last_boxed_span(text: str) -> Boxed | None:
 
 
 def _find_last_box(text: str) -> Boxed | None:
-    start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
-    while start != -1:
-        cmd = next(c for c in _BOX_COMMANDS if text.startswith(c, start))
-        i = start + len(cmd)
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            return Boxed(_balanced(text, i), start)
-        # `\boxed 5` (no braces) is valid LaTeX for a single token.
-        if i < len(text) and i > start + len(cmd) and not text[i].isspace():
-            token = re.match(r"[^\s$]+", text[i:])
-            if token:
-                return Boxed(token.group(0), start)
-        start = max(text.rfind(c, 0, start) for c in _BOX_COMMANDS)
-    return None
+    # Each command's last occurrence is tracked on its own, so every rfind scans only the stretch
+    # since that command's previous hit: linear overall even on text full of rejected `\boxedx`.
+    last = {cmd: text.rfind(cmd) for cmd in _BOX_COMMANDS}
+    while True:
+        cmd = max(last, key=last.__getitem__)
+        start = last[cmd]
+        if start == -1:
+            return None
+        box = _box_at(text, start, cmd)
+        if box is not None:
+            return box
+        last[cmd] = text.rfind(cmd, 0, start)
+
+
+def _box_at(text: str, start: int, cmd: str) -> Boxed | None:
+    """The box whose command starts at `start`, or None when it is another macro (`\\fboxsep`) or empty."""
+    i = start + len(cmd)
+    if i < len(text) and text[i].isalpha():
+        return None  # a longer macro name such as \fboxsep or \boxedanswer
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if i < len(text) and text[i] == "{":
+        return Boxed(_balanced(text, i), start)
+    # `\boxed 5` / `\boxed5` (no braces) is valid LaTeX; take the token up to a space, `$` or brace.
+    token = _BARE_TOKEN.match(text, i)
+    return Boxed(token.group(0), start) if token else None
 
 
 def _balanced(text: str, open_at: int) -> str:
     depth = 0
-    for j in range(open_at, len(text)):
-        ch = text[j]
-        if ch == "\\" and j + 1 < len(text) and text[j + 1] in "{}":
-            continue  # an escaped brace \{ or \} does not count
-        if ch == "{" and (j == 0 or text[j - 1] != "\\"):
+    # Only braces and escapes matter; the regex skips everything else in C (megabyte inputs stay fast).
+    # An escape pair is consumed whole: \{ and \} are literal braces, and after \\ (a line break) the
+    # next brace counts again.
+    for tok in _BRACE_TOKENS.finditer(text, open_at):
+        if tok.group() == "{":
             depth += 1
-        elif ch == "}" and (j == 0 or text[j - 1] != "\\"):
+        elif tok.group() == "}":
             depth -= 1
             if depth == 0:
-                return text[open_at + 1 : j]
+                return text[open_at + 1 : tok.start()]
     raise UnbalancedBraces(f"unbalanced braces after position {open_at}")
 
 
@@ -85,8 +101,13 @@ def gsm8k_final(text: str) -> str | None:
 
 
 def last_number(text: str) -> str | None:
-    """The last plain number in the text (GSM8K-style fallback when there is no box)."""
-    matches = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text[-2000:])
+    """The last plain number in the text (GSM8K-style fallback when there is no box), commas removed.
+
+    >>> last_number("so 1,234 apples, 2 of them 0.5 kg: .5")
+    '.5'
+    """
+    # Only the tail can hold a final answer; scanning a bounded window keeps hostile input cheap.
+    matches = _NUMBER.findall(text[-2000:])
     if not matches:
         return None
     return matches[-1].replace(",", "")

@@ -38,9 +38,17 @@ class DataConfig:
     eval_fraction: float = 0.2  # share of rows held out for evaluation
     max_rows: int | None = None  # cap after dedupe, before the split
     seed: int = 0
+    builtin_per_level: int = 40  # builtin:needle only: generated problems per level (5 levels)
 
     def validate(self, at: str) -> None:
         _check(0.0 <= self.eval_fraction < 1.0, at, "eval_fraction", "must be in [0, 1)")
+        _check(self.builtin_per_level > 0, at, "builtin_per_level", "must be positive")
+        ours = ("question", "answer", "solution", "level", "subject")
+        for key in self.columns:
+            _check(key in ours, at, "columns", f"unknown field {key!r} (ours: {', '.join(ours)})")
+        _check(not self.columns or ("question" in self.columns
+                                    and ("answer" in self.columns or "solution" in self.columns)),
+               at, "columns", "needs 'question' and one of 'answer' or 'solution'")
         _check(self.max_rows is None or self.max_rows > 0, at, "max_rows", "must be positive")
         _check(self.levels is None or all(1 <= lv <= 5 for lv in self.levels), at, "levels",
                "levels are 1..5")
@@ -87,7 +95,9 @@ class PromptConfig:
     """Solve and answer-conditioned prompts; they differ only by the hint sentence."""
 
     solve_template: str = "{question}"
-    hint_template: str = "The correct answer is {answer}. Explain the reasoning that reaches it."
+    # The one sentence the explanation prompt adds: states the answer, asks for reasoning ending in a box.
+    hint_template: str = ("The correct answer is {answer}. Give the reasoning that reaches it, "
+                          "ending with the final answer in \\boxed{}.")
     hint_position: Literal["before", "after"] = "before"  # where the hint sits relative to the question
     use_chat_template: bool = True  # when the tokenizer has one
 
@@ -106,6 +116,8 @@ class ExplainConfig:
     mode: Literal["online", "offline"] = "online"
     regenerate_every: int = 10  # online: steps between regenerations (K)
     solve_rate_samples: int = 4  # unconditioned samples per question for the solve-rate baseline
+    min_reasoning_chars: int = 5  # fewer non-space characters before the \boxed{} = restating the hint
+    cache_dir: str = ""  # explanation cache; empty: <output>/cache (set a shared folder to reuse runs)
 
     def validate(self, at: str) -> None:
         _check(self.samples_per_question > 0, at, "samples_per_question", "must be positive")
@@ -114,6 +126,7 @@ class ExplainConfig:
         _check(self.temperature >= 0.0, at, "temperature", "must be >= 0")
         _check(self.regenerate_every > 0, at, "regenerate_every", "must be positive")
         _check(self.solve_rate_samples >= 0, at, "solve_rate_samples", "must be >= 0")
+        _check(self.min_reasoning_chars >= 0, at, "min_reasoning_chars", "must be >= 0")
 
 
 ALGORITHMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo")
@@ -194,10 +207,12 @@ class TrackingConfig:
 
     tracking_uri: str = ""
     experiment: str = "expo"
-    retries: int = 3
+    retries: int = 3  # extra attempts after a connection error, then TrackingError
+    backoff_s: float = 1.0  # wait before retry i is backoff_s * 2**i (capped at 30 s)
 
     def validate(self, at: str) -> None:
         _check(self.retries >= 0, at, "retries", "must be >= 0")
+        _check(self.backoff_s >= 0.0, at, "backoff_s", "must be >= 0")
 
 
 @dataclass
@@ -210,6 +225,10 @@ class ClusterConfig:
     gpus_train: int = 1
     gpus_evaluate: int = 1
     train_nodes: int = 1  # >1 launches a Kubeflow Trainer TrainJob
+    training_runtime: str = "expo-torch-distributed"  # the ClusterTrainingRuntime in manifests/
+    train_cpu: str = "16"  # CPU request and limit of each TrainJob node
+    train_memory: str = "128Gi"  # memory request and limit of each TrainJob node
+    train_timeout_s: int = 172800  # TrainJob activeDeadlineSeconds; the controller stops it after this
     workspace_pvc: str = "expo-workspace"
     mlflow_secret: str = "expo-mlflow"
     storage_secret: str = "expo-object-store"
@@ -219,6 +238,8 @@ class ClusterConfig:
         for name in ("gpus_generate", "gpus_train", "gpus_evaluate", "retries"):
             _check(getattr(self, name) >= 0, at, name, "must be >= 0")
         _check(self.train_nodes >= 1, at, "train_nodes", "must be >= 1")
+        _check(bool(self.training_runtime.strip()), at, "training_runtime", "must not be empty")
+        _check(self.train_timeout_s > 0, at, "train_timeout_s", "must be positive")
 
 
 @dataclass

@@ -1,0 +1,24 @@
+"""`expo compile`: the KFP IR YAML of the pipeline for a config."""
+
+from __future__ import annotations
+
+import argparse
+
+from expo.cli import add_config_arguments
+
+HELP = "compile the pipeline to KFP IR YAML"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--output", metavar="FILE", required=True, help="where to write the pipeline YAML")
+
+
+def run(args: argparse.Namespace) -> int:
+    from expo.config import load_config
+    from pipelines.expo_pipeline import compile_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    path = compile_pipeline(cfg, args.output)
+    print(f"compiled pipeline '{cfg.name}' ({', '.join(cfg.train.arms)}) -> {path}")
+    return 0

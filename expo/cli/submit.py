@@ -1,0 +1,33 @@
+"""`expo submit`: compile the pipeline and start a run on a Kubeflow Pipelines endpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from expo.cli import add_config_arguments
+
+HELP = "compile and submit the pipeline to a Kubeflow Pipelines endpoint"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--host", required=True, metavar="URL",
+                        help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    parser.add_argument("--namespace", metavar="NS", help="Kubeflow profile namespace (multi-user KFP)")
+    parser.add_argument("--experiment", metavar="NAME", default="expo", help="KFP experiment (default: expo)")
+    parser.add_argument("--run-name", metavar="NAME", help="display name of the run (default: config name)")
+    parser.add_argument("--token-env", metavar="VAR", default="KF_PIPELINES_TOKEN",
+                        help="environment variable holding a bearer token (default KF_PIPELINES_TOKEN); "
+                             "without it, the kubeconfig's credentials are used")
+    parser.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    from expo.config import load_config
+    from pipelines.submit import submit
+
+    cfg = load_config(args.config, args.overrides)
+    run_id, url = submit(cfg, host=args.host, namespace=args.namespace, experiment=args.experiment,
+                         run_name=args.run_name, token_env=args.token_env, cache=not args.no_cache)
+    print(f"submitted run {run_id}\n{url}")
+    return 0

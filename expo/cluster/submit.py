@@ -1,0 +1,84 @@
+"""Train one arm as a TrainJob from inside a pipeline task: stage inputs, launch, wait, fetch the model.
+
+The pipeline task's own files (KFP artifacts) live in its pod; the TrainJob's nodes see only the shared
+workspace PVC. So this copies the inputs into `/workspace/trainjobs/<job>/`, runs the job there
+(launch.py), and copies the trained model back into the task's output folder, where KFP picks it up.
+
+    from expo.cluster import launch_trainjob
+    result = launch_trainjob(cfg, "exp-grpo", data_dir, model_dir, explanations_dir, output_dir)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from expo.cluster.launch import LogSink, TrainJobResult, launch_and_wait
+from expo.cluster.trainjob import WORKSPACE, build_trainjob
+from expo.config import ExpoConfig
+from expo.errors import ConfigError
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def job_name(arm: str, suffix: str | None = None) -> str:
+    """`expo-<arm>-<8 hex>`: unique per launch, so a retried task never collides with its last try."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", arm.lower()).strip("-")[:40] or "arm"
+    return f"expo-{slug}-{suffix or uuid.uuid4().hex[:8]}"
+
+
+def stage_inputs(job_dir: Path, inputs: dict[str, str | Path | None]) -> dict[str, str | None]:
+    """Copy each input folder to `job_dir/<key>` unless it is already on the workspace; return the paths."""
+    staged: dict[str, str | None] = {}
+    for key, src in inputs.items():
+        if src is None:
+            staged[key] = None
+            continue
+        src = Path(src)
+        if not src.is_dir():
+            raise ConfigError(f"TrainJob input {key!r}: {str(src)!r} is not a folder")
+        if src.resolve().is_relative_to(job_dir.parents[1]):  # already on the shared volume
+            staged[key] = str(src.resolve())
+            continue
+        dst = job_dir / key
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+        staged[key] = str(dst)
+    return staged
+
+
+def launch_trainjob(cfg: ExpoConfig, arm: str, data_dir: str | Path, model_dir: str | Path,
+                    explanations_dir: str | Path | None, output_dir: str | Path, *,
+                    api_client: Any = None, namespace: str | None = None, workspace: str | Path = WORKSPACE,
+                    poll_s: float = 15.0, log_sink: LogSink | None = print) -> TrainJobResult:
+    """Stage the inputs on the workspace, run the TrainJob, and copy its output into `output_dir`."""
+    name = job_name(arm)
+    job_dir = Path(workspace) / "trainjobs" / name
+    paths = stage_inputs(job_dir, {"data": data_dir, "model": model_dir, "explanations": explanations_dir})
+    remote_out = job_dir / "output"
+    remote_out.mkdir(parents=True, exist_ok=True)
+    namespace = namespace or _own_namespace()
+    job = build_trainjob(name, cfg, arm, paths["data"], paths["model"], str(remote_out), namespace,
+                         explanations_path=paths["explanations"])
+    result = launch_and_wait(api_client or _api_client(), job, timeout_s=cfg.cluster.train_timeout_s,
+                             poll_s=poll_s, log_sink=log_sink)
+    shutil.copytree(remote_out, Path(output_dir), dirs_exist_ok=True)
+    return result
+
+
+def _own_namespace() -> str:
+    if SERVICE_ACCOUNT_NAMESPACE.is_file():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    raise ConfigError("TrainJob namespace: not running in a pod and none given (pass namespace=...)")
+
+
+def _api_client() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()  # outside a cluster: the user's kubeconfig
+    return client.ApiClient()

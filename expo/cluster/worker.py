@@ -1,0 +1,59 @@
+"""The process each GPU of a TrainJob runs: rebuild the config, train one arm with expo.train.
+
+`accelerate launch` (started on every node by trainjob.py's command) runs this module once per GPU;
+TRL's trainers inside `train_arm` read the distributed setup accelerate put in the environment, so this
+file does no distribution of its own. Tracking stays with the pipeline task that launched the job, so
+N x G processes do not open N x G MLflow runs.
+
+    python -m expo.cluster.worker --config-json '{...}' --arm grpo --data /workspace/j/data \
+        --model /workspace/j/model --output /workspace/j/output [--explanations /workspace/j/explanations]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from expo.config import ExpoConfig, from_dict
+from expo.errors import ConfigError, ExpoError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m expo.cluster.worker",
+                                     description="train one arm inside a Kubeflow Trainer TrainJob")
+    parser.add_argument("--config-json", required=True, help="the resolved config as JSON")
+    parser.add_argument("--arm", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--explanations", default=None)
+    return parser.parse_args(argv)
+
+
+def load_config_json(text: str) -> ExpoConfig:
+    """The config from its JSON text, with the same strict checks as a YAML file."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config-json: not valid JSON ({exc.msg} at character {exc.pos})") from None
+    cfg = from_dict(ExpoConfig, data)
+    cfg.validate()
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config_json(args.config_json)
+        from expo.train import train_arm  # heavy (torch, TRL): only once the arguments are sound
+
+        train_arm(args.arm, cfg, args.data, args.model, args.explanations, args.output)
+    except ExpoError as exc:
+        print(f"expo worker: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

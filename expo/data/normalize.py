@@ -1,0 +1,203 @@
+"""Turning one raw row into the pipeline's row, or into the reason it cannot be used.
+
+Our row: `{"id", "question", "answer", "level", "subject", "solution", "source"}`. A `Schema` says which
+of the source's columns hold our fields and how the gold answer is found: MATH keeps it in the last
+`\\boxed{}` of `solution`, GSM8K after `####` in `answer`, a custom mapping may name an answer column
+that is used as it is. `auto` picks a schema from a table's columns.
+
+A row that cannot be used raises `Skip(reason)`; the caller counts reasons (SKIP_REASONS) so nothing is
+dropped silently. Ids are a digest of the whitespace- and case-normalised question, the same key that
+dedupes, so re-runs and caches agree on them whatever the row order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from expo.answers import UnbalancedBraces, gsm8k_final, last_boxed
+from expo.config import DataConfig
+from expo.errors import DataError
+
+# reason -> what the table and error messages say. Order: the order of the checks below.
+SKIP_REASONS: dict[str, str] = {
+    "not_a_mapping": "row is not a mapping",
+    "missing_field": "missing field",
+    "non_text": "non-text field",
+    "empty_question": "empty question",
+    "unbalanced_braces": "unbalanced braces",
+    "no_answer": "no extractable answer",
+    "bad_level": "bad level",
+    "duplicate": "duplicate question",
+}
+# Filters drop good rows on purpose; counted beside the errors so every row is accounted for.
+FILTER_REASONS: dict[str, str] = {
+    "filtered_level": "filtered by level",
+    "over_max_rows": "over max_rows",
+}
+OUR_FIELDS = ("question", "answer", "solution", "level", "subject")
+
+
+class Skip(Exception):
+    """This row cannot be used; `reason` is a key of SKIP_REASONS."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _boxed_answer(solution: str) -> str | None:
+    try:
+        return last_boxed(solution)
+    except UnbalancedBraces:
+        raise Skip("unbalanced_braces") from None
+
+
+def _boxed_or_gsm8k(solution: str) -> str | None:
+    boxed = _boxed_answer(solution)
+    return boxed if boxed is not None else gsm8k_final(solution)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Where our fields live in a source: `columns` maps ours -> theirs."""
+
+    name: str
+    columns: dict[str, str]
+    extract: Callable[[str], str | None] = _boxed_or_gsm8k  # gold answer from the solution text
+    required: tuple[str, ...] = field(default=())  # ours; rows without them are `missing_field`
+
+    def answer_direct(self) -> bool:
+        return "answer" in self.columns
+
+
+MATH = Schema("math", {"question": "problem", "solution": "solution", "level": "level", "subject": "type"},
+              _boxed_answer, ("question", "solution"))
+GSM8K = Schema("gsm8k", {"question": "question", "solution": "answer"}, gsm8k_final, ("question", "solution"))
+# Our own output rows (train.jsonl, eval.jsonl) read back in: the answer column is already the answer.
+EXPO = Schema("expo", {f: f for f in OUR_FIELDS}, required=("question", "answer"))
+
+# auto-detection: the first schema whose columns the table has. EXPO first: its rows also match GSM8K.
+_DETECT: list[tuple[Schema, set[str]]] = [
+    (EXPO, {"id", "question", "answer", "solution"}),
+    (MATH, {"problem", "solution"}),
+    (GSM8K, {"question", "answer"}),
+]
+
+
+def custom_schema(columns: dict[str, str]) -> Schema:
+    required = ("question", "answer") if "answer" in columns else ("question", "solution")
+    return Schema("custom", dict(columns), _boxed_or_gsm8k, required)
+
+
+SCHEMAS: dict[str, Callable[[DataConfig], Schema]] = {
+    "math": lambda cfg: MATH,
+    "gsm8k": lambda cfg: GSM8K,
+    "custom": lambda cfg: custom_schema(cfg.columns),
+}
+
+
+def resolve_schema(cfg: DataConfig, columns: list[str], label: str) -> Schema:
+    """The configured schema, or for `auto` the one the columns match; checks required columns exist."""
+    if cfg.schema == "auto":
+        have = set(columns)
+        schema = next((s for s, need in _DETECT if need <= have), None)
+        if schema is None:
+            raise DataError(f"{label}: cannot tell the schema from columns [{', '.join(columns)}]; expected "
+                            "MATH (problem, solution) or GSM8K (question, answer), or set data.schema=custom "
+                            "and data.columns")
+        return schema
+    schema = SCHEMAS[cfg.schema](cfg)
+    absent = [schema.columns[f] for f in schema.required if schema.columns[f] not in columns]
+    if absent and columns:
+        raise DataError(f"{label}: no column {absent[0]!r} for schema {schema.name!r} "
+                        f"(columns: {', '.join(columns)})")
+    return schema
+
+
+# ---------------------------------------------------------------------------------------------
+# Fields.
+
+
+def _text(row: dict[str, Any], schema: Schema, ours: str) -> str:
+    """A text field; absent optional fields are ''."""
+    theirs = schema.columns.get(ours)
+    value = row.get(theirs) if theirs is not None else None
+    if value is None:
+        if ours in schema.required:
+            raise Skip("missing_field")
+        return ""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Skip("non_text") from None
+    if ours == "answer" and isinstance(value, int | float) and not isinstance(value, bool):
+        # A direct answer column may hold numbers (42, 0.5); they are answers, written as text.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Skip("non_text")
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    if not isinstance(value, str):
+        raise Skip("non_text")
+    try:
+        value.encode("utf-8")  # lone surrogates: undecodable bytes in the file, or "\ud800" in JSON
+    except UnicodeEncodeError:
+        raise Skip("non_text") from None
+    return value
+
+
+_LEVEL = re.compile(r"(?:level\s*)?(\d{1,3})", re.IGNORECASE)
+
+
+def parse_level(value: Any) -> int | None:
+    """'Level 5' -> 5, 5 -> 5, '5' -> 5, None or '' -> None; anything else ('Level ?') is `bad_level`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise Skip("bad_level")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        if value < 1:
+            raise Skip("bad_level")
+        return value
+    if isinstance(value, str):
+        match = _LEVEL.fullmatch(value.strip())
+        if match and int(match.group(1)) >= 1:
+            return int(match.group(1))
+    raise Skip("bad_level")
+
+
+def question_key(question: str) -> str:
+    """The dedupe key: case-folded, whitespace runs collapsed ('What  is 2+2?' == 'what is 2+2?')."""
+    return " ".join(question.casefold().split())
+
+
+def row_id(question: str) -> str:
+    return hashlib.sha256(question_key(question).encode("utf-8")).hexdigest()[:16]
+
+
+def normalise_row(raw: Any, schema: Schema, source: str) -> dict[str, Any]:
+    """One raw row -> our row, or `Skip(reason)`."""
+    if not isinstance(raw, dict):
+        raise Skip("not_a_mapping")
+    question = _text(raw, schema, "question").strip()
+    solution = _text(raw, schema, "solution")
+    subject = _text(raw, schema, "subject").strip()
+    if not question:
+        raise Skip("empty_question")
+    if schema.answer_direct():
+        answer = _text(raw, schema, "answer")
+    else:
+        answer = schema.extract(solution) or ""
+    answer = answer.strip()
+    if not answer:
+        raise Skip("no_answer")
+    level_col = schema.columns.get("level")
+    level = parse_level(raw.get(level_col)) if level_col else None
+    return {"id": row_id(question), "question": question, "answer": answer, "level": level,
+            "subject": subject, "solution": solution.strip(), "source": source}

@@ -1,0 +1,315 @@
+"""Stage evaluate: verifier-based accuracy and pass@k of one model, overall and by difficulty level.
+
+Why: ExPO's claim is about *which* problems a model can solve (the hardest level moves most), so the
+measures are per level: pass@1 (mean accuracy of n samples at temperature 0.7), unbiased pass@k for
+every k up to n, greedy accuracy, response length and truncation, each with a 95 % interval
+(expo.metrics says which interval). "Correct" is the verifier's word (expo.verify.rewards), the same
+function that rewards training: one definition of correct. Output that cannot be judged (empty,
+garbage, a verifier timeout) counts as wrong and is counted under "unscored"; it never crashes the stage.
+
+How:
+    metrics = evaluate_model("runs/model", "runs/data", cfg, "runs/eval-base", name="base")
+    summarize_levels(metrics)  # {"1": {"pass@1": 0.9, "pass@k": 0.97}, ...}  (for summary.json)
+
+A model given as `models:/NAME@alias` or `models:/NAME/VERSION` (or `runs:/...`) is downloaded through
+MLflow into a temporary folder first. Writes `metrics.json` and `samples.jsonl` into `output_dir`.
+`in_distribution_check` is the paper's check that self-explanations are closer to the policy than
+expert solutions: mean per-token log-prob of each under the plain solve prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from expo.config import EvaluateConfig, ExpoConfig, PromptConfig
+from expo.errors import DataError, ModelError, TrackingError
+from expo.io import read_jsonl, write_json, write_jsonl
+from expo.metrics import QuestionResult, aggregate, level_key, mean_interval, sorted_levels
+
+Verifier = Callable[[list[str], list[str]], list[float | None]]
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+class _Generator(Protocol):  # expo.generation.Generator, as far as evaluation needs it
+    def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
+                 max_new_tokens: int | None = None, seed: int | None = None) -> list[list[Any]]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: evaluation rows and the model folder.
+
+
+def load_eval_rows(data_dir: str | Path, max_questions: int | None = None) -> list[dict[str, Any]]:
+    """The rows of `data_dir/eval.jsonl` (the data stage's held-out split), capped at max_questions."""
+    path = Path(data_dir) / "eval.jsonl"
+    if not path.is_file():
+        raise DataError(f"evaluation data {str(path)!r} does not exist (expected the data stage's folder)")
+    try:
+        rows = read_jsonl(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"evaluation data {str(path)!r} is not valid JSONL: {exc}") from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or "answer" not in row:
+            raise DataError(f"evaluation data {str(path)!r} line {i + 1}: needs 'question' and 'answer'")
+    rows = rows[:max_questions] if max_questions else rows
+    if not rows:
+        raise DataError(f"evaluation data {str(path)!r} has no rows: nothing to evaluate "
+                        "(is data.eval_fraction 0?)")
+    return rows
+
+
+def resolve_model(source: str, dst: str | Path) -> Path:
+    """A local model folder for `source`: a path as it is, an MLflow URI downloaded under `dst`."""
+    if not source.startswith(MLFLOW_SCHEMES):
+        path = Path(source)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model {source!r} is not a model folder (no config.json there)")
+        return path
+    try:
+        from expo.registry import download_model  # the registry helper, when it exists
+    except ImportError:
+        download_model = _download_with_mlflow
+    try:
+        root = Path(download_model(source, str(dst)))
+    except ModelError:
+        raise
+    except Exception as exc:  # MLflow raises many types; the user needs one line naming the URI
+        raise TrackingError(f"cannot download model {source!r} from MLflow: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return find_model_folder(root, source)
+
+
+def _download_with_mlflow(uri: str, dst: str) -> str:
+    import mlflow
+
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
+
+
+def find_model_folder(root: Path, source: str = "") -> Path:
+    """The folder under `root` that holds a Hugging Face model (config.json), shallowest first.
+
+    MLflow layouts differ: a version registered from a folder is that folder; a transformers-flavour
+    model keeps the weights one level down.
+    """
+    candidates = sorted((p.parent for p in root.rglob("config.json")), key=lambda p: len(p.parts))
+    if not candidates:
+        raise ModelError(f"model {source or str(root)!r}: downloaded, but no config.json inside")
+    return candidates[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and scoring.
+
+
+def _completion_fields(completion: Any) -> tuple[str, int, bool]:
+    """(text, num_tokens, truncated) of one completion; anything malformed reads as empty."""
+    text = getattr(completion, "text", None)
+    text = text if isinstance(text, str) else ""
+    num_tokens = getattr(completion, "num_tokens", None)
+    num_tokens = int(num_tokens) if isinstance(num_tokens, int) else 0
+    return text, num_tokens, bool(getattr(completion, "truncated", False))
+
+
+def run_evaluation(generator: _Generator, rows: Sequence[dict[str, Any]], prompts: Sequence[str],
+                   cfg: EvaluateConfig, seed: int = 0, verifier: Verifier | None = None,
+                   ) -> tuple[list[QuestionResult], list[dict[str, Any]]]:
+    """Sample, verify and tally: (one QuestionResult per row, one samples.jsonl row per completion).
+
+    A prompt the generator returns fewer than `cfg.samples` completions for (e.g. an overlong prompt
+    it skipped) is padded with wrong, empty samples, so every question has the same n.
+    """
+    if verifier is None:
+        from expo.verify import rewards as verifier
+    n = cfg.samples
+    sampled = generator.generate(list(prompts), n=n, temperature=cfg.temperature, seed=seed)
+    greedy = generator.generate(list(prompts), n=1, temperature=0.0, seed=seed) if cfg.greedy else None
+    if len(sampled) != len(rows) or (greedy is not None and len(greedy) != len(rows)):
+        raise ModelError(f"generator returned {len(sampled)} prompt groups for {len(rows)} prompts")
+    # Flatten (question, kind, index) so the verifier sees one batch: its process pool stays busy.
+    jobs: list[tuple[int, str, int, tuple[str, int, bool]]] = []
+    for q, row in enumerate(rows):
+        group = list(sampled[q])[:n]
+        fields = [_completion_fields(c) for c in group] + [("", 0, False)] * (n - len(group))
+        jobs += [(q, "sample", i, f) for i, f in enumerate(fields)]
+        if greedy is not None:
+            g = list(greedy[q])[:1]
+            jobs.append((q, "greedy", 0, _completion_fields(g[0]) if g else ("", 0, False)))
+    golds = [str(rows[q]["answer"]) for q, _, _, _ in jobs]
+    scores = verifier([f[0] for _, _, _, f in jobs], golds)
+    results = [QuestionResult(id=str(r.get("id", q)), level=r.get("level"), n=n, c=0,
+                              greedy=False if greedy is not None else None) for q, r in enumerate(rows)]
+    samples = []
+    for (q, kind, i, (text, num_tokens, truncated)), gold, score in zip(jobs, golds, scores, strict=True):
+        correct = score is not None and score >= 1.0  # None: the verifier could not judge -> wrong
+        res = results[q]
+        if kind == "sample":
+            res.c += correct
+            res.tokens.append(num_tokens)
+            res.truncated += truncated
+        else:
+            res.greedy = correct
+        samples.append({"id": res.id, "level": res.level, "kind": kind, "index": i, "answer": gold,
+                        "text": text, "num_tokens": num_tokens, "truncated": truncated,
+                        "reward": score, "correct": correct})
+    return results, samples
+
+
+def build_metrics(results: Sequence[QuestionResult], samples: Sequence[dict[str, Any]], name: str,
+                  model: str, cfg: EvaluateConfig) -> dict[str, Any]:
+    """metrics.json: settings, overall and by-level tables, and the per-question tallies (for deltas)."""
+    return {
+        "name": name, "model": model, "samples": cfg.samples, "temperature": cfg.temperature,
+        "greedy_decoding": cfg.greedy, "questions": len(results),
+        "unscored": sum(1 for s in samples if s["reward"] is None),
+        **aggregate(results),
+        "per_question": [r.to_dict() for r in results],
+    }
+
+
+def evaluate_model(model_dir_or_uri: str, data_dir: str | Path, cfg: ExpoConfig, output_dir: str | Path,
+                   name: str = "model") -> dict[str, Any]:
+    """Evaluate one model on `data_dir/eval.jsonl`; write metrics.json and samples.jsonl; return metrics."""
+    rows = load_eval_rows(data_dir, cfg.evaluate.max_questions)  # fail on bad data before loading a model
+    from expo.generation import make_generator
+    from expo.modeling import load_model
+    from expo.prompts import solve_prompt
+
+    output_dir = Path(output_dir)
+    with tempfile.TemporaryDirectory(prefix="expo-eval-model-") as tmp:
+        local = resolve_model(str(model_dir_or_uri), tmp)
+        model, tokenizer = load_model(str(local), cfg.model)
+    generator = make_generator(model, tokenizer, cfg.generation)
+    prompts = [solve_prompt(r["question"], tokenizer, cfg.prompts) for r in rows]
+    results, samples = run_evaluation(generator, rows, prompts, cfg.evaluate, seed=cfg.generation.seed)
+    metrics = build_metrics(results, samples, name, str(model_dir_or_uri), cfg.evaluate)
+    write_jsonl(output_dir / "samples.jsonl", samples)
+    write_json(output_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _headline(summary: dict[str, Any], k: str) -> dict[str, float]:
+    return {"pass@1": summary["pass@k"]["1"]["mean"], "pass@k": summary["pass@k"][k]["mean"]}
+
+
+def summarize_levels(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """{"1": {"pass@1": .., "pass@k": ..}, ...} for summary.json; pass@k is at k = the sample count.
+
+    Only numeric levels: questions without a level are in "overall" (see `model_summary`), so a
+    consumer can take `max(levels, key=int)` as the hardest level.
+    """
+    k = str(metrics["samples"])
+    return {level: _headline(metrics["by_level"][level], k)
+            for level in sorted_levels(metrics["by_level"]) if level.isdigit()}
+
+
+def model_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """One model's part of summary.json: {"levels": summarize_levels(..), "overall": {"pass@1", "pass@k"}}."""
+    return {"levels": summarize_levels(metrics), "overall": _headline(metrics["overall"], str(metrics["samples"]))}
+
+
+def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scalars for MLflow (whose metric names cannot hold "@"): pass_at_1, pass_at_8, level3/pass_at_1..."""
+    k = str(metrics["samples"])
+    out = {"questions": float(metrics["questions"]), "unscored": float(metrics.get("unscored", 0))}
+    groups = [("", metrics["overall"])] + [(f"level{lv}/", s) for lv, s in metrics["by_level"].items()]
+    for prefix, s in groups:
+        for kk in sorted({"1", k}, key=int):
+            out[f"{prefix}pass_at_{kk}"] = s["pass@k"][kk]["mean"]
+        if s.get("greedy"):
+            out[f"{prefix}greedy_accuracy"] = s["greedy"]["mean"]
+        out[f"{prefix}mean_tokens"] = s["mean_tokens"]
+        out[f"{prefix}truncated_fraction"] = s["truncated_fraction"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's in-distribution check.
+
+
+def mean_token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], texts: Sequence[str],
+                        batch_size: int = 4) -> list[float | None]:
+    """Mean log-prob per token of each text given its prompt (None for a text with no tokens).
+
+    Prompt and text are tokenised apart, so the scored tokens are exactly the text's. Sequences longer than the model's context lose the start of
+    the prompt first, then the end of the text.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    limit = getattr(model.config, "max_position_embeddings", None) or 10**9
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    bos = getattr(tokenizer, "bos_token", None)
+    out: list[float | None] = []
+    for start in range(0, len(prompts), batch_size):
+        pairs = []
+        for p, t in zip(prompts[start:start + batch_size], texts[start:start + batch_size]):
+            # The prompt is encoded as the generator encodes it (expo.generation.base): special tokens
+            # added unless a chat template already wrote the BOS; the text gets none of its own.
+            p_ids = list(tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"])
+            t_ids = list(tokenizer(t, add_special_tokens=False)["input_ids"])[: limit - 1]
+            p_ids = p_ids[max(0, len(p_ids) + len(t_ids) - limit):]
+            if not p_ids and t_ids:  # the first token needs a context to be scored
+                p_ids, t_ids = t_ids[:1], t_ids[1:]
+            pairs.append((p_ids, t_ids))
+        width = max(len(p) + len(t) for p, t in pairs)
+        ids = torch.full((len(pairs), width), pad, dtype=torch.long)  # (B, T), right-padded
+        mask = torch.zeros_like(ids)
+        for b, (p, t) in enumerate(pairs):
+            ids[b, : len(p) + len(t)] = torch.tensor(p + t, dtype=torch.long)
+            mask[b, : len(p) + len(t)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
+        for b, (p, t) in enumerate(pairs):
+            if not t:
+                out.append(None)
+                continue
+            # Logits at position j predict token j+1: the text's tokens are predicted from len(p)-1 on.
+            rows = logits[b, len(p) - 1: len(p) + len(t) - 1].float().log_softmax(-1)  # (len(t), V)
+            target = ids[b, len(p): len(p) + len(t)].to(rows.device)  # (len(t),)
+            out.append(rows.gather(-1, target[:, None]).mean().item())
+    return out
+
+
+def _group_stats(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0, "mean": None, "lo": None, "hi": None}
+    mean, lo, hi = mean_interval(values, bounds=(-math.inf, 0.0))
+    return {"count": len(values), "mean": mean, "lo": lo, "hi": hi}
+
+
+def in_distribution_check(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
+                          explanations: Sequence[dict[str, Any]], prompts_cfg: PromptConfig,
+                          batch_size: int = 4) -> dict[str, Any]:
+    """Mean per-token log-prob under `model` of accepted self-explanations vs expert solutions.
+
+    Both are scored under the plain solve prompt of their question (no hint), as the ExPO loss scores
+    explanations. A higher (less negative) value means closer to the policy's own distribution; the
+    paper finds self-explanations well above expert solutions. Returns
+    {"overall": {"explanation": stats, "expert": stats}, "by_level": {"1": {...}, ...}} where stats is
+    {"count", "mean", "lo", "hi"} (normal interval over texts).
+    """
+    from expo.prompts import solve_prompt
+
+    items: list[tuple[str, str, str, str]] = []  # (kind, level key, question, text)
+    for e in explanations:
+        if e.get("accepted") and isinstance(e.get("explanation"), str) and e["explanation"].strip():
+            items.append(("explanation", level_key(e.get("level")), e["question"], e["explanation"]))
+    for r in rows:
+        if isinstance(r.get("solution"), str) and r["solution"].strip():
+            items.append(("expert", level_key(r.get("level")), r["question"], r["solution"]))
+    prompts = [solve_prompt(q, tokenizer, prompts_cfg) for _, _, q, _ in items]
+    scores = mean_token_logprobs(model, tokenizer, prompts, [t for *_, t in items], batch_size)
+    groups: dict[str, dict[str, list[float]]] = {}
+    for (kind, level, _, _), score in zip(items, scores):
+        if score is None:
+            continue
+        for key in ("overall", level):
+            groups.setdefault(key, {"explanation": [], "expert": []})[kind].append(score)
+    empty = {"explanation": [], "expert": []}
+    return {"overall": {k: _group_stats(v) for k, v in groups.get("overall", empty).items()},
+            "by_level": {lv: {k: _group_stats(v) for k, v in groups[lv].items()}
+                         for lv in sorted_levels(g for g in groups if g != "overall")}}

@@ -1,0 +1,390 @@
+"""The pipeline's report: one self-contained HTML page and its Markdown twin, with PNG plots.
+
+Why: a reader of an ExPO run wants one page that answers "did the hardest level move, by how much,
+with what uncertainty, and what did training do to get there". The page stands alone (plots are inlined
+as base64 data URIs) so it can be mailed or attached to an MLflow run; the PNGs are also written beside
+it and `report.md` references them by file name.
+
+How: every section is built once as a list of blocks (heading, paragraph, table, image) and rendered
+twice, to HTML (all user text escaped) and to Markdown, so the twins never drift. A section whose input
+is missing is omitted.
+
+    write_report("runs/report", {"base": m0, "exp-grpo": m1}, training={"exp-grpo": steps},
+                 explanation_stats=stats, in_distribution=check, title="ExPO on MATH")
+
+Inputs: `evaluations` are metrics.json dicts (expo.evaluate); `training` maps an arm to its
+metrics.jsonl rows; the keys looked up in them are in TRAINING_PANELS (first present key wins) and
+every key starting with "time/" is a phase of the step-time breakdown.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from expo.io import atomic_write_text
+from expo.metrics import QuestionResult, compare, sorted_levels
+
+# (panel title, metrics.jsonl keys that may carry it): TRL's names first, then ours.
+TRAINING_PANELS: list[tuple[str, tuple[str, ...]]] = [
+    ("reward mean", ("reward", "reward_mean", "rewards/mean", "train/reward")),
+    ("ExPO term (explanation NLL)", ("expo/nll", "expo_nll", "expo/loss", "expo_loss", "expo/term")),
+    ("zero-variance group fraction", ("frac_reward_zero_std", "zero_std_fraction", "frac_zero_std")),
+    ("explanation acceptance", ("explain/acceptance", "explanation_acceptance", "acceptance_rate",
+                                "acceptance")),
+]
+ACCEPTANCE_KEYS = ("acceptance", "acceptance_rate", "accept_rate", "accepted_rate")
+SOLVE_RATE_KEYS = ("solve_rate", "unconditioned_solve_rate", "unconditioned", "solve")
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks and their two renderings.
+
+
+@dataclass
+class Table:
+    id: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Image:
+    file: str  # PNG file name beside the report
+    png: bytes
+    alt: str
+
+
+Block = tuple[str, Any]  # ("h2" | "p", text) | ("table", Table) | ("img", Image)
+
+
+def _md_cell(text: str) -> str:
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(title: str, blocks: Sequence[Block]) -> str:
+    out = [f"# {_md_cell(title)}", ""]
+    for kind, value in blocks:
+        if kind == "h2":
+            out += [f"## {_md_cell(value)}", ""]
+        elif kind == "p":
+            out += [_md_cell(value), ""]
+        elif kind == "table":
+            out.append("| " + " | ".join(_md_cell(h) for h in value.header) + " |")
+            out.append("|" + "---|" * len(value.header))
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in value.rows]
+            out.append("")
+        elif kind == "img":
+            out += [f"![{_md_cell(value.alt)}]({value.file})", ""]
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;
+text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+p{color:#555}"""
+
+
+def render_html(title: str, blocks: Sequence[Block]) -> str:
+    esc = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
+           f"<style>{_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>"]
+    for kind, value in blocks:
+        if kind in ("h2", "p"):
+            out.append(f"<{kind}>{esc(value)}</{kind}>")
+        elif kind == "table":
+            out.append(f'<table id="{esc(value.id)}"><thead><tr>'
+                       + "".join(f"<th>{esc(h)}</th>" for h in value.header) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in value.rows]
+            out.append("</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode(value.png).decode("ascii")
+            out.append(f'<img src="data:image/png;base64,{data}" alt="{esc(value.alt)}">')
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting and plotting helpers.
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(d: dict[str, float] | None) -> str:
+    """A mean with its interval in percent: "51.2% [40.1, 62.3]"."""
+    if not d or d.get("mean") is None:
+        return "-"
+    return f"{100 * d['mean']:.1f}% [{100 * d['lo']:.1f}, {100 * d['hi']:.1f}]"
+
+
+def _signed_ci(d: dict[str, float]) -> str:
+    return f"{100 * d['mean']:+.1f} pts [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _figure(ncols: int = 1, width: float = 7.0, height: float = 3.6) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in pods
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
+
+
+def _pass_at(summary: dict[str, Any], k: int) -> dict[str, float] | None:
+    return summary.get("pass@k", {}).get(str(k))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections.
+
+
+def accuracy_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
+    header = ["model", "level", "questions", "pass@1 [95% CI]", "pass@k [95% CI]", "k", "greedy [95% CI]",
+              "mean tokens", "truncated"]
+    rows = []
+    for name, m in evaluations.items():
+        k = m.get("samples", 1)
+        for level, s in [("all", m["overall"])] + [(lv, m["by_level"][lv]) for lv in sorted_levels(m["by_level"])]:
+            rows.append([name, level, str(s["questions"]), _ci(_pass_at(s, 1)), _ci(_pass_at(s, k)), str(k),
+                         _ci(s.get("greedy")), f"{s.get('mean_tokens', 0):.1f}",
+                         _pct(s.get("truncated_fraction"))])
+    blocks: list[Block] = [("h2", "Accuracy by level"),
+                           ("p", "pass@1 and pass@k: unbiased estimator from k samples per question, normal "
+                                 "95% interval over questions. Greedy: Wilson 95% interval."),
+                           ("table", Table("accuracy", header, rows))]
+    fig, axes = _figure(width=8)
+    ax = axes[0][0]
+    levels = sorted_levels({lv for m in evaluations.values() for lv in m["by_level"]})
+    width = 0.8 / max(1, len(evaluations))
+    for j, (name, m) in enumerate(evaluations.items()):
+        xs, ys, errs = [], [], [[], []]
+        for i, lv in enumerate(levels):
+            p1 = _pass_at(m["by_level"][lv], 1) if lv in m["by_level"] else None
+            if p1:
+                xs.append(i + j * width)
+                ys.append(p1["mean"])
+                errs[0].append(p1["mean"] - p1["lo"])
+                errs[1].append(p1["hi"] - p1["mean"])
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name)
+    ax.set_xticks([i + width * (len(evaluations) - 1) / 2 for i in range(len(levels))], levels)
+    ax.set(xlabel="level", ylabel="pass@1", ylim=(0, 1.05), title="pass@1 by level (95% CI)")
+    ax.legend(fontsize=8)
+    blocks.append(("img", Image("accuracy_by_level.png", _png(fig), "pass@1 by level")))
+    return blocks
+
+
+def _base_name(evaluations: dict[str, dict[str, Any]]) -> str:
+    return "base" if "base" in evaluations else next(iter(evaluations))
+
+
+def delta_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
+    base = _base_name(evaluations)
+    b = evaluations[base]
+    rows = []
+    for name, m in evaluations.items():
+        if name == base:
+            continue
+        if b.get("per_question") and m.get("per_question"):
+            cmp = compare([QuestionResult.from_dict(d) for d in b["per_question"]],
+                          [QuestionResult.from_dict(d) for d in m["per_question"]])
+            for level, row in [("all", cmp["overall"])] + list(cmp["by_level"].items()):
+                rows.append([name, level, str(row["questions"]), _signed_ci(row["pass@1"]["delta"]),
+                             _signed_ci(row["pass@k"]["delta"]), str(cmp["k"])])
+        else:  # no per-question tallies: unpaired difference of means, no interval
+            k = min(b.get("samples", 1), m.get("samples", 1))
+            for level in ["all", *sorted_levels(set(b["by_level"]) & set(m["by_level"]))]:
+                sb = b["overall"] if level == "all" else b["by_level"][level]
+                sm = m["overall"] if level == "all" else m["by_level"][level]
+                d1 = _pass_at(sm, 1)["mean"] - _pass_at(sb, 1)["mean"]
+                dk = _pass_at(sm, k)["mean"] - _pass_at(sb, k)["mean"]
+                rows.append([name, level, str(sm["questions"]), f"{100 * d1:+.1f} pts", f"{100 * dk:+.1f} pts",
+                             str(k)])
+    if not rows:
+        return []
+    return [("h2", f"Change against {base}"),
+            ("p", f"Per-question paired differences against {base} on shared questions, normal 95% interval."),
+            ("table", Table("deltas", ["model", "level", "questions", "delta pass@1", "delta pass@k", "k"],
+                            rows))]
+
+
+def pass_at_k_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
+    kmax = max(m.get("samples", 1) for m in evaluations.values())
+    rows = [[name] + [_pct((_pass_at(m["overall"], k) or {}).get("mean")) for k in range(1, kmax + 1)]
+            for name, m in evaluations.items()]
+    fig, axes = _figure()
+    ax = axes[0][0]
+    for name, m in evaluations.items():
+        ks = sorted(int(k) for k in m["overall"]["pass@k"])
+        ax.plot(ks, [m["overall"]["pass@k"][str(k)]["mean"] for k in ks], marker="o", label=name)
+    ax.set(xlabel="k", ylabel="pass@k", ylim=(0, 1.05), title="pass@k (all levels)")
+    ax.legend(fontsize=8)
+    return [("h2", "pass@k"),
+            ("table", Table("pass_at_k", ["model"] + [f"k={k}" for k in range(1, kmax + 1)], rows)),
+            ("img", Image("pass_at_k.png", _png(fig), "pass@k curves"))]
+
+
+def _series(steps: Sequence[dict[str, Any]], keys: tuple[str, ...]) -> tuple[list[float], list[float]]:
+    key = next((k for k in keys if any(isinstance(s.get(k), (int, float)) for s in steps)), None)
+    if key is None:
+        return [], []
+    pts = [(s.get("step", i + 1), s[key]) for i, s in enumerate(steps)
+           if isinstance(s.get(key), (int, float)) and math.isfinite(s[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def training_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
+    panels = [(title, keys) for title, keys in TRAINING_PANELS
+              if any(_series(steps, keys)[0] for steps in training.values())]
+    if not panels:
+        return []
+    fig, axes = _figure(ncols=len(panels), width=3.6 * len(panels), height=3.2)
+    rows = []
+    for arm, steps in training.items():
+        row = [arm, str(len(steps))]
+        for ax, (title, keys) in zip(axes[0], panels):
+            xs, ys = _series(steps, keys)
+            if xs:
+                ax.plot(xs, ys, label=arm)
+            row.append(f"{ys[-1]:.4g}" if ys else "-")
+        rows.append(row)
+    for ax, (title, _) in zip(axes[0], panels):
+        ax.set(title=title, xlabel="step")
+        ax.legend(fontsize=7)
+    return [("h2", "Training"),
+            ("table", Table("training", ["arm", "steps"] + [f"last {t}" for t, _ in panels], rows)),
+            ("img", Image("training_curves.png", _png(fig), "training curves"))]
+
+
+def timing_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
+    """Mean seconds per step of each "time/<phase>" key, per arm, as a stacked bar."""
+    means: dict[str, dict[str, float]] = {}
+    for arm, steps in training.items():
+        phases = sorted({k for s in steps for k in s if k.startswith("time/")})
+        for ph in phases:
+            vals = [s[ph] for s in steps if isinstance(s.get(ph), (int, float))]
+            if vals:
+                means.setdefault(arm, {})[ph[len("time/"):]] = sum(vals) / len(vals)
+    if not means:
+        return []
+    rows = []
+    for arm, table in means.items():
+        total = sum(table.values()) or 1.0
+        rows += [[arm, ph, f"{sec:.3f}", _pct(sec / total)] for ph, sec in table.items()]
+    phases = sorted({ph for table in means.values() for ph in table})
+    fig, axes = _figure(width=6)
+    ax = axes[0][0]
+    bottom = [0.0] * len(means)
+    for ph in phases:
+        vals = [table.get(ph, 0.0) for table in means.values()]
+        ax.bar(list(means), vals, bottom=bottom, label=ph)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set(ylabel="seconds per step (mean)", title="Where does a step's time go")
+    ax.legend(fontsize=7)
+    return [("h2", "Step time by phase"),
+            ("table", Table("timing", ["arm", "phase", "mean s/step", "share"], rows)),
+            ("img", Image("step_time.png", _png(fig), "step time by phase"))]
+
+
+def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    return next((float(d[k]) for k in keys if isinstance(d.get(k), (int, float))), None)
+
+
+def explanation_section(stats: dict[str, Any]) -> list[Block]:
+    by_level = stats.get("by_level") or {}
+    levels = sorted_levels(by_level)
+    rows = [[lv, _pct(_pick(by_level[lv], ACCEPTANCE_KEYS)), _pct(_pick(by_level[lv], SOLVE_RATE_KEYS))]
+            for lv in levels]
+    overall = stats.get("overall") or stats
+    rows.append(["all", _pct(_pick(overall, ACCEPTANCE_KEYS)), _pct(_pick(overall, SOLVE_RATE_KEYS))])
+    blocks: list[Block] = [
+        ("h2", "Self-explanations"),
+        ("p", "Acceptance: share of answer-conditioned samples whose own answer verifies. Solve rate: share "
+              "of unconditioned samples that are correct. The gap is what the hint buys."),
+        ("table", Table("explanations", ["level", "acceptance", "unconditioned solve rate"], rows))]
+    if levels:
+        fig, axes = _figure(width=6)
+        ax = axes[0][0]
+        xs = range(len(levels))
+        ax.bar([x - 0.2 for x in xs], [_pick(by_level[lv], ACCEPTANCE_KEYS) or 0 for lv in levels], 0.4,
+               label="explanation acceptance")
+        ax.bar([x + 0.2 for x in xs], [_pick(by_level[lv], SOLVE_RATE_KEYS) or 0 for lv in levels], 0.4,
+               label="unconditioned solve rate")
+        ax.set_xticks(list(xs), levels)
+        ax.set(xlabel="level", ylim=(0, 1.05), title="Acceptance vs solve rate")
+        ax.legend(fontsize=8)
+        blocks.append(("img", Image("explanations.png", _png(fig), "explanation acceptance by level")))
+    return blocks
+
+
+def _lp(s: dict[str, Any] | None) -> str:
+    if not s or s.get("mean") is None:
+        return "-"
+    return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}] (n={s['count']})"
+
+
+def in_distribution_section(check: dict[str, Any]) -> list[Block]:
+    rows = []
+    for level, g in [("all", check.get("overall", {}))] + list(check.get("by_level", {}).items()):
+        e, x = g.get("explanation"), g.get("expert")
+        gap = (f"{e['mean'] - x['mean']:+.3f}" if e and x and e.get("mean") is not None
+               and x.get("mean") is not None else "-")
+        rows.append([level, _lp(e), _lp(x), gap])
+    return [("h2", "In-distribution check"),
+            ("p", "Mean per-token log-prob under the policy, scored under the plain solve prompt. "
+                  "Self-explanations above expert solutions means they are closer to the policy."),
+            ("table", Table("in_distribution", ["level", "self-explanations", "expert solutions",
+                                                "gap (explanation - expert)"], rows))]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_blocks(evaluations: dict[str, dict[str, Any]] | None, training: dict[str, list[dict]] | None,
+                 explanation_stats: dict[str, Any] | None, in_distribution: dict[str, Any] | None,
+                 ) -> list[Block]:
+    blocks: list[Block] = []
+    if evaluations:
+        blocks += accuracy_section(evaluations) + delta_section(evaluations) + pass_at_k_section(evaluations)
+    if training:
+        blocks += training_section(training) + timing_section(training)
+    if explanation_stats:
+        blocks += explanation_section(explanation_stats)
+    if in_distribution:
+        blocks += in_distribution_section(in_distribution)
+    return blocks
+
+
+def write_report(output_dir: str | Path, evaluations: dict[str, dict[str, Any]] | None,
+                 training: dict[str, list[dict[str, Any]]] | None = None,
+                 explanation_stats: dict[str, Any] | None = None,
+                 in_distribution: dict[str, Any] | None = None, title: str = "ExPO report") -> Path:
+    """Write report.html (self-contained), report.md and the PNGs into output_dir; return the HTML path."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks = build_blocks(evaluations, training, explanation_stats, in_distribution)
+    if not blocks:
+        blocks = [("p", "Nothing to report: no evaluation, training, explanation or in-distribution input.")]
+    for kind, value in blocks:
+        if kind == "img":
+            (out / value.file).write_bytes(value.png)
+    atomic_write_text(out / "report.md", render_markdown(title, blocks))
+    atomic_write_text(out / "report.html", render_html(title, blocks))
+    return out / "report.html"

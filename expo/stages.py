@@ -1,0 +1,312 @@
+"""The pipeline's stages as plain functions: config text and folders in, a metrics dict out.
+
+Each function wraps one library stage with its MLflow nested run, so a KFP component (components/)
+is one call here and nothing else, and the same stages run from tests without kfp. Every stage takes
+only the config sections it depends on (`stage_config_yaml`), so changing a training setting leaves
+the data, model and explanation steps' inputs untouched and KFP serves them from cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from expo.config import ExpoConfig, from_dict, to_dict
+from expo.io import read_json, read_jsonl, write_json
+
+# Which config sections each stage reads: its cache key covers these and nothing else.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "prepare_data": ("data",),
+    "prepare_model": ("model", "prompts"),
+    "evaluate": ("evaluate", "generation", "prompts", "model"),
+    "generate_explanations": ("explain", "generation", "prompts", "model"),
+    "train": ("train", "explain", "generation", "prompts", "model"),
+    "report": ("evaluate", "register", "train"),
+    "register": ("register", "model", "train"),
+}
+
+
+def stage_config_yaml(cfg: ExpoConfig, stage: str) -> str:
+    """The YAML text of the sections `stage` reads (plus `name` and `tracking`), keys sorted."""
+    full = to_dict(cfg)
+    part = {"name": full["name"], "tracking": full["tracking"]}
+    part.update({section: full[section] for section in STAGE_SECTIONS[stage]})
+    return yaml.safe_dump(part, sort_keys=True)
+
+
+def load_stage_config(text: str) -> ExpoConfig:
+    """Rebuild the config from a stage's YAML (sections it does not read keep their defaults)."""
+    cfg = from_dict(ExpoConfig, yaml.safe_load(text) or {})
+    cfg.validate()
+    return cfg
+
+
+def workspace() -> Path | None:
+    """The shared folder that outlives a pipeline run ($EXPO_WORKSPACE: the run folder locally, a PVC
+    on a cluster): checkpoints to resume from and each run's summary live there."""
+    root = os.environ.get("EXPO_WORKSPACE")
+    return Path(root) if root else None
+
+
+def run_record_dir(run_key: str) -> Path | None:
+    """Where the report and register stages leave what `expo run` prints (cached steps included:
+    the same run key means the same results, so an earlier record is still right)."""
+    root = workspace()
+    return None if root is None else root / "runs" / run_key
+
+
+def checkpoint_dir(config: str, arm: str, *input_dirs: str) -> Path | None:
+    """A stable checkpoint folder for one training task, keyed by what it trains on (not by the
+    run), so a killed run's retry or the next `expo run` resumes instead of starting over."""
+    root = workspace()
+    if root is None:
+        return None
+    h = hashlib.sha256(config.encode())
+    h.update(arm.encode())
+    for input_dir in input_dirs:
+        for name in ("stats.json", "expo_model.json"):
+            marker = Path(input_dir) / name
+            if marker.is_file():
+                h.update(marker.read_bytes())
+    return root / "checkpoints" / f"{arm}-{h.hexdigest()[:16]}"
+
+
+def _stage_run(cfg: ExpoConfig, stage: str, arm: str | None = None):
+    from expo import tracking
+
+    return tracking.stage_run(stage, cfg.tracking, config=to_dict(cfg), arm=arm)
+
+
+def prepare_data(config: str, output_dir: str) -> dict[str, float]:
+    from expo import tracking
+    from expo.data import prepare_data as prepare
+
+    cfg = load_stage_config(config)
+    with _stage_run(cfg, "prepare_data"):
+        result = prepare(cfg.data, output_dir)
+        tracking.log_dataset(Path(output_dir) / "train.jsonl", context="train", name="train")
+        tracking.log_dataset(Path(output_dir) / "eval.jsonl", context="eval", name="eval")
+        stats = read_json(Path(output_dir) / "stats.json")
+        metrics = {"rows_in": stats["rows_in"], "rows_out": stats["rows_out"],
+                   "train_rows": stats["train"], "eval_rows": stats["eval"]}
+        metrics.update({f"skipped/{reason}": n for reason, n in stats["skipped"].items()})
+        tracking.log_metrics(metrics)
+    del result
+    return metrics
+
+
+def prepare_model(config: str, data_dir: str, output_dir: str) -> dict[str, float]:
+    from expo import tracking
+    from expo.modeling import prepare_model as prepare
+
+    cfg = load_stage_config(config)
+    with _stage_run(cfg, "prepare_model"):
+        prepare(cfg.model, data_dir, output_dir)
+        meta = _model_meta(output_dir)
+        tracking.set_tags({"expo.base_model": meta.get("base", cfg.model.source),
+                           "expo.fingerprint": meta.get("fingerprint", "")})
+        metrics = {key: float(value) for key, value in meta.get("metrics", {}).items()}
+        tracking.log_metrics(metrics)
+    return metrics
+
+
+def evaluate(config: str, name: str, model_dir: str, data_dir: str, output_dir: str) -> dict[str, float]:
+    from expo import tracking
+    from expo.evaluate import evaluate_model, flat_metrics
+
+    cfg = load_stage_config(config)
+    with _stage_run(cfg, f"evaluate", arm=name):
+        result = evaluate_model(model_dir, data_dir, cfg, output_dir, name=name)
+        metrics = flat_metrics(result)
+        tracking.log_metrics(metrics)
+        tracking.log_artifacts(output_dir, f"evaluation/{name}")
+    return metrics
+
+
+def generate_explanations(config: str, data_dir: str, model_dir: str, output_dir: str) -> dict[str, float]:
+    from expo import tracking
+    from expo.explain import generate_explanations as generate
+
+    cfg = load_stage_config(config)
+    with _stage_run(cfg, "generate_explanations"):
+        stats = generate(cfg, data_dir, model_dir, output_dir)
+        tracking.log_dataset(Path(output_dir) / "explanations.jsonl", context="explanations",
+                             name="explanations")
+        metrics = _numbers(stats)
+        tracking.log_metrics(metrics)
+    return metrics
+
+
+def train(config: str, arm: str, data_dir: str, model_dir: str, explanations_dir: str,
+          output_dir: str) -> dict[str, float]:
+    from expo import tracking
+    from expo.train import train_arm
+
+    cfg = load_stage_config(config)
+    with _stage_run(cfg, "train", arm=arm):
+        resume_from = checkpoint_dir(config, arm, data_dir, model_dir, explanations_dir)
+        summary = train_arm(arm, cfg, data_dir, model_dir, explanations_dir, output_dir,
+                            checkpoint_dir=resume_from)
+        steps_file = Path(output_dir) / "metrics.jsonl"
+        if steps_file.is_file():
+            tracking.log_metrics_series(read_jsonl(steps_file))
+        metrics = _numbers(summary)
+        tracking.log_metrics({f"final/{k}": v for k, v in metrics.items()})
+    return metrics
+
+
+def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[str], train_dirs: list[str],
+           explanations_dir: str, output_dir: str, best_model_dir: str) -> dict[str, Any]:
+    """Compare base and arms, write the report, and decide whether any arm earned registration.
+
+    Returns the summary (`summary.json`'s "models" part), the best arm and whether it beats the base
+    model on the gate metric by more than the gate margin; the best arm's model folder is linked into
+    `best_model_dir` (the register step's only model input).
+    """
+    from expo import tracking
+    from expo.report import write_report
+
+    cfg = load_stage_config(config)
+    with _stage_run(cfg, "report"):
+        evaluations = {"base": read_json(Path(base_eval_dir) / "metrics.json")}
+        for eval_dir in arm_eval_dirs:
+            metrics = read_json(Path(eval_dir) / "metrics.json")
+            evaluations[metrics["name"]] = metrics
+        training = {}
+        for train_dir in train_dirs:
+            meta = _model_meta(Path(train_dir) / "model")
+            steps_file = Path(train_dir) / "metrics.jsonl"
+            if steps_file.is_file():
+                training[meta.get("arm", Path(train_dir).name)] = read_jsonl(steps_file)
+        expl_stats_file = Path(explanations_dir) / "stats.json"
+        expl_stats = read_json(expl_stats_file) if expl_stats_file.is_file() else None
+        html = write_report(output_dir, evaluations=evaluations, training=training,
+                            explanation_stats=expl_stats, title=f"ExPO run: {cfg.name}")
+        summary = build_summary(evaluations, cfg)
+        decision = registration_decision(summary, cfg)
+        summary.update(decision)
+        if decision["best_arm"]:
+            link_tree(_find_arm_model([str(Path(d) / "model") for d in train_dirs], decision["best_arm"]),
+                      Path(best_model_dir))
+        write_json(Path(output_dir) / "summary.json", summary)
+        record = run_record_dir(run_key)
+        if record is not None:
+            write_json(record / "summary.json", summary)
+            for name in ("report.html", "report.md"):
+                if (Path(output_dir) / name).is_file():
+                    (record / name).write_bytes((Path(output_dir) / name).read_bytes())
+        tracking.log_artifacts(output_dir, "report")
+        tracking.log_metrics({f"gate/{k}": float(v) for k, v in decision.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    del html
+    return summary
+
+
+def build_summary(evaluations: dict[str, dict], cfg: ExpoConfig) -> dict[str, Any]:
+    """{"models": {name: {"levels": {"1": {"pass@1": .., "pass@k": ..}}, "overall": {...}}}}."""
+    from expo.evaluate import summarize_levels
+
+    return {"models": {name: summarize_levels(metrics) for name, metrics in evaluations.items()}}
+
+
+def gate_value(model_summary: dict[str, Any], metric: str) -> float:
+    """The gate metric of one model: `hardest_level_pass@1` or `overall_<metric>`."""
+    levels = model_summary.get("levels", {})
+    if metric.startswith("hardest_level_") and levels:
+        hardest = max(levels, key=int)
+        return float(levels[hardest].get(metric.removeprefix("hardest_level_"), math.nan))
+    if metric.startswith("overall_"):
+        return float(model_summary.get("overall", {}).get(metric.removeprefix("overall_"), math.nan))
+    return math.nan
+
+
+def registration_decision(summary: dict[str, Any], cfg: ExpoConfig) -> dict[str, Any]:
+    """Pick the best trained arm by the gate metric; register it only if it beats the base model."""
+    models = summary["models"]
+    metric = cfg.register.gate_metric
+    base_value = gate_value(models["base"], metric)
+    arms = {name: gate_value(m, metric) for name, m in models.items() if name != "base"}
+    arms = {name: value for name, value in arms.items() if not math.isnan(value)}
+    if not arms:
+        return {"best_arm": "", "best_value": math.nan, "base_value": base_value, "register": False}
+    best = max(sorted(arms), key=arms.get)
+    improved = math.isnan(base_value) or arms[best] > base_value + cfg.register.gate_margin
+    return {"best_arm": best, "best_value": arms[best], "base_value": base_value, "register": improved}
+
+
+def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: str) -> dict[str, Any]:
+    """Register the chosen arm's model, alias it `candidate`, and run the champion gate."""
+    from expo import registry
+
+    cfg = load_stage_config(config)
+    summary = read_json(Path(summary_dir) / "summary.json")
+    with _stage_run(cfg, "register", arm=arm) as run:
+        meta = _model_meta(model_dir)
+        arm_summary = summary["models"][arm]
+        gate_metric = cfg.register.gate_metric
+        metrics = {gate_metric: gate_value(arm_summary, gate_metric)}
+        metrics.update({f"level{lv}_{k}": v for lv, vals in arm_summary["levels"].items()
+                        for k, v in vals.items()})
+        tags = {"expo.arm": arm, "expo.algorithm": arm, "expo.base_model": meta.get("base", ""),
+                "expo.expo_beta": str(meta.get("expo_beta", cfg.train.expo_beta))}
+        version = registry.log_and_register(model_dir, cfg.register.model_name, cfg.register, tags=tags,
+                                            metrics=metrics, run_id=run.info.run_id)
+        decision = registry.gate_and_promote(cfg.register.model_name, version["version"], cfg.register)
+    result = {"uri": f"models:/{cfg.register.model_name}/{version['version']}", **version, **decision}
+    record = run_record_dir(run_key)
+    if record is not None:
+        write_json(record / "registered.json", result)
+    return result
+
+
+def finish(status: str, run_id: str) -> None:
+    """The exit handler: tag the parent run with the KFP run id and close it with the pipeline status."""
+    from expo import tracking
+
+    state = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED"}.get(status, "FAILED")
+    tracking.close_parent(status=state, tags={"kfp.run_id": run_id, "kfp.status": status})
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy where links cannot cross file systems) every file of `src` into `dst`."""
+    import shutil
+
+    for path in sorted(src.rglob("*")):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def _find_arm_model(model_dirs: list[str], arm: str) -> Path:
+    for model_dir in model_dirs:
+        if _model_meta(model_dir).get("arm") == arm:
+            return Path(model_dir)
+    raise FileNotFoundError(f"no trained model for arm {arm!r} among {model_dirs}")
+
+
+def _model_meta(model_dir: str | Path) -> dict[str, Any]:
+    meta_file = Path(model_dir) / "expo_model.json"
+    return read_json(meta_file) if meta_file.is_file() else {}
+
+
+def _numbers(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a nested dict, flattened with '/' (what KFP Metrics and MLflow accept)."""
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_numbers(value, f"{name}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out

@@ -1,0 +1,155 @@
+"""The explanation buffer and its collapse guard: where the ExPO term gets its self-explanations.
+
+Offline, the buffer is filled once from the explanations stage (rows with `accepted: true`). Online,
+the trainer also calls a `regenerate(model, rows) -> records` callable every K steps for the
+questions of the batch; each round's acceptance rate is logged. Collapse guard: the buffer always keeps
+the accepted explanations of the initial policy and of earlier rounds, so a question that once had an
+explanation never loses it. A round whose acceptance falls below `acceptance_floor` is not trusted to
+replace anything: its explanations are not used, and training keeps the older buffered ones. (If the
+policy drifts so far that it no longer explains its own answers, fresh samples are rare and likely
+degenerate; the earlier explanations are still correct derivations of the gold answer.)
+
+The buffer is plain JSON (state_dict / load_state_dict) so a checkpoint carries it across a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from expo.errors import DataError
+from expo.io import read_jsonl
+
+
+class Regenerate(Protocol):
+    """Samples explanations of `rows` with the current policy; returns every sample with `accepted`."""
+
+    def __call__(self, model: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class RoundStats:
+    """One regeneration round: how many samples, how many accepted, and whether the guard held them back."""
+
+    step: int
+    samples: int
+    accepted: int
+    used: bool  # False when acceptance < floor (the guard kept the buffer instead)
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.samples if self.samples else 0.0
+
+
+class ExplanationBuffer:
+    """Accepted explanations per question id, newest last, at most `capacity` per question."""
+
+    def __init__(self, capacity: int = 4, acceptance_floor: float = 0.5) -> None:
+        self.capacity = capacity
+        self.acceptance_floor = acceptance_floor
+        self._items: dict[str, list[dict[str, Any]]] = {}  # id -> [{"text", "step"}], oldest first
+        self._cursor: dict[str, int] = {}  # id -> how many times it was drawn (round robin)
+        self.rounds: list[RoundStats] = []
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._items.values())
+
+    def questions(self) -> int:
+        return len(self._items)
+
+    def add(self, records: Iterable[dict[str, Any]], step: int) -> int:
+        """Add the accepted records (others are ignored); returns how many were added."""
+        added = 0
+        for rec in records:
+            if not rec.get("accepted") or not str(rec.get("explanation", "")).strip():
+                continue
+            qid = str(rec["id"])
+            items = self._items.setdefault(qid, [])
+            if any(item["text"] == rec["explanation"] for item in items):
+                continue  # the same text twice would only double its weight
+            items.append({"text": rec["explanation"], "step": step})
+            del items[: max(0, len(items) - self.capacity)]
+            added += 1
+        return added
+
+    def seed(self, records: list[dict[str, Any]], samples: int, step: int = 0) -> RoundStats:
+        """The initial policy's explanations (the explanations stage): always kept, whatever the acceptance."""
+        self.add(records, step)
+        accepted = sum(1 for rec in records if rec.get("accepted"))
+        stats = RoundStats(step=step, samples=samples, accepted=accepted, used=True)
+        self.rounds.append(stats)
+        return stats
+
+    def add_round(self, records: list[dict[str, Any]], step: int) -> RoundStats:
+        """Record one online regeneration round; its explanations are used only above the floor."""
+        accepted = sum(1 for rec in records if rec.get("accepted"))
+        stats = RoundStats(step=step, samples=len(records), accepted=accepted, used=False)
+        stats.used = bool(records) and stats.acceptance >= self.acceptance_floor
+        if stats.used:
+            self.add(records, step)
+        self.rounds.append(stats)
+        return stats
+
+    def pick(self, qid: str) -> str | None:
+        """An explanation for `qid`: the newest round's ones in turn (round robin), None if there is none."""
+        items = self._items.get(str(qid))
+        if not items:
+            return None
+        newest = max(item["step"] for item in items)
+        fresh = [item for item in items if item["step"] == newest]
+        n = self._cursor.get(str(qid), 0)
+        self._cursor[str(qid)] = n + 1
+        return fresh[n % len(fresh)]["text"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"capacity": self.capacity, "acceptance_floor": self.acceptance_floor, "items": self._items,
+                "cursor": self._cursor, "rounds": [vars(r) for r in self.rounds]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.capacity = int(state["capacity"])
+        self.acceptance_floor = float(state["acceptance_floor"])
+        self._items = {str(k): list(v) for k, v in state["items"].items()}
+        self._cursor = {str(k): int(v) for k, v in state["cursor"].items()}
+        self.rounds = [RoundStats(**r) for r in state.get("rounds", [])]
+
+
+def load_offline(explanations_dir: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """The accepted rows of an explanations stage folder (`explanations.jsonl`) and the number of samples."""
+    path = Path(explanations_dir) / "explanations.jsonl"
+    if not path.is_file():
+        raise DataError(f"explanations folder {str(explanations_dir)!r} has no explanations.jsonl")
+    rows = read_jsonl(path)
+    for i, row in enumerate(rows):
+        if "id" not in row or "explanation" not in row or "accepted" not in row:
+            raise DataError(f"{path}: row {i + 1} lacks one of 'id', 'explanation', 'accepted'")
+    return [row for row in rows if row["accepted"]], len(rows)
+
+
+
+
+class OnlineRegenerator:
+    """`regenerate(model, rows)` for online ExPO: the explanations stage's sampler on the live policy.
+
+    Keyed by the policy's parameter fingerprint, so a resumed run (or a second arm from the same
+    weights) finds the explanations it already sampled in the cache instead of sampling them again.
+    """
+
+    def __init__(self, cfg: Any, tokenizer: Any, cache: Any = None) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.cache = cache
+
+    def __call__(self, model: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from expo.explain import sample_explanations
+        from expo.generation import make_generator
+        from expo.modeling import state_fingerprint
+
+        generator = make_generator(model, self.tokenizer, self.cfg.generation)
+        records, _stats = sample_explanations(generator, rows, self.cfg.explain, self.cfg.prompts, self.tokenizer,
+                                              self.cache, state_fingerprint(model))
+        return records
+
+
+__all__ = ["ExplanationBuffer", "OnlineRegenerator", "Regenerate", "RoundStats", "load_offline"]

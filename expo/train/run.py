@@ -1,0 +1,145 @@
+"""The train stage: one arm (grpo, exp-grpo, grpo-sft, exp-dpo) from folders to a model folder.
+
+    summary = train_arm("exp-grpo", cfg, "data/", "model/", "explanations/", "out/")
+
+Reads `data_dir/train.jsonl`, the model folder, and (exp-grpo, exp-dpo) `explanations_dir/explanations.jsonl`.
+Writes `output_dir/metrics.jsonl` (one line per step), `output_dir/checkpoints/checkpoint-N/` every
+`train.checkpoint_every` steps, `output_dir/model/` (safetensors, tokenizer, `expo_model.json`) and
+`output_dir/summary.json`. A killed run called again with the same arguments resumes from its newest
+intact checkpoint and ends where an uninterrupted run ends. Every argument is checked before any work.
+
+The three GRPO-family arms are one code path (`ExpoGRPOTrainer`): grpo has no NLL term, exp-grpo scores
+self-explanations with weight `expo_beta_at(step)`, grpo-sft scores the data set's reference solutions
+with constant weight `sft_beta`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from expo.config import ALGORITHMS, ExpoConfig
+from expo.errors import ConfigError, DataError
+from expo.io import read_json, read_jsonl, write_json
+from expo.losses import SCHEDULES, expo_beta_at
+from expo.train.explanations import ExplanationBuffer, Regenerate, load_offline
+from expo.train.metrics import MetricsWriter
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[..., list[float | None]]
+
+
+def validate_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | Path,
+                 explanations_dir: str | Path | None) -> list[dict[str, Any]]:
+    """Every check that can fail before training starts; returns the training rows."""
+    if arm not in ALGORITHMS:
+        raise ConfigError(f"unknown arm {arm!r} (known: {', '.join(ALGORITHMS)})")
+    tc = cfg.train
+    tc.validate("train")
+    cfg.explain.validate("explain")
+    if tc.expo_beta_schedule not in SCHEDULES:
+        raise ConfigError(f"config key 'train.expo_beta_schedule': unknown schedule {tc.expo_beta_schedule!r}")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise ConfigError(f"model folder {str(model_dir)!r} has no config.json")
+    rows = _train_rows(data_dir)
+    if arm == "grpo-sft" and not any(str(r.get("solution") or "").strip() for r in rows):
+        raise DataError(f"arm 'grpo-sft' needs reference solutions: no row of {data_dir}/train.jsonl has a "
+                        "'solution'")
+    needs_explanations = arm == "exp-dpo" or (arm == "exp-grpo" and tc.expo_beta > 0)
+    if needs_explanations:
+        if explanations_dir is None:
+            raise ConfigError(f"arm {arm!r} needs self-explanations: give --explanations DIR "
+                              "(the explanations stage output)")
+        accepted, _ = load_offline(explanations_dir)
+        ids = {str(r["id"]) for r in rows}
+        if not any(str(a["id"]) in ids for a in accepted):
+            raise ConfigError(f"arm {arm!r}: {explanations_dir}/explanations.jsonl has no accepted explanation "
+                              "of a training question")
+    return rows
+
+
+def _train_rows(data_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(data_dir) / "train.jsonl"
+    if not path.is_file():
+        raise DataError(f"data folder {str(data_dir)!r} has no train.jsonl")
+    rows = read_jsonl(path)
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    for i, row in enumerate(rows):
+        if not {"id", "question", "answer"} <= set(row):
+            raise DataError(f"{path}: row {i + 1} lacks one of 'id', 'question', 'answer'")
+    return rows
+
+
+def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | Path,
+              explanations_dir: str | Path | None, output_dir: str | Path, *,
+              reward_fn: RewardFn | None = None, regenerate: Regenerate | None = None,
+              callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Train one arm and return its summary (final metrics included); see the module docstring.
+
+    `reward_fn(completions, answer, **kw)` defaults to the Math-Verify reward; `regenerate(model, rows)`
+    (online explanations) defaults to expo.explain's sampler; `callbacks` are extra HF TrainerCallbacks.
+    """
+    rows = validate_arm(arm, cfg, data_dir, model_dir, explanations_dir)
+    out = Path(output_dir)
+    if (out / "model" / "expo_model.json").is_file():
+        raise ConfigError(f"output folder {str(out)!r} already holds a trained model; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    reward_fn = reward_fn or default_reward()
+    if arm == "exp-dpo":
+        from expo.train.dpo import train_dpo
+
+        return train_dpo(cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
+                         regenerate=regenerate, callbacks=callbacks)
+    from expo.train.family import train_grpo_family
+
+    return train_grpo_family(arm, cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
+                             regenerate=regenerate, callbacks=callbacks)
+
+
+def default_reward() -> RewardFn:
+    """The verifier reward: 1.0 when a completion's final answer is equivalent to the gold one."""
+    from expo.verify import math_reward
+
+    return math_reward
+
+
+def make_buffer(cfg: ExpoConfig, explanations_dir: str | Path | None) -> ExplanationBuffer:
+    """The buffer seeded with the initial policy's accepted explanations (the collapse guard's floor)."""
+    buffer = ExplanationBuffer(capacity=max(cfg.explain.keep_per_question, 1) * 2,
+                               acceptance_floor=cfg.train.acceptance_floor)
+    if explanations_dir is not None:
+        accepted, samples = load_offline(explanations_dir)
+        buffer.seed(accepted, samples)
+    return buffer
+
+
+def write_model_card(model_dir: Path, parent_dir: str | Path, arm: str, cfg: ExpoConfig) -> None:
+    """`expo_model.json` beside the weights: lineage (base, parent), arm and the ExPO weight."""
+    parent = Path(parent_dir) / "expo_model.json"
+    parent_card = read_json(parent) if parent.is_file() else {}
+    from expo.modeling import fingerprint
+
+    write_json(model_dir / "expo_model.json", {
+        "base": parent_card.get("base", str(parent_dir)), "parent": str(parent_dir), "arm": arm,
+        "expo_beta": cfg.train.expo_beta if arm == "exp-grpo" else 0.0,
+        "expo_beta_schedule": cfg.train.expo_beta_schedule, "steps": cfg.train.steps,
+        "fingerprint": fingerprint(model_dir),
+    })
+
+
+def beta_of(arm: str, cfg: ExpoConfig) -> Callable[[int], float]:
+    """The NLL weight per step for an arm (0 for grpo)."""
+    tc = cfg.train
+    if arm == "exp-grpo":
+        return lambda step: expo_beta_at(step, tc.steps, tc.expo_beta, tc.expo_beta_schedule)
+    if arm == "grpo-sft":
+        return lambda step: tc.sft_beta
+    return lambda step: 0.0
+
+
+__all__ = ["train_arm", "validate_arm", "default_reward", "make_buffer", "write_model_card", "beta_of",
+           "MetricsWriter"]

@@ -1,0 +1,141 @@
+"""The ExPO DAG: wiring, resources, caching, retries, secrets and volumes. No stage logic lives here.
+
+    data -> model -> base evaluation
+                  -> explanations -> [train -> evaluate] per arm (ParallelFor) -> report
+                                                                  -> register (dsl.If the best arm beat base)
+    exit handler: close the MLflow parent run with the pipeline's status
+
+Build it from a config with `build_pipeline(cfg)`, compile with `compile_pipeline(cfg, path)`.
+Each task receives only the config sections its stage reads (expo.stages.STAGE_SECTIONS), so a change
+to a training setting re-runs training and what follows it, and nothing before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from kfp import compiler, dsl
+from kfp import kubernetes as k8s
+
+import components as c
+from expo.config import ExpoConfig, to_dict
+from expo.stages import stage_config_yaml
+
+WORKSPACE = "/workspace"  # where the shared PVC is mounted in every pod that moves model folders
+
+
+def run_key(cfg: ExpoConfig) -> str:
+    """A digest of everything that shapes the results (not where they run): names the run's summary."""
+    data = to_dict(cfg)
+    data.pop("cluster")
+    data.pop("tracking")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_pipeline(cfg: ExpoConfig, for_cluster: bool = True) -> Callable[..., Any]:
+    """The pipeline function for `cfg`. `for_cluster=False` leaves out Kubernetes-only settings
+    (kfp.local ignores them and warns about each)."""
+    conf = {stage: stage_config_yaml(cfg, stage) for stage in
+            ("prepare_data", "prepare_model", "evaluate", "generate_explanations", "train", "report",
+             "register")}
+    key = run_key(cfg)
+    place = _Placement(cfg, for_cluster)
+
+    @dsl.pipeline(name=_pipeline_name(cfg), description="ExPO: self-explanation-guided RL, with GRPO "
+                  "baselines, verifier-based evaluation and gated MLflow registration.")
+    def expo_pipeline():
+        closer = place.small(c.finish_run(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), cache=False,
+                             retries=True)
+        with dsl.ExitHandler(closer, name="expo-run"):
+            data = place.small(c.prepare_data(config=conf["prepare_data"]), retries=True)
+            model = place.gpu(c.prepare_model(config=conf["prepare_model"], data=data.outputs["data"]),
+                              cfg.cluster.gpus_train, retries=True)
+            base_eval = place.gpu(c.evaluate(config=conf["evaluate"], name="base",
+                                             model=model.outputs["model"], data=data.outputs["data"]),
+                                  cfg.cluster.gpus_evaluate, shm=True)
+            base_eval.set_display_name("evaluate-base")
+            explanations = place.gpu(c.generate_explanations(
+                config=conf["generate_explanations"], data=data.outputs["data"],
+                model=model.outputs["model"]), cfg.cluster.gpus_generate, shm=True)
+            with dsl.ParallelFor(items=list(cfg.train.arms)) as arm:
+                trained = place.gpu(c.train(config=conf["train"], arm=arm, data=data.outputs["data"],
+                                            model=model.outputs["model"],
+                                            explanations=explanations.outputs["explanations"]),
+                                    cfg.cluster.gpus_train, shm=True, retries=True)
+                arm_eval = place.gpu(c.evaluate(config=conf["evaluate"], name=arm,
+                                                model=trained.outputs["trained"], data=data.outputs["data"]),
+                                     cfg.cluster.gpus_evaluate, shm=True)
+                arm_eval.set_display_name("evaluate-arm")
+            report = place.small(c.report(
+                config=conf["report"], run_key=key, base_eval=base_eval.outputs["results"],
+                arm_evals=dsl.Collected(arm_eval.outputs["results"]),
+                trained=dsl.Collected(trained.outputs["trained"]),
+                explanations=explanations.outputs["explanations"]))
+            with dsl.If(report.outputs["register"] == True, name="best-arm-beats-base"):  # noqa: E712
+                place.small(c.register(config=conf["register"], run_key=key,
+                                       arm=report.outputs["best_arm"],
+                                       model=report.outputs["best_model"], summary=report.outputs["summary"]), retries=True)
+
+    return expo_pipeline
+
+
+def compile_pipeline(cfg: ExpoConfig, output: str | Path) -> Path:
+    """Write the KFP IR YAML of the pipeline for `cfg` to `output`."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cfg, for_cluster=True), str(output))
+    return output
+
+
+def _pipeline_name(cfg: ExpoConfig) -> str:
+    name = "".join(ch if ch.isalnum() else "-" for ch in cfg.name.lower()).strip("-")
+    return name or "expo"
+
+
+class _Placement:
+    """Applies the per-task settings in one place instead of pasting a chain of set_* on every task."""
+
+    def __init__(self, cfg: ExpoConfig, for_cluster: bool):
+        self.cluster = cfg.cluster
+        self.for_cluster = for_cluster
+
+    def small(self, task: dsl.PipelineTask, cache: bool = True, retries: bool = False) -> dsl.PipelineTask:
+        task.set_caching_options(cache)
+        if self.for_cluster:
+            task.set_cpu_request("1").set_cpu_limit("2").set_memory_request("2G").set_memory_limit("8G")
+        return self._common(task, retries)
+
+    def gpu(self, task: dsl.PipelineTask, gpus: int, shm: bool = False,
+            retries: bool = False) -> dsl.PipelineTask:
+        task.set_caching_options(True)
+        if self.for_cluster:
+            task.set_cpu_request("4").set_cpu_limit("16").set_memory_request("32G").set_memory_limit("128G")
+            if gpus > 0:
+                task.set_accelerator_type(self.cluster.accelerator_type).set_accelerator_limit(gpus)
+            if shm:
+                # vLLM tensor parallelism and NCCL exchange through /dev/shm; the default 64 MB is too small.
+                k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+        return self._common(task, retries)
+
+    def _common(self, task: dsl.PipelineTask, retries: bool) -> dsl.PipelineTask:
+        if retries and self.cluster.retries > 0:
+            task.set_retry(num_retries=self.cluster.retries, backoff_duration="30s", backoff_factor=2.0)
+        if not self.for_cluster:
+            return task
+        task.set_container_image(self.cluster.image)
+        task.set_env_variable("EXPO_WORKSPACE", WORKSPACE)
+        k8s.mount_pvc(task, pvc_name=self.cluster.workspace_pvc, mount_path=WORKSPACE)
+        # Credentials come from Kubernetes secrets at run time; no value is ever in the compiled YAML.
+        k8s.use_secret_as_env(task, secret_name=self.cluster.mlflow_secret, secret_key_to_env={
+            "tracking-uri": "MLFLOW_TRACKING_URI", "username": "MLFLOW_TRACKING_USERNAME",
+            "password": "MLFLOW_TRACKING_PASSWORD"}, optional=True)
+        k8s.use_secret_as_env(task, secret_name=self.cluster.storage_secret, secret_key_to_env={
+            "endpoint": "MLFLOW_S3_ENDPOINT_URL", "access-key": "AWS_ACCESS_KEY_ID",
+            "secret-key": "AWS_SECRET_ACCESS_KEY"}, optional=True)
+        # The KFP run id (a pod label) names the MLflow parent run without entering any cache key.
+        k8s.use_field_path_as_env(task, env_name="EXPO_PIPELINE_RUN_ID",
+                                  field_path="metadata.labels['pipeline/runid']")
+        return task

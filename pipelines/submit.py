@@ -1,0 +1,32 @@
+"""Submitting the compiled pipeline to a Kubeflow Pipelines endpoint."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from expo.config import ExpoConfig
+from expo.errors import ExpoError
+from pipelines.expo_pipeline import compile_pipeline
+
+
+def submit(cfg: ExpoConfig, host: str, namespace: str | None = None, experiment: str = "expo",
+           run_name: str | None = None, token_env: str = "KF_PIPELINES_TOKEN",
+           cache: bool = True) -> tuple[str, str]:
+    """Compile `cfg`'s pipeline and start a run; returns (run id, run URL). The token is read from
+    `token_env` (never from the config, so it cannot land in the compiled YAML or in MLflow)."""
+    import kfp
+
+    token = os.environ.get(token_env) or None
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
+        try:
+            client = kfp.Client(host=host, existing_token=token, namespace=namespace)
+            run = client.create_run_from_pipeline_package(
+                str(package), arguments={}, run_name=run_name or cfg.name, experiment_name=experiment,
+                namespace=namespace, enable_caching=cache)
+        except Exception as exc:  # the client raises many types (HTTP, auth, connection)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExpoError(f"could not submit to {host}: {first}") from None
+    return run.run_id, f"{host.rstrip('/')}/#/runs/details/{run.run_id}"

@@ -1,0 +1,258 @@
+"""expo.evaluate: tallies from a scripted generator, data errors, model resolution, the in-distribution
+check, and one end-to-end evaluation of a tiny random model saved to a folder."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from expo.answers import UnbalancedBraces, last_boxed
+from expo.config import EvaluateConfig, ExpoConfig, PromptConfig
+from expo.errors import DataError, ModelError
+from expo.evaluate import (build_metrics, find_model_folder, flat_metrics, in_distribution_check,
+                           load_eval_rows, mean_token_logprobs, model_summary, resolve_model,
+                           run_evaluation, summarize_levels)
+from expo.io import read_json, read_jsonl, write_jsonl
+from expo.tiny import char_tokenizer, tiny_qwen2
+
+
+@dataclass
+class FakeCompletion:
+    text: object
+    num_tokens: int = 5
+    truncated: bool = False
+    token_ids: tuple = ()
+    logprob: float = 0.0
+
+
+class ScriptedGenerator:
+    """Returns the scripted texts per prompt: `sampled[prompt]` at temperature > 0, `greedy[prompt]` at 0."""
+
+    def __init__(self, sampled: dict[str, list], greedy: dict[str, object]):
+        self.sampled, self.greedy, self.calls = sampled, greedy, []
+
+    def generate(self, prompts, n=1, temperature=1.0, max_new_tokens=None, seed=None):
+        self.calls.append((n, temperature))
+        if temperature == 0.0:
+            return [[FakeCompletion(self.greedy[p])] if p in self.greedy else [] for p in prompts]
+        return [[c if isinstance(c, FakeCompletion) else FakeCompletion(c) for c in self.sampled[p]]
+                for p in prompts]
+
+
+def boxed_verifier(completions: list[str], golds: list[str]) -> list[float | None]:
+    """1.0 when the last box equals the gold, 0.0 otherwise, None for text that cannot be parsed."""
+    out: list[float | None] = []
+    for text, gold in zip(completions, golds):
+        try:
+            out.append(float(last_boxed(text) == gold))
+        except UnbalancedBraces:
+            out.append(None)
+    return out
+
+
+ROWS = [{"id": "a", "question": "Qa", "answer": "1", "level": 1},
+        {"id": "b", "question": "Qb", "answer": "2", "level": 1},
+        {"id": "c", "question": "Qc", "answer": "3", "level": 3}]
+
+
+def _scripted() -> ScriptedGenerator:
+    return ScriptedGenerator(
+        sampled={
+            "Qa": [r"\boxed{1}", r"\boxed{1}", r"so \boxed{1}", r"\boxed{7}"],                    # 3 of 4
+            "Qb": ["", None, "\x00\x01 garbage }}{{", FakeCompletion(r"\boxed{2", truncated=True)],  # 0 of 4
+            "Qc": [FakeCompletion(r"\boxed{3}", num_tokens=9)],  # 1 of 4: three completions missing
+        },
+        greedy={"Qa": r"\boxed{1}", "Qb": r"\boxed{2}"},  # Qc: the generator skipped the prompt
+    )
+
+
+def test_run_evaluation_tallies_garbage_as_wrong():
+    gen = _scripted()
+    cfg = EvaluateConfig(samples=4, temperature=0.7, greedy=True)
+    results, samples = run_evaluation(gen, ROWS, ["Qa", "Qb", "Qc"], cfg, verifier=boxed_verifier)
+    assert gen.calls == [(4, 0.7), (1, 0.0)]
+    assert [(r.id, r.level, r.n, r.c, r.greedy) for r in results] == [
+        ("a", 1, 4, 3, True), ("b", 1, 4, 0, True), ("c", 3, 4, 1, False)]
+    assert results[1].truncated == 1
+    assert results[2].tokens == [9, 0, 0, 0]  # padded with empty samples
+    assert len(samples) == 3 * (4 + 1)
+    unjudged = [s for s in samples if s["reward"] is None]
+    assert [(s["id"], s["index"]) for s in unjudged] == [("b", 3)]  # unbalanced box: cannot judge
+    assert all(not s["correct"] for s in unjudged)
+    assert samples[4] | {"text": None} == {"id": "a", "level": 1, "kind": "greedy", "index": 0, "answer": "1",
+                                           "text": None, "num_tokens": 5, "truncated": False, "reward": 1.0,
+                                           "correct": True}
+
+    metrics = build_metrics(results, samples, "base", "some/dir", cfg)
+    assert metrics["unscored"] == 1 and metrics["questions"] == 3
+    assert metrics["overall"]["pass@1"]["mean"] == pytest.approx((3 / 4 + 0 + 1 / 4) / 3)
+    # pass@2: a: 1 - C(1,2)/C(4,2) = 1; b: 0; c: 1 - C(3,2)/C(4,2) = 1/2
+    assert metrics["overall"]["pass@k"]["2"]["mean"] == pytest.approx(0.5)
+    assert metrics["by_level"]["1"]["pass@1"]["mean"] == pytest.approx(3 / 8)
+    assert metrics["by_level"]["1"]["greedy"]["mean"] == 1.0
+
+    assert summarize_levels(metrics) == {"1": {"pass@1": pytest.approx(3 / 8), "pass@k": 0.5},
+                                         "3": {"pass@1": 0.25, "pass@k": 1.0}}
+    assert model_summary(metrics)["overall"]["pass@k"] == pytest.approx(2 / 3)  # pass@4: 1, 0, 1
+    flat = flat_metrics(metrics)
+    assert flat["pass_at_1"] == pytest.approx(1 / 3) and flat["level3/pass_at_4"] == 1.0
+    assert flat["level1/greedy_accuracy"] == 1.0
+    assert not any("@" in key for key in flat)  # MLflow rejects "@" in metric names
+
+
+def test_run_evaluation_without_greedy():
+    cfg = EvaluateConfig(samples=1, greedy=False)
+    gen = ScriptedGenerator({"Qa": [r"\boxed{1}"]}, {})
+    results, samples = run_evaluation(gen, ROWS[:1], ["Qa"], cfg, verifier=boxed_verifier)
+    assert gen.calls == [(1, 0.7)] and results[0].greedy is None and len(samples) == 1
+
+
+def test_summarize_levels_leaves_unleveled_questions_to_overall():
+    cfg = EvaluateConfig(samples=1, greedy=False)
+    rows = [{"id": "x", "question": "Qa", "answer": "1", "level": None}, ROWS[1]]
+    gen = ScriptedGenerator({"Qa": [r"\boxed{1}"], "Qb": ["no"]}, {})
+    results, samples = run_evaluation(gen, rows, ["Qa", "Qb"], cfg, verifier=boxed_verifier)
+    metrics = build_metrics(results, samples, "m", "m", cfg)
+    assert list(metrics["by_level"]) == ["1", "unknown"]
+    assert summarize_levels(metrics) == {"1": {"pass@1": 0.0, "pass@k": 0.0}}
+
+
+def test_load_eval_rows_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_eval_rows(tmp_path)
+    (tmp_path / "eval.jsonl").write_text("")
+    with pytest.raises(DataError, match="no rows"):
+        load_eval_rows(tmp_path)
+    (tmp_path / "eval.jsonl").write_text("{not json\n")
+    with pytest.raises(DataError, match="not valid JSONL"):
+        load_eval_rows(tmp_path)
+    write_jsonl(tmp_path / "eval.jsonl", [{"question": "q"}])
+    with pytest.raises(DataError, match="line 1"):
+        load_eval_rows(tmp_path)
+    write_jsonl(tmp_path / "eval.jsonl", ROWS)
+    assert [r["id"] for r in load_eval_rows(tmp_path, max_questions=2)] == ["a", "b"]
+
+
+def test_resolve_model_local_paths(tmp_path):
+    with pytest.raises(ModelError, match="not a model folder"):
+        resolve_model(str(tmp_path / "missing"), tmp_path / "dl")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path / "m"), tmp_path / "dl") == tmp_path / "m"
+    nested = tmp_path / "art" / "model" / "weights"
+    nested.mkdir(parents=True)
+    (nested / "config.json").write_text("{}")
+    assert find_model_folder(tmp_path / "art") == nested
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        find_model_folder(tmp_path / "empty")
+
+
+def test_resolve_model_from_mlflow_registry(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "config.json").write_text('{"model_type": "qwen2"}')
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.create_registered_model("tiny")
+    client.create_model_version("tiny", source=str(src))
+    client.set_registered_model_alias("tiny", "champion", "1")
+    for model_uri in ("models:/tiny/1", "models:/tiny@champion"):
+        local = resolve_model(model_uri, tmp_path / model_uri.replace("/", "_").replace(":", "").replace("@", "_"))
+        assert (local / "config.json").read_text() == '{"model_type": "qwen2"}'
+        assert local != src
+
+
+# ---------------------------------------------------------------------------------------------
+# In-distribution check.
+
+
+class UniformLM(torch.nn.Module):
+    """Every next token equally likely: each token's log-prob is exactly -log(V)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Cfg", (), {"max_position_embeddings": 512})()
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = torch.zeros(*input_ids.shape, self.vocab) + self.dummy  # (B, T, V)
+        return type("Out", (), {"logits": logits})()
+
+
+def test_in_distribution_check_groups_and_values():
+    tok = char_tokenizer()
+    model = UniformLM(len(tok))
+    rows = [{"question": "1+1?", "level": 1, "solution": "two"},
+            {"question": "2+2?", "level": 2, "solution": ""},  # no expert solution: not scored
+            {"question": "3+3?", "level": 2, "solution": "six"}]
+    explanations = [{"question": "1+1?", "level": 1, "explanation": "1+1=2", "accepted": True},
+                    {"question": "1+1?", "level": 1, "explanation": "wrong", "accepted": False},
+                    {"question": "2+2?", "level": 2, "explanation": "4", "accepted": True}]
+    check = in_distribution_check(model, tok, rows, explanations, PromptConfig())
+    expected = -math.log(len(tok))
+    assert check["overall"]["explanation"]["count"] == 2 and check["overall"]["expert"]["count"] == 2
+    assert check["overall"]["explanation"]["mean"] == pytest.approx(expected)
+    assert list(check["by_level"]) == ["1", "2"]
+    assert check["by_level"]["1"]["expert"]["count"] == 1 and check["by_level"]["2"]["expert"]["count"] == 1
+    assert check["by_level"]["2"]["explanation"]["mean"] == pytest.approx(expected)
+
+
+def test_mean_token_logprobs_independent_of_batching():
+    tok = char_tokenizer()
+    model = tiny_qwen2(tok, hidden=32, layers=1, heads=2)
+    prompts, texts = ["What is 2+3?\n", "Hi\n", "A much longer question here?\n"], ["5", "hello there", ""]
+    one = mean_token_logprobs(model, tok, prompts, texts, batch_size=1)
+    batched = mean_token_logprobs(model, tok, prompts, texts, batch_size=3)  # right padding in play
+    assert one[2] is None and batched[2] is None  # no tokens to score
+    assert batched[:2] == pytest.approx(one[:2], abs=1e-5)
+    # By hand for the first text: log p("5" | prompt) from one forward pass of prompt + "5".
+    ids = tok(prompts[0] + "5", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits[0, -2].log_softmax(-1)[ids[0, -1]].item()
+    assert one[0] == pytest.approx(logp, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on a tiny random model saved to a folder.
+
+
+def test_evaluate_model_end_to_end_on_tiny_model(tmp_path):
+    pytest.importorskip("expo.generation")
+    pytest.importorskip("expo.verify")
+    from expo.evaluate import evaluate_model
+
+    tok = char_tokenizer()
+    model = tiny_qwen2(tok, hidden=32, layers=1, heads=2)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    write_jsonl(tmp_path / "data" / "eval.jsonl", ROWS)
+    cfg = ExpoConfig()
+    cfg.evaluate.samples, cfg.generation.max_new_tokens = 2, 6
+
+    metrics = evaluate_model(str(tmp_path / "model"), tmp_path / "data", cfg, tmp_path / "out", name="tiny")
+    assert read_json(tmp_path / "out" / "metrics.json") == metrics
+    samples = read_jsonl(tmp_path / "out" / "samples.jsonl")
+    assert len(samples) == 3 * (2 + 1)
+    assert all(0 <= s["num_tokens"] <= 6 for s in samples)
+    assert metrics["name"] == "tiny" and metrics["questions"] == 3
+    assert set(metrics["by_level"]) == {"1", "3"} and sorted(metrics["overall"]["pass@k"]) == ["1", "2"]
+    assert 0.0 <= metrics["overall"]["pass@1"]["mean"] <= 1.0
+
+
+def test_evaluate_model_empty_eval_set_is_a_data_error(tmp_path):
+    from expo.evaluate import evaluate_model
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "eval.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="no rows"):
+        evaluate_model(str(tmp_path / "model"), tmp_path / "data", ExpoConfig(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written on failure

@@ -234,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/toy-exp"))
     ap.add_argument("--warmup-steps", type=int, default=600)
     ap.add_argument("--n-per-level", type=int, default=400)
+    ap.add_argument("--threads", type=int, default=1)
     for name, default in vars(Setup()).items():
         ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     args = ap.parse_args(argv)
     s = Setup(**{k: getattr(args, k) for k in vars(Setup())})
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)  # 1 on a shared machine: spinning OpenMP threads cost 6x CPU
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     results = [run_seed(seed, s, args.work, args.warmup_steps, args.n_per_level, log) for seed in args.seeds]
     arms = [k for k in results[0] if k == "grpo" or k.startswith("exp-grpo")]

@@ -11,6 +11,7 @@ the dotted key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,6 +260,10 @@ class ExpoConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self, at: str = "") -> None:
+        # The name becomes a folder under ./expo-runs and a KFP pipeline name: keep it a plain slug so
+        # a config cannot write outside the run folder ("../..") or break the pipeline name.
+        _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", self.name)), at, "name",
+               "must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from expo.config import EvaluateConfig, ExpoConfig, PromptConfig
-from expo.errors import DataError, ModelError, TrackingError
+from expo.config import EvaluateConfig, ExpoConfig, PromptConfig, TrackingConfig
+from expo.errors import DataError, ExpoError, ModelError, TrackingError
 from expo.io import read_jsonl, write_json, write_jsonl
 from expo.metrics import QuestionResult, aggregate, level_key, mean_interval, sorted_levels
 
@@ -62,31 +62,32 @@ def load_eval_rows(data_dir: str | Path, max_questions: int | None = None) -> li
     return rows
 
 
-def resolve_model(source: str, dst: str | Path) -> Path:
-    """A local model folder for `source`: a path as it is, an MLflow URI downloaded under `dst`."""
+def resolve_model(source: str, dst: str | Path, tracking: TrackingConfig | None = None) -> Path:
+    """A local model folder for `source`: a path as it is, an MLflow URI downloaded under `dst`.
+
+    Registry URIs go through expo.registry (its retries and tracking settings); other MLflow URIs
+    (runs:/...) through mlflow.artifacts directly.
+    """
     if not source.startswith(MLFLOW_SCHEMES):
         path = Path(source)
         if not (path / "config.json").is_file():
             raise ModelError(f"model {source!r} is not a model folder (no config.json there)")
         return path
     try:
-        from expo.registry import download_model  # the registry helper, when it exists
-    except ImportError:
-        download_model = _download_with_mlflow
-    try:
-        root = Path(download_model(source, str(dst)))
-    except ModelError:
+        if source.startswith("models:/"):
+            from expo.registry import download_model
+
+            root = Path(download_model(source, dst, tracking=tracking))
+        else:
+            import mlflow
+
+            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst)))
+    except ExpoError:
         raise
     except Exception as exc:  # MLflow raises many types; the user needs one line naming the URI
-        raise TrackingError(f"cannot download model {source!r} from MLflow: "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrackingError(f"cannot download model {source!r} from MLflow: {first}") from None
     return find_model_folder(root, source)
-
-
-def _download_with_mlflow(uri: str, dst: str) -> str:
-    import mlflow
-
-    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
 
 
 def find_model_folder(root: Path, source: str = "") -> Path:
@@ -114,6 +115,23 @@ def _completion_fields(completion: Any) -> tuple[str, int, bool]:
     return text, num_tokens, bool(getattr(completion, "truncated", False))
 
 
+_Job = tuple[int, str, int, tuple[str, int, bool]]  # (question, "sample" | "greedy", index, fields)
+
+
+def _flatten(sampled: list[list[Any]], greedy: list[list[Any]] | None, n: int) -> list[_Job]:
+    """Every completion as one job, so the verifier sees one batch and its process pool stays busy.
+    Missing completions (a skipped prompt) become empty ones: wrong, never a crash."""
+    empty = ("", 0, False)
+    jobs: list[_Job] = []
+    for q, group in enumerate(sampled):
+        fields = [_completion_fields(c) for c in list(group)[:n]]
+        jobs += [(q, "sample", i, f) for i, f in enumerate(fields + [empty] * (n - len(fields)))]
+        if greedy is not None:
+            g = list(greedy[q])[:1]
+            jobs.append((q, "greedy", 0, _completion_fields(g[0]) if g else empty))
+    return jobs
+
+
 def run_evaluation(generator: _Generator, rows: Sequence[dict[str, Any]], prompts: Sequence[str],
                    cfg: EvaluateConfig, seed: int = 0, verifier: Verifier | None = None,
                    ) -> tuple[list[QuestionResult], list[dict[str, Any]]]:
@@ -129,15 +147,7 @@ def run_evaluation(generator: _Generator, rows: Sequence[dict[str, Any]], prompt
     greedy = generator.generate(list(prompts), n=1, temperature=0.0, seed=seed) if cfg.greedy else None
     if len(sampled) != len(rows) or (greedy is not None and len(greedy) != len(rows)):
         raise ModelError(f"generator returned {len(sampled)} prompt groups for {len(rows)} prompts")
-    # Flatten (question, kind, index) so the verifier sees one batch: its process pool stays busy.
-    jobs: list[tuple[int, str, int, tuple[str, int, bool]]] = []
-    for q, row in enumerate(rows):
-        group = list(sampled[q])[:n]
-        fields = [_completion_fields(c) for c in group] + [("", 0, False)] * (n - len(group))
-        jobs += [(q, "sample", i, f) for i, f in enumerate(fields)]
-        if greedy is not None:
-            g = list(greedy[q])[:1]
-            jobs.append((q, "greedy", 0, _completion_fields(g[0]) if g else ("", 0, False)))
+    jobs = _flatten(sampled, greedy, n)
     golds = [str(rows[q]["answer"]) for q, _, _, _ in jobs]
     scores = verifier([f[0] for _, _, _, f in jobs], golds)
     results = [QuestionResult(id=str(r.get("id", q)), level=r.get("level"), n=n, c=0,
@@ -180,7 +190,7 @@ def evaluate_model(model_dir_or_uri: str, data_dir: str | Path, cfg: ExpoConfig,
 
     output_dir = Path(output_dir)
     with tempfile.TemporaryDirectory(prefix="expo-eval-model-") as tmp:
-        local = resolve_model(str(model_dir_or_uri), tmp)
+        local = resolve_model(str(model_dir_or_uri), tmp, cfg.tracking)
         model, tokenizer = load_model(str(local), cfg.model)
     generator = make_generator(model, tokenizer, cfg.generation)
     prompts = [solve_prompt(r["question"], tokenizer, cfg.prompts) for r in rows]
@@ -208,7 +218,8 @@ def summarize_levels(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def model_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """One model's part of summary.json: {"levels": summarize_levels(..), "overall": {"pass@1", "pass@k"}}."""
-    return {"levels": summarize_levels(metrics), "overall": _headline(metrics["overall"], str(metrics["samples"]))}
+    k = str(metrics["samples"])
+    return {"levels": summarize_levels(metrics), "overall": _headline(metrics["overall"], k)}
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -234,8 +245,8 @@ def mean_token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], text
                         batch_size: int = 4) -> list[float | None]:
     """Mean log-prob per token of each text given its prompt (None for a text with no tokens).
 
-    Prompt and text are tokenised apart, so the scored tokens are exactly the text's. Sequences longer than the model's context lose the start of
-    the prompt first, then the end of the text.
+    Prompt and text are tokenised apart, so the scored tokens are exactly the text's. Sequences longer
+    than the model's context lose the start of the prompt first, then the end of the text.
     """
     import torch
 
@@ -313,3 +324,22 @@ def in_distribution_check(model: Any, tokenizer: Any, rows: Sequence[dict[str, A
     return {"overall": {k: _group_stats(v) for k, v in groups.get("overall", empty).items()},
             "by_level": {lv: {k: _group_stats(v) for k, v in groups[lv].items()}
                          for lv in sorted_levels(g for g in groups if g != "overall")}}
+
+
+def in_distribution_for(model_dir_or_uri: str, data_dir: str | Path, explanations_dir: str | Path,
+                        cfg: ExpoConfig) -> dict[str, Any]:
+    """`in_distribution_check` from folders: the explanations stage's explanations.jsonl and the expert
+    solutions of the same questions in the data stage's train.jsonl, scored under the given model."""
+    from expo.modeling import load_model
+
+    expl_file = Path(explanations_dir) / "explanations.jsonl"
+    train_file = Path(data_dir) / "train.jsonl"
+    for path in (expl_file, train_file):
+        if not path.is_file():
+            raise DataError(f"in-distribution check: {str(path)!r} does not exist")
+    explanations = read_jsonl(expl_file)
+    explained = {str(e.get("id")) for e in explanations}
+    rows = [r for r in read_jsonl(train_file) if str(r.get("id")) in explained]
+    with tempfile.TemporaryDirectory(prefix="expo-eval-model-") as tmp:
+        model, tokenizer = load_model(str(resolve_model(str(model_dir_or_uri), tmp, cfg.tracking)), cfg.model)
+    return in_distribution_check(model, tokenizer, rows, explanations, cfg.prompts)

@@ -65,7 +65,9 @@ def token_mean_nll(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: t
     Args: logits (E, T, V), input_ids (E, T), target_mask (E, T) with 1 on explanation tokens only
     (prompt and padding are 0). Returns (loss, stats) with loss a 0-dim tensor that carries gradient.
     """
-    shift_logits = logits[:, :-1, :].float()  # (E, T-1, V)
+    shift_logits = logits[:, :-1, :]  # (E, T-1, V)
+    if shift_logits.dtype in (torch.float16, torch.bfloat16):
+        shift_logits = shift_logits.float()  # log-softmax in half precision loses the small log-probs
     shift_targets = input_ids[:, 1:]  # (E, T-1)
     shift_mask = target_mask[:, 1:].to(shift_logits.dtype)  # (E, T-1)
     logps = torch.log_softmax(shift_logits, dim=-1)  # (E, T-1, V)

@@ -33,14 +33,15 @@ from expo.metrics import QuestionResult, compare, sorted_levels
 
 # (panel title, metrics.jsonl keys that may carry it): TRL's names first, then ours.
 TRAINING_PANELS: list[tuple[str, tuple[str, ...]]] = [
-    ("reward mean", ("reward", "reward_mean", "rewards/mean", "train/reward")),
-    ("ExPO term (explanation NLL)", ("expo/nll", "expo_nll", "expo/loss", "expo_loss", "expo/term")),
-    ("zero-variance group fraction", ("frac_reward_zero_std", "zero_std_fraction", "frac_zero_std")),
-    ("explanation acceptance", ("explain/acceptance", "explanation_acceptance", "acceptance_rate",
-                                "acceptance")),
+    ("reward mean", ("reward_mean", "reward", "rewards/mean")),
+    ("ExPO term (weight x NLL)", ("expo_term", "expo/term")),
+    ("explanation NLL", ("expo_nll", "expo/nll")),
+    ("zero-variance group fraction", ("frac_reward_zero_std", "zero_std_fraction")),
+    ("explanation acceptance", ("acceptance", "explain/acceptance", "explanation_acceptance")),
 ]
-ACCEPTANCE_KEYS = ("acceptance", "acceptance_rate", "accept_rate", "accepted_rate")
-SOLVE_RATE_KEYS = ("solve_rate", "unconditioned_solve_rate", "unconditioned", "solve")
+STEP_TIME_KEY = "time/step"  # a step's whole wall time; the other "time/" keys are its phases
+ACCEPTANCE_KEYS = ("acceptance_rate", "acceptance")  # expo.explain writes acceptance_rate
+SOLVE_RATE_KEYS = ("solve_rate", "unconditioned_solve_rate")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +163,8 @@ def accuracy_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
     rows = []
     for name, m in evaluations.items():
         k = m.get("samples", 1)
-        for level, s in [("all", m["overall"])] + [(lv, m["by_level"][lv]) for lv in sorted_levels(m["by_level"])]:
+        groups = [("all", m["overall"])] + [(lv, m["by_level"][lv]) for lv in sorted_levels(m["by_level"])]
+        for level, s in groups:
             rows.append([name, level, str(s["questions"]), _ci(_pass_at(s, 1)), _ci(_pass_at(s, k)), str(k),
                          _ci(s.get("greedy")), f"{s.get('mean_tokens', 0):.1f}",
                          _pct(s.get("truncated_fraction"))])
@@ -215,12 +217,13 @@ def delta_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
                 sm = m["overall"] if level == "all" else m["by_level"][level]
                 d1 = _pass_at(sm, 1)["mean"] - _pass_at(sb, 1)["mean"]
                 dk = _pass_at(sm, k)["mean"] - _pass_at(sb, k)["mean"]
-                rows.append([name, level, str(sm["questions"]), f"{100 * d1:+.1f} pts", f"{100 * dk:+.1f} pts",
-                             str(k)])
+                rows.append([name, level, str(sm["questions"]), f"{100 * d1:+.1f} pts",
+                             f"{100 * dk:+.1f} pts", str(k)])
     if not rows:
         return []
     return [("h2", f"Change against {base}"),
-            ("p", f"Per-question paired differences against {base} on shared questions, normal 95% interval."),
+            ("p", f"Per-question paired differences against {base} on shared questions, "
+                  "normal 95% interval."),
             ("table", Table("deltas", ["model", "level", "questions", "delta pass@1", "delta pass@k", "k"],
                             rows))]
 
@@ -234,6 +237,7 @@ def pass_at_k_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
     for name, m in evaluations.items():
         ks = sorted(int(k) for k in m["overall"]["pass@k"])
         ax.plot(ks, [m["overall"]["pass@k"][str(k)]["mean"] for k in ks], marker="o", label=name)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # k is a count
     ax.set(xlabel="k", ylabel="pass@k", ylim=(0, 1.05), title="pass@k (all levels)")
     ax.legend(fontsize=8)
     return [("h2", "pass@k"),
@@ -255,7 +259,7 @@ def training_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
               if any(_series(steps, keys)[0] for steps in training.values())]
     if not panels:
         return []
-    fig, axes = _figure(ncols=len(panels), width=3.6 * len(panels), height=3.2)
+    fig, axes = _figure(ncols=len(panels), width=3.2 * len(panels), height=3.0)
     rows = []
     for arm, steps in training.items():
         row = [arm, str(len(steps))]
@@ -273,22 +277,30 @@ def training_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
             ("img", Image("training_curves.png", _png(fig), "training curves"))]
 
 
+def _phase_means(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean seconds per step of each phase; "other" is the step time the named phases leave out."""
+    def mean(key: str) -> float | None:
+        vals = [s[key] for s in steps if isinstance(s.get(key), (int, float))]
+        return sum(vals) / len(vals) if vals else None
+
+    phases = sorted({k for s in steps for k in s if k.startswith("time/") and k != STEP_TIME_KEY})
+    table = {ph[len("time/"):]: m for ph in phases if (m := mean(ph)) is not None}
+    total = mean(STEP_TIME_KEY)
+    if total is not None and total > sum(table.values()):
+        table["other"] = total - sum(table.values())
+    return table
+
+
 def timing_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
     """Mean seconds per step of each "time/<phase>" key, per arm, as a stacked bar."""
-    means: dict[str, dict[str, float]] = {}
-    for arm, steps in training.items():
-        phases = sorted({k for s in steps for k in s if k.startswith("time/")})
-        for ph in phases:
-            vals = [s[ph] for s in steps if isinstance(s.get(ph), (int, float))]
-            if vals:
-                means.setdefault(arm, {})[ph[len("time/"):]] = sum(vals) / len(vals)
+    means = {arm: table for arm, steps in training.items() if (table := _phase_means(steps))}
     if not means:
         return []
     rows = []
     for arm, table in means.items():
         total = sum(table.values()) or 1.0
         rows += [[arm, ph, f"{sec:.3f}", _pct(sec / total)] for ph, sec in table.items()]
-    phases = sorted({ph for table in means.values() for ph in table})
+    phases = list(dict.fromkeys(ph for table in means.values() for ph in table))
     fig, axes = _figure(width=6)
     ax = axes[0][0]
     bottom = [0.0] * len(means)
@@ -299,6 +311,7 @@ def timing_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
     ax.set(ylabel="seconds per step (mean)", title="Where does a step's time go")
     ax.legend(fontsize=7)
     return [("h2", "Step time by phase"),
+            ("p", "Mean wall time per step of each named phase; 'other' is the rest of the step."),
             ("table", Table("timing", ["arm", "phase", "mean s/step", "share"], rows)),
             ("img", Image("step_time.png", _png(fig), "step time by phase"))]
 
@@ -310,15 +323,21 @@ def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> float | None:
 def explanation_section(stats: dict[str, Any]) -> list[Block]:
     by_level = stats.get("by_level") or {}
     levels = sorted_levels(by_level)
-    rows = [[lv, _pct(_pick(by_level[lv], ACCEPTANCE_KEYS)), _pct(_pick(by_level[lv], SOLVE_RATE_KEYS))]
-            for lv in levels]
-    overall = stats.get("overall") or stats
-    rows.append(["all", _pct(_pick(overall, ACCEPTANCE_KEYS)), _pct(_pick(overall, SOLVE_RATE_KEYS))])
+    overall = stats.get("overall") or stats  # expo.explain puts the overall rates at the top level
+
+    def row(name: str, d: dict[str, Any]) -> list[str]:
+        count = lambda key: str(d[key]) if isinstance(d.get(key), int) else "-"  # noqa: E731
+        return [name, count("questions"), count("samples"), _pct(_pick(d, ACCEPTANCE_KEYS)),
+                _pct(_pick(d, ("coverage",))), _pct(_pick(d, SOLVE_RATE_KEYS))]
+
+    rows = [row(lv, by_level[lv]) for lv in levels] + [row("all", overall)]
     blocks: list[Block] = [
         ("h2", "Self-explanations"),
-        ("p", "Acceptance: share of answer-conditioned samples whose own answer verifies. Solve rate: share "
-              "of unconditioned samples that are correct. The gap is what the hint buys."),
-        ("table", Table("explanations", ["level", "acceptance", "unconditioned solve rate"], rows))]
+        ("p", "Acceptance: share of answer-conditioned samples that pass the verifier and filters. Coverage: "
+              "share of questions left with an explanation. Solve rate: share of unconditioned samples "
+              "that are correct. The gap between acceptance and solve rate is what the hint buys."),
+        ("table", Table("explanations", ["level", "questions", "samples", "acceptance", "coverage",
+                                         "unconditioned solve rate"], rows))]
     if levels:
         fig, axes = _figure(width=6)
         ax = axes[0][0]

@@ -166,7 +166,7 @@ class Connection:
                 if not _transient(exc):
                     raise
                 if attempt == self.retries:
-                    first = " ".join(str(exc).split())[:240]
+                    first = redact_uri(" ".join(str(exc).split()))[:240]
                     raise TrackingError(f"MLflow at {redact_uri(self.uri)} did not answer ({what}) after "
                                         f"{self.retries + 1} attempt(s): {first}") from None
                 time.sleep(min(self.backoff_s * 2 ** attempt, 30.0))

@@ -42,6 +42,8 @@ def test_int_accepted_where_float_expected():
     ("data.levels=[0]", "data.levels"),                  # levels are 1..5
     ("evaluate.greedy=maybe", "evaluate.greedy"),        # not a bool
     ("explain.keep_per_question=9", "explain.keep_per_question"),  # more kept than sampled
+    ("name=../../etc", "name"),                          # would escape the run folder
+    ("name=", "name"),                                   # empty run name
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
 from expo.answers import UnbalancedBraces, last_boxed
 from expo.config import EvaluateConfig, ExpoConfig, PromptConfig
-from expo.errors import DataError, ModelError
+from expo.errors import ConfigError, DataError, ModelError, TrackingError
 from expo.evaluate import (build_metrics, find_model_folder, flat_metrics, in_distribution_check,
                            load_eval_rows, mean_token_logprobs, model_summary, resolve_model,
                            run_evaluation, summarize_levels)
@@ -152,6 +151,7 @@ def test_resolve_model_local_paths(tmp_path):
         find_model_folder(tmp_path / "empty")
 
 
+@pytest.mark.slow  # MLflow's SQLite schema migrations: 10-20 s on 2 busy cores
 def test_resolve_model_from_mlflow_registry(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -164,10 +164,12 @@ def test_resolve_model_from_mlflow_registry(tmp_path, monkeypatch):
     client.create_registered_model("tiny")
     client.create_model_version("tiny", source=str(src))
     client.set_registered_model_alias("tiny", "champion", "1")
-    for model_uri in ("models:/tiny/1", "models:/tiny@champion"):
-        local = resolve_model(model_uri, tmp_path / model_uri.replace("/", "_").replace(":", "").replace("@", "_"))
+    for i, model_uri in enumerate(("models:/tiny/1", "models:/tiny@champion")):
+        local = resolve_model(model_uri, tmp_path / f"download{i}")
         assert (local / "config.json").read_text() == '{"model_type": "qwen2"}'
         assert local != src
+    with pytest.raises(TrackingError, match="models:/absent/1"):
+        resolve_model("models:/absent/1", tmp_path / "absent")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,27 +227,41 @@ def test_mean_token_logprobs_independent_of_batching():
 # End to end on a tiny random model saved to a folder.
 
 
-def test_evaluate_model_end_to_end_on_tiny_model(tmp_path):
+def test_evaluate_end_to_end_on_tiny_model(tmp_path, capsys):
+    """`expo evaluate` on a tiny random model saved to a folder: real generation, verifier, report."""
     pytest.importorskip("expo.generation")
     pytest.importorskip("expo.verify")
-    from expo.evaluate import evaluate_model
 
     tok = char_tokenizer()
     model = tiny_qwen2(tok, hidden=32, layers=1, heads=2)
     model.save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     write_jsonl(tmp_path / "data" / "eval.jsonl", ROWS)
-    cfg = ExpoConfig()
-    cfg.evaluate.samples, cfg.generation.max_new_tokens = 2, 6
+    write_jsonl(tmp_path / "data" / "train.jsonl", [
+        {"id": "t1", "question": "1+1?", "answer": "2", "level": 1, "solution": r"1+1 = \boxed{2}"},
+        {"id": "t2", "question": "9*9?", "answer": "81", "level": 2, "solution": "no explanation asked"}])
+    write_jsonl(tmp_path / "expl" / "explanations.jsonl", [
+        {"id": "t1", "question": "1+1?", "answer": "2", "level": 1, "explanation": r"one and one: \boxed{2}",
+         "accepted": True, "reject_reason": None}])
 
-    metrics = evaluate_model(str(tmp_path / "model"), tmp_path / "data", cfg, tmp_path / "out", name="tiny")
-    assert read_json(tmp_path / "out" / "metrics.json") == metrics
-    samples = read_jsonl(tmp_path / "out" / "samples.jsonl")
+    cli, args = _cli_args(tmp_path, "--name", "tiny", "--explanations", str(tmp_path / "expl"),
+                          "--set", "evaluate.samples=2", "--set", "generation.max_new_tokens=6")
+    assert cli.run(args) == 0
+    out = tmp_path / "out"
+    metrics = read_json(out / "metrics.json")
+    samples = read_jsonl(out / "samples.jsonl")
     assert len(samples) == 3 * (2 + 1)
     assert all(0 <= s["num_tokens"] <= 6 for s in samples)
     assert metrics["name"] == "tiny" and metrics["questions"] == 3
     assert set(metrics["by_level"]) == {"1", "3"} and sorted(metrics["overall"]["pass@k"]) == ["1", "2"]
     assert 0.0 <= metrics["overall"]["pass@1"]["mean"] <= 1.0
+    in_dist = read_json(out / "in_distribution.json")
+    # t2 was not explained: only t1's expert solution is compared
+    assert in_dist["overall"]["explanation"]["count"] == 1 and in_dist["overall"]["expert"]["count"] == 1
+    assert in_dist["overall"]["expert"]["mean"] < 0
+    html = (out / "report.html").read_text()
+    assert 'id="in_distribution"' in html and 'id="accuracy"' in html
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["all", "3"]
 
 
 def test_evaluate_model_empty_eval_set_is_a_data_error(tmp_path):
@@ -256,3 +272,50 @@ def test_evaluate_model_empty_eval_set_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no rows"):
         evaluate_model(str(tmp_path / "model"), tmp_path / "data", ExpoConfig(), tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written on failure
+
+
+# ---------------------------------------------------------------------------------------------
+# The `expo evaluate` command.
+
+
+def _cli_args(tmp_path, *extra):
+    import argparse
+
+    from expo.cli import evaluate as cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli, parser.parse_args(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
+                                   "--output", str(tmp_path / "out"), *extra])
+
+
+def test_cli_prints_table_and_writes_report(tmp_path, monkeypatch, capsys):
+    import expo.evaluate
+
+    cfg = EvaluateConfig(samples=4)
+    results, samples = run_evaluation(_scripted(), ROWS, ["Qa", "Qb", "Qc"], cfg, verifier=boxed_verifier)
+    seen = {}
+
+    def fake_evaluate(model, data, cfg, output, name):
+        seen.update(model=model, samples=cfg.evaluate.samples, name=name)
+        return build_metrics(results, samples, name, model, cfg.evaluate)
+
+    monkeypatch.setattr(expo.evaluate, "evaluate_model", fake_evaluate)
+    cli, args = _cli_args(tmp_path, "--name", "base", "--set", "evaluate.samples=4")
+    assert cli.run(args) == 0
+    assert seen == {"model": str(tmp_path / "model"), "samples": 4, "name": "base"}
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["level", "questions", "pass@1", "95%", "CI", "pass@4", "greedy"]
+    assert out[1].split()[:3] == ["all", "3", "33.3%"] and out[2].split()[:3] == ["1", "2", "37.5%"]
+    assert out[3].split()[-2:] == ["100.0%", "0.0%"]  # level 3: pass@4 = 1, greedy wrong
+    assert "1 completions could not be judged" in out[4]
+    assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "report.md").is_file()
+
+
+def test_cli_bad_input_is_one_clear_error(tmp_path):
+    cli, args = _cli_args(tmp_path)  # no data folder
+    with pytest.raises(DataError, match="eval.jsonl"):
+        cli.run(args)
+    cli, args = _cli_args(tmp_path, "--set", "evaluate.samples=0")
+    with pytest.raises(ConfigError, match="evaluate.samples"):
+        cli.run(args)

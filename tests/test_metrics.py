@@ -131,7 +131,8 @@ def test_compare_paired_deltas():
     assert d["mean"] == pytest.approx(1 / 6)
     assert d["lo"] == pytest.approx(1 / 6 - 1.959964 * math.sqrt(0.583333 / 3), abs=1e-5)  # -0.6977
     assert d["hi"] == 1.0  # clipped
-    assert overall["pass@1"]["base"] == pytest.approx(0.5) and overall["pass@1"]["other"] == pytest.approx(2 / 3)
+    assert overall["pass@1"]["base"] == pytest.approx(0.5)
+    assert overall["pass@1"]["other"] == pytest.approx(2 / 3)
     # pass@4: base 0, 1, 1; other 1, 1, 1 -> delta 1/3
     assert overall["pass@k"]["delta"]["mean"] == pytest.approx(1 / 3)
     assert list(cmp["by_level"]) == ["1", "2"]

@@ -39,10 +39,11 @@ def _column(text: str) -> tuple[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", help="where the problems are: a Hugging Face hub id (owner/name), a folder "
-                        "(its .jsonl/.json/.parquet/.csv files, or a datasets.save_to_disk folder), one such "
-                        "file, or builtin:needle | builtin:math-sample | builtin:gsm8k-sample "
-                        "(default: the config's data.source, builtin:needle)")
+    parser.add_argument("--source",
+                        help="where the problems are: a Hugging Face hub id (owner/name), a folder (its "
+                             ".jsonl/.json/.parquet/.csv files, or a datasets.save_to_disk folder), one such "
+                             "file, or builtin:needle | builtin:math-sample | builtin:gsm8k-sample "
+                             "(default: the config's data.source, builtin:needle)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="folder for train.jsonl, eval.jsonl and stats.json (created if missing; must "
                              "not be inside a source folder)")
@@ -55,15 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for --schema custom: which source column holds our field (question, answer, "
                              "solution, level, subject); repeatable, e.g. --column question=prompt")
     parser.add_argument("--levels", type=_levels, metavar="L,L",
-                        help="keep only these difficulty levels (1-5), e.g. 4,5; rows without one are dropped")
+                        help="keep only these difficulty levels (1-5), e.g. 4,5; rows without a level are "
+                             "dropped")
     parser.add_argument("--eval-fraction", type=float, metavar="F",
                         help="share of each level held out for eval.jsonl, in [0, 1) (default 0.2)")
-    parser.add_argument("--seed", type=int, metavar="N", help="seed of the split and of the --max-rows sample")
+    parser.add_argument("--seed", type=int, metavar="N",
+                        help="seed of the split and of the --max-rows sample (default 0)")
     parser.add_argument("--max-rows", type=int, metavar="N",
                         help="keep a seeded sample of at most N rows (after dedupe, before the split)")
     parser.add_argument("--hub-config", metavar="NAME", help="hub data set config (load_dataset's name)")
     parser.add_argument("--hub-split", metavar="SPLIT",
-                        help="hub split to read, also the split of a save_to_disk DatasetDict (default train)")
+                        help="hub split to read, also the split taken from a save_to_disk DatasetDict "
+                             "(default train)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -77,7 +81,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
     from expo.config import load_config
 
     cfg = load_config(args.config, args.overrides).data
-    changes = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
+    changes = {name: getattr(args, flag) for flag, name in _FLAGS.items() if getattr(args, flag) is not None}
     if args.columns:
         changes["columns"] = dict(args.columns)
     cfg = dataclasses.replace(cfg, **changes)

@@ -4,12 +4,13 @@
     expo evaluate --model models:/expo-tiny@champion --data runs/data --output runs/eval-champion
 
 Writes metrics.json, samples.jsonl, report.html, report.md and the plots into --output, then prints a
-table by level.
+table by level. With --explanations DIR, also in_distribution.json and those sections of the report.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from expo.cli import add_config_arguments
 
@@ -22,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="the data stage's folder (eval.jsonl)")
     parser.add_argument("--output", required=True, metavar="DIR", help="where metrics and the report go")
     parser.add_argument("--name", default="model", help="the model's name in tables and the report")
+    parser.add_argument("--explanations", metavar="DIR",
+                        help="an explanations stage folder: adds its acceptance statistics and the "
+                             "in-distribution check (self-explanations vs expert solutions) to the report")
     add_config_arguments(parser)
 
 
@@ -46,7 +50,17 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     metrics = evaluate_model(args.model, args.data, cfg, args.output, name=args.name)
-    report = write_report(args.output, {args.name: metrics}, title=f"Evaluation of {args.name}")
+    stats = in_dist = None
+    if args.explanations:
+        from expo.evaluate import in_distribution_for
+        from expo.io import read_json, write_json
+
+        stats_file = Path(args.explanations) / "stats.json"
+        stats = read_json(stats_file) if stats_file.is_file() else None
+        in_dist = in_distribution_for(args.model, args.data, args.explanations, cfg)
+        write_json(Path(args.output) / "in_distribution.json", in_dist)
+    report = write_report(args.output, {args.name: metrics}, explanation_stats=stats, in_distribution=in_dist,
+                          title=f"Evaluation of {args.name}")
     print(format_table(metrics))
     if metrics.get("unscored"):
         print(f"{metrics['unscored']} completions could not be judged by the verifier (counted wrong)")

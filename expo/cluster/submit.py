@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from expo.cluster.launch import LogSink, TrainJobResult, launch_and_wait
@@ -30,9 +30,9 @@ def job_name(arm: str, suffix: str | None = None) -> str:
     return f"expo-{slug}-{suffix or uuid.uuid4().hex[:8]}"
 
 
-def stage_inputs(job_dir: Path, inputs: dict[str, str | Path | None]) -> dict[str, str | None]:
-    """Copy each input folder to `job_dir/<key>` unless it is already on the workspace; return the paths."""
-    staged: dict[str, str | None] = {}
+def stage_inputs(workspace: Path, job_dir: Path, inputs: dict[str, str | Path | None]) -> dict[str, Path | None]:
+    """Copy each input folder to `job_dir/<key>` unless it already is on the workspace; return the paths."""
+    staged: dict[str, Path | None] = {}
     for key, src in inputs.items():
         if src is None:
             staged[key] = None
@@ -40,28 +40,39 @@ def stage_inputs(job_dir: Path, inputs: dict[str, str | Path | None]) -> dict[st
         src = Path(src)
         if not src.is_dir():
             raise ConfigError(f"TrainJob input {key!r}: {str(src)!r} is not a folder")
-        if src.resolve().is_relative_to(job_dir.parents[1]):  # already on the shared volume
-            staged[key] = str(src.resolve())
+        if src.resolve().is_relative_to(workspace.resolve()):  # already on the shared volume
+            staged[key] = src.resolve()
             continue
-        dst = job_dir / key
-        shutil.copytree(src, dst, dirs_exist_ok=True)
-        staged[key] = str(dst)
+        shutil.copytree(src, job_dir / key, dirs_exist_ok=True)
+        staged[key] = job_dir / key
     return staged
+
+
+def in_pods(path: Path | None, workspace: Path) -> str | None:
+    """Where the job's pods see `path` (a folder under this pod's workspace mount): under /workspace."""
+    if path is None:
+        return None
+    return str(PurePosixPath(WORKSPACE) / path.resolve().relative_to(workspace.resolve()).as_posix())
 
 
 def launch_trainjob(cfg: ExpoConfig, arm: str, data_dir: str | Path, model_dir: str | Path,
                     explanations_dir: str | Path | None, output_dir: str | Path, *,
                     api_client: Any = None, namespace: str | None = None, workspace: str | Path = WORKSPACE,
                     poll_s: float = 15.0, log_sink: LogSink | None = print) -> TrainJobResult:
-    """Stage the inputs on the workspace, run the TrainJob, and copy its output into `output_dir`."""
+    """Stage the inputs on the workspace, run the TrainJob, and copy its output into `output_dir`.
+
+    `workspace` is where this pod mounts the shared PVC; the job's pods mount it at /workspace.
+    """
     name = job_name(arm)
-    job_dir = Path(workspace) / "trainjobs" / name
-    paths = stage_inputs(job_dir, {"data": data_dir, "model": model_dir, "explanations": explanations_dir})
+    workspace = Path(workspace)
+    job_dir = workspace / "trainjobs" / name
+    paths = stage_inputs(workspace, job_dir, {"data": data_dir, "model": model_dir,
+                                              "explanations": explanations_dir})
     remote_out = job_dir / "output"
     remote_out.mkdir(parents=True, exist_ok=True)
-    namespace = namespace or _own_namespace()
-    job = build_trainjob(name, cfg, arm, paths["data"], paths["model"], str(remote_out), namespace,
-                         explanations_path=paths["explanations"])
+    job = build_trainjob(name, cfg, arm, in_pods(paths["data"], workspace), in_pods(paths["model"], workspace),
+                         in_pods(remote_out, workspace), namespace or _own_namespace(),
+                         explanations_path=in_pods(paths["explanations"], workspace))
     result = launch_and_wait(api_client or _api_client(), job, timeout_s=cfg.cluster.train_timeout_s,
                              poll_s=poll_s, log_sink=log_sink)
     shutil.copytree(remote_out, Path(output_dir), dirs_exist_ok=True)

@@ -3,7 +3,7 @@
 Why a TrainJob: a KFP task is one pod, so multi-node training needs a controller that starts N pods,
 wires torch.distributed between them (MASTER_ADDR/PORT, node ranks) and reports one status. Kubeflow
 Trainer v2 does that from a `ClusterTrainingRuntime` (ours is `expo-torch-distributed` in
-manifests/base/trainer/) plus this small object naming the image, command, node count and GPUs.
+manifests/trainer-runtime/) plus this small object naming the image, command, node count and GPUs.
 
 How it runs: every node starts `accelerate launch` with the node rank and master address that the
 Trainer's torch plugin injects (`PET_NODE_RANK`, `PET_MASTER_ADDR`, `PET_MASTER_PORT`), which starts G

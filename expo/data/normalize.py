@@ -107,7 +107,7 @@ def resolve_schema(cfg: DataConfig, columns: list[str], label: str) -> Schema:
         have = set(columns)
         schema = next((s for s, need in _DETECT if need <= have), None)
         if schema is None:
-            raise DataError(f"{label}: cannot tell the schema from columns [{', '.join(columns)}]; expected "
+            raise DataError(f"{label}: cannot tell the schema from columns {_names(columns)}; expected "
                             "MATH (problem, solution) or GSM8K (question, answer), or set data.schema=custom "
                             "and data.columns")
         return schema
@@ -115,8 +115,14 @@ def resolve_schema(cfg: DataConfig, columns: list[str], label: str) -> Schema:
     absent = [schema.columns[f] for f in schema.required if schema.columns[f] not in columns]
     if absent and columns:
         raise DataError(f"{label}: no column {absent[0]!r} for schema {schema.name!r} "
-                        f"(columns: {', '.join(columns)})")
+                        f"(columns: {_names(columns)})")
     return schema
+
+
+def _names(columns: list[str], most: int = 12) -> str:
+    """Column names for a one-line message: quoted (a name may hold a newline), at most `most`."""
+    shown = ", ".join(repr(c) for c in columns[:most])
+    return f"[{shown}{', ...' if len(columns) > most else ''}]"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -115,6 +115,7 @@ def format_summary(result: DataResult) -> str:
 
 def prepare_data(cfg: DataConfig, output_dir: str | Path, progress: bool = False) -> DataResult:
     """Load `cfg.source`, normalise, filter, dedupe, cap and split it; write the data artifact."""
+    cfg.validate("data")  # callers may build a DataConfig by hand; bad values fail before any work
     output_dir = Path(output_dir)
     check_output_dir(cfg, output_dir)
     skipped: Counter[str] = Counter()

@@ -7,6 +7,9 @@ not depend on where the data sits). Rows are not judged here; that is `normalize
 here is the *file*: a bad JSON line, a broken CSV or Parquet file and an empty file are `DataError`s
 that name the file and line, because a half-read file would silently change the data set.
 
+A source that is not an existing path and has no data-file suffix is a hub id (`owner/name`, or
+`hf:owner/name` to say so explicitly).
+
 Undecodable bytes do not fail the file: text is decoded with `surrogateescape`, so the broken bytes
 survive as lone surrogates and the row that holds them is later counted as non-text.
 """
@@ -65,12 +68,16 @@ def _read_jsonl(path: Path) -> list[Any]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                raise _json_error(path, lineno, exc) from None
     return rows
 
 
+def _json_error(path: Path, lineno: int, exc: json.JSONDecodeError) -> DataError:
+    return DataError(f"{path} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})")
+
+
 def _read_json(path: Path) -> list[Any]:
-    """A JSON array of rows, an object holding exactly one such array, or JSON Lines named .json."""
+    """A JSON array of rows, an object holding exactly one array, or JSON Lines named .json."""
     text = path.read_text(encoding="utf-8", errors="surrogateescape")
     if not text.strip():
         return []
@@ -79,17 +86,21 @@ def _read_json(path: Path) -> list[Any]:
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several JSON values: JSON Lines saved as .json (as `datasets` does)
             return _read_jsonl(path)
-        raise DataError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise _json_error(path, exc.lineno, exc) from None
     if isinstance(data, list):
         return data
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) == 1:
+        if len(lists) == 1:  # {"version": 1, "data": [...]}
             return lists[0]
+        if not lists:  # one row: JSON Lines with a single line
+            return [data]
     raise DataError(f"{path}: expected a JSON array of rows (or JSON Lines), got a {type(data).__name__}")
 
 
 def _read_csv(path: Path) -> list[Any]:
+    # The default cap (128 KiB a cell) would call a long worked solution a broken file.
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
     rows = []
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
         reader = csv.DictReader(fh, strict=True)
@@ -177,8 +188,9 @@ def read_hub(cfg: DataConfig) -> Table:
     try:
         data = datasets.load_dataset(name, cfg.hub_config, split=cfg.hub_split)
     except Exception as exc:  # network, missing repo, missing config: many exception types, one message
+        local = "" if cfg.source.startswith("hf:") else ", and no local path of that name exists"
         raise DataError(f"cannot load {name!r} (config {cfg.hub_config!r}, split {cfg.hub_split!r}) "
-                        f"from the Hugging Face hub: {_first_line(exc)}") from None
+                        f"from the Hugging Face hub{local}: {_first_line(exc)}") from None
     if len(data) == 0:
         raise DataError(f"hub data set {name!r} split {cfg.hub_split!r} has no rows")
     config = f"/{cfg.hub_config}" if cfg.hub_config else ""

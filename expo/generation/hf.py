@@ -114,7 +114,7 @@ class HFGenerator:
         sampling = temperature > 0.0
         settings: dict[str, Any] = dict(
             max_new_tokens=max_new, do_sample=sampling, num_beams=1, num_return_sequences=1,
-            repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0, use_cache=True,
+            repetition_penalty=1.0, no_repeat_ngram_size=0, use_cache=True,
             pad_token_id=self.pad_id, eos_token_id=list(self.eos_ids),
         )
         if sampling:  # warpers apply only when sampling (setting them for greedy only draws warnings)
@@ -124,6 +124,8 @@ class HFGenerator:
             settings["min_p"] = 0.0
         if self.ignore_eos:
             settings["min_new_tokens"] = max_new  # EOS is masked until max_new: every row does equal work
+        else:
+            settings["min_length"] = 0
         return HFGenerationConfig(**settings)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from transformers import PrinterCallback
 from trl import GRPOConfig
 
 from expo.config import ExpoConfig, ModelConfig
@@ -25,11 +26,11 @@ from expo.train.resume import latest_valid_checkpoint
 from expo.train.run import RewardFn, beta_of, make_buffer, write_model_card
 
 
-def grpo_args(cfg: ExpoConfig, output_dir: Path, on_gpu: bool) -> GRPOConfig:
+def grpo_args(cfg: ExpoConfig, checkpoint_dir: Path, on_gpu: bool) -> GRPOConfig:
     """Our TrainConfig in TRL's terms. Notes on the choices inline."""
     tc = cfg.train
     return GRPOConfig(
-        output_dir=str(output_dir / "checkpoints"),
+        output_dir=str(checkpoint_dir),
         per_device_train_batch_size=tc.prompts_per_step * tc.num_generations,  # counted in rollouts
         gradient_accumulation_steps=1,
         steps_per_generation=1,
@@ -85,8 +86,9 @@ def nll_term(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], buffer: Any)
 
 
 def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: Any, tokenizer: Any,
-                  on_gpu: bool, explanations_dir: str | Path | None, out: Path, reward_fn: RewardFn,
-                  regenerate: Regenerate | None, callbacks: list[Any]) -> ExpoGRPOTrainer:
+                  on_gpu: bool, explanations_dir: str | Path | None, checkpoint_dir: Path, reward_fn: RewardFn,
+                  regenerate: Regenerate | None, callbacks: list[Any],
+                  metrics_writer: MetricsWriter | None = None) -> ExpoGRPOTrainer:
     dataset = Dataset.from_list([
         {"prompt": solve_prompt(r["question"], tokenizer, cfg.prompts), "id": str(r["id"]), "answer": r["answer"]}
         for r in rows
@@ -95,13 +97,15 @@ def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: 
     online = arm == "exp-grpo" and cfg.explain.mode == "online" and cfg.train.expo_beta > 0
     if online and regenerate is None:
         regenerate = default_regenerate(cfg, tokenizer)
-    return ExpoGRPOTrainer(
-        model=model, reward_funcs=[reward_fn], args=grpo_args(cfg, out, on_gpu), train_dataset=dataset,
+    trainer = ExpoGRPOTrainer(
+        model=model, reward_funcs=[reward_fn], args=grpo_args(cfg, checkpoint_dir, on_gpu), train_dataset=dataset,
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks,
         nll_term=nll_term(arm, cfg, rows, buffer), buffer=buffer,
         regenerate=regenerate if online else None, regenerate_every=cfg.explain.regenerate_every,
-        rows_by_id={str(r["id"]): r for r in rows},
+        rows_by_id={str(r["id"]): r for r in rows}, metrics_writer=metrics_writer,
     )
+    trainer.remove_callback(PrinterCallback)  # MetricsWriter logs one short line per step instead
+    return trainer
 
 
 def default_regenerate(cfg: ExpoConfig, tokenizer: Any) -> Regenerate:
@@ -113,25 +117,24 @@ def default_regenerate(cfg: ExpoConfig, tokenizer: Any) -> Regenerate:
 
 def train_grpo_family(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path,
                       explanations_dir: str | Path | None, out: Path, *, reward_fn: RewardFn,
-                      regenerate: Regenerate | None, callbacks: list[Any] | None) -> dict[str, Any]:
+                      regenerate: Regenerate | None, callbacks: list[Any] | None,
+                      checkpoint_dir: Path) -> dict[str, Any]:
     model, tokenizer, on_gpu = load_policy(model_dir, cfg)
     writer = MetricsWriter(out / "metrics.jsonl", arm)
-    trainer = build_trainer(arm, cfg, rows, model, tokenizer, on_gpu, explanations_dir, out, reward_fn,
-                            regenerate, [writer, *(callbacks or [])])
-    resume = latest_valid_checkpoint(out / "checkpoints", extra_files=(EXPO_STATE_FILE,))
+    trainer = build_trainer(arm, cfg, rows, model, tokenizer, on_gpu, explanations_dir, checkpoint_dir,
+                            reward_fn, regenerate, [writer, *(callbacks or [])], metrics_writer=writer)
+    resume = latest_valid_checkpoint(checkpoint_dir, extra_files=(EXPO_STATE_FILE,))
     if resume is not None:
         trainer.load_expo_state(str(resume))
-        writer.truncate(int(resume.name.split("-")[-1]))
-    else:
-        writer.truncate(0)
+    writer.restore(resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return finish(arm, cfg, trainer, tokenizer, model_dir, out, writer, resume)
+    return finish(arm, cfg, trainer.accelerator.unwrap_model(trainer.model), trainer.state.global_step,
+                  trainer.buffer, tokenizer, model_dir, out, writer, resume)
 
 
-def finish(arm: str, cfg: ExpoConfig, trainer: Any, tokenizer: Any, model_dir: str | Path, out: Path,
-           writer: MetricsWriter, resumed_from: Path | None) -> dict[str, Any]:
+def finish(arm: str, cfg: ExpoConfig, model: Any, steps: int, buffer: Any, tokenizer: Any,
+           model_dir: str | Path, out: Path, writer: MetricsWriter, resumed_from: Path | None) -> dict[str, Any]:
     """Save the final model folder (LoRA merged into plain weights) and the summary."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     final = out / "model"
@@ -139,12 +142,11 @@ def finish(arm: str, cfg: ExpoConfig, trainer: Any, tokenizer: Any, model_dir: s
     tokenizer.save_pretrained(final)
     write_model_card(final, model_dir, arm, cfg)
     summary = {
-        "arm": arm, "steps": trainer.state.global_step, "model_dir": str(final),
+        "arm": arm, "steps": steps, "model_dir": str(final),
         "metrics_path": str(out / "metrics.jsonl"), "resumed_from": str(resumed_from) if resumed_from else None,
         "final_metrics": writer.rows[-1] if writer.rows else {},
         "expo_beta": cfg.train.expo_beta if arm == "exp-grpo" else 0.0,
     }
-    buffer = getattr(trainer, "buffer", None)
     if buffer is not None:
         summary["explanation_rounds"] = [vars(r) for r in buffer.rounds]
     write_json(out / "summary.json", summary)

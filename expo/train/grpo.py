@@ -14,7 +14,7 @@ the clipped policy loss. This subclass adds, per step:
 
 Seams used: `_generate`, `_calculate_rewards`, `_get_per_token_logps_and_entropies` (timed),
 `_generate_and_score_completions` (regenerate, build the NLL batch), `compute_loss` (add the term),
-`log` (extra metrics), `_save_checkpoint` (buffer state). Plain GRPO is this class with no term.
+`log` (extra metrics), `_save_checkpoint` (buffer state), `_get_train_sampler` (resumable order). Plain GRPO is this class with no term.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import RepeatSampler
 
 from expo.losses import explanation_nll, unsolved_groups
 from expo.train.explanations import ExplanationBuffer, Regenerate
@@ -54,12 +55,14 @@ class ExpoGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args: Any, nll_term: NLLTerm | None = None, buffer: ExplanationBuffer | None = None,
                  regenerate: Regenerate | None = None, regenerate_every: int = 0,
-                 rows_by_id: dict[str, dict[str, Any]] | None = None, **kwargs: Any) -> None:
+                 rows_by_id: dict[str, dict[str, Any]] | None = None, metrics_writer: Any = None,
+                 **kwargs: Any) -> None:
         self.nll_term = nll_term
         self.buffer = buffer
         self.regenerate = regenerate
         self.regenerate_every = regenerate_every
         self.rows_by_id = rows_by_id or {}
+        self.metrics_writer = metrics_writer  # its lines so far are copied into each checkpoint
         self.timer = PhaseTimer()
         self._nll_batch: dict[str, torch.Tensor] | None = None
         self._last_rewards: torch.Tensor | None = None
@@ -75,6 +78,13 @@ class ExpoGRPOTrainer(GRPOTrainer):
                 backward(loss, **kw)
 
         self.accelerator.backward = timed_backward  # the one seam HF Trainer offers around backward
+
+    def _get_train_sampler(self, dataset: Any = None) -> Any:
+        """TRL's RepeatSampler, reseeded from (seed, epoch) at each epoch: its own generator otherwise
+        carries state across epochs that a resumed run cannot rebuild, and the batches would differ."""
+        sampler = super()._get_train_sampler(dataset)
+        sampler.__class__ = _EpochSeededRepeatSampler  # same fields, one extra method
+        return sampler
 
     # -- timed seams -------------------------------------------------------------------------
 
@@ -152,10 +162,14 @@ class ExpoGRPOTrainer(GRPOTrainer):
         """Token ids of one scored row and where the scored part starts.
 
         The prompt is tokenized by the same call TRL uses for rollout prompts, so the conditioning is
-        token-for-token the solve prompt the policy answers; the text is capped at the rollout length."""
+        token-for-token the solve prompt the policy answers; the text is capped at the rollout length
+        (max_completion_length), as a rollout would be."""
         prompt_ids = list(self.processing_class(text=[prompt])["input_ids"][0])
         text_ids = list(self.processing_class(text=text, add_special_tokens=False)["input_ids"])
-        text_ids = text_ids[: self.max_completion_length - 1] + [self.processing_class.eos_token_id]
+        if len(text_ids) < self.max_completion_length:
+            text_ids.append(self.processing_class.eos_token_id)  # a complete answer ends, as rollouts do
+        else:
+            text_ids = text_ids[: self.max_completion_length]  # cut like an overlong rollout: no EOS
         return prompt_ids + text_ids, len(prompt_ids)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
@@ -199,6 +213,8 @@ class ExpoGRPOTrainer(GRPOTrainer):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            if self.metrics_writer is not None:
+                self.metrics_writer.save_copy(folder)
             state = {"step": self.state.global_step,
                      "buffer": self.buffer.state_dict() if self.buffer is not None else None}
             # Written last: a checkpoint without it was interrupted mid-save (see resume.py).
@@ -210,6 +226,12 @@ class ExpoGRPOTrainer(GRPOTrainer):
             state = json.load(fh)
         if self.buffer is not None and state.get("buffer") is not None:
             self.buffer.load_state_dict(state["buffer"])
+
+
+class _EpochSeededRepeatSampler(RepeatSampler):
+    def set_epoch(self, epoch: int) -> None:  # accelerate calls this at the start of every epoch
+        if self.shuffle:
+            self.generator.manual_seed((self.seed or 0) * 100_003 + epoch)
 
 
 class _StepClock(TrainerCallback):

@@ -3,8 +3,8 @@
     summary = train_arm("exp-grpo", cfg, "data/", "model/", "explanations/", "out/")
 
 Reads `data_dir/train.jsonl`, the model folder, and (exp-grpo, exp-dpo) `explanations_dir/explanations.jsonl`.
-Writes `output_dir/metrics.jsonl` (one line per step), `output_dir/checkpoints/checkpoint-N/` every
-`train.checkpoint_every` steps, `output_dir/model/` (safetensors, tokenizer, `expo_model.json`) and
+Writes `output_dir/metrics.jsonl` (one line per step), `checkpoint-N/` folders every
+`train.checkpoint_every` steps (under `checkpoint_dir`, default `output_dir/checkpoints`), `output_dir/model/` (safetensors, tokenizer, `expo_model.json`) and
 `output_dir/summary.json`. A killed run called again with the same arguments resumes from its newest
 intact checkpoint and ends where an uninterrupted run ends. Every argument is checked before any work.
 
@@ -77,11 +77,13 @@ def _train_rows(data_dir: str | Path) -> list[dict[str, Any]]:
 def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | Path,
               explanations_dir: str | Path | None, output_dir: str | Path, *,
               reward_fn: RewardFn | None = None, regenerate: Regenerate | None = None,
-              callbacks: list[Any] | None = None) -> dict[str, Any]:
+              callbacks: list[Any] | None = None, checkpoint_dir: str | Path | None = None) -> dict[str, Any]:
     """Train one arm and return its summary (final metrics included); see the module docstring.
 
     `reward_fn(completions, answer, **kw)` defaults to the Math-Verify reward; `regenerate(model, rows)`
-    (online explanations) defaults to expo.explain's sampler; `callbacks` are extra HF TrainerCallbacks.
+    (online explanations) defaults to expo.explain's sampler; `callbacks` are extra HF TrainerCallbacks;
+    `checkpoint_dir` (default `output_dir/checkpoints`) may live outside the output folder, so a retry
+    with a fresh output folder still resumes.
     """
     rows = validate_arm(arm, cfg, data_dir, model_dir, explanations_dir)
     out = Path(output_dir)
@@ -89,15 +91,16 @@ def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | 
         raise ConfigError(f"output folder {str(out)!r} already holds a trained model; choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     reward_fn = reward_fn or default_reward()
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else out / "checkpoints"
     if arm == "exp-dpo":
         from expo.train.dpo import train_dpo
 
         return train_dpo(cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
-                         regenerate=regenerate, callbacks=callbacks)
+                         regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
     from expo.train.family import train_grpo_family
 
     return train_grpo_family(arm, cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
-                             regenerate=regenerate, callbacks=callbacks)
+                             regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
 
 
 def default_reward() -> RewardFn:

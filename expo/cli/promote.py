@@ -1,0 +1,37 @@
+"""`expo promote NAME VERSION`: move a registry alias (champion by default) to a version by hand.
+
+    expo promote expo-tiny 3 --reason "better on level 5 in the A/B"
+    expo promote expo-tiny 2 --alias staging
+
+Who (from $USER), when and why are written as tags on the version (`expo.promoted.<alias>.*`), so the
+registry keeps the history that the promotion gate would otherwise have recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "move a registry alias (champion by default) to a model version"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="registered model name, e.g. expo-tiny")
+    parser.add_argument("version", metavar="VERSION", type=int, help="version number to point the alias at")
+    parser.add_argument("--alias", default="champion", help="alias to move (default: champion)")
+    parser.add_argument("--reason", default="", metavar="TEXT", help="why (recorded on the version)")
+    parser.add_argument("--tracking-uri", default="", metavar="URI",
+                        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from expo.config import TrackingConfig
+    from expo.errors import TrackingError
+    from expo.registry import promote
+
+    if args.version < 1:
+        raise TrackingError(f"version must be >= 1, got {args.version}")
+    before = promote(args.name, args.version, alias=args.alias, reason=args.reason,
+                     tracking=TrackingConfig(tracking_uri=args.tracking_uri))
+    was = f"version {before}" if before is not None else "no version"
+    print(f"{args.name}@{args.alias} -> version {args.version} (was {was})")
+    return 0

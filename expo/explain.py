@@ -1,0 +1,379 @@
+r"""The self-explanation sampler: answer-conditioned samples, verified, filtered, cached (stage 3).
+
+What: for each question, `samples_per_question` explanations `c ~ pi(.|q, a*)` from `explain_prompt`,
+each judged:
+- `no_boxed_answer`: no final `\boxed{}` (the hint asks for one);
+- `wrong_answer` / `unverifiable`: its final answer does not verify against the gold answer
+  (`expo.verify.rewards`: 0.0 / None);
+- `no_reasoning`: fewer than `min_reasoning_chars` non-space characters before the box: it restates
+  the hint instead of deriving the answer;
+- `refers_to_hint`: it says it was given the answer (`HINT_PHRASES`), which makes no sense under the
+  solve prompt the explanation is trained under;
+- `duplicate` / `over_keep_limit`: it passed, but is the same text as a kept one, or `keep_per_question`
+  were already kept.
+Every sample becomes one record `{id, question, answer, level, explanation, logprob, accepted,
+reject_reason, passed, sample, num_tokens, truncated}`; `accepted` marks the ones kept (at most m per
+question), `passed` every sample that passed the filters. Statistics: acceptance (passed / samples)
+by level beside the unconditioned solve rate by level, from `solve_rate_samples` samples of the plain
+solve prompt with the same model and sampling settings.
+
+Why a cache: online ExPO regenerates every K steps and a re-run of the pipeline repeats the stage;
+samples are stored under (model fingerprint, prompt digest, sampling settings, question id), so work
+whose inputs did not change is never redone. Offline keys use `fingerprint(model_dir)`, online keys
+`state_fingerprint(model)`. Within one call, questions are sampled in chunks with seeds
+`generation.seed + chunk`, so a partly cached run draws different (equally valid) samples for the
+rest than a cold one would.
+
+How:
+    expo explain --data runs/data --model runs/model --output runs/explanations
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from expo.answers import UnbalancedBraces, last_boxed_span
+from expo.config import ExpoConfig, ExplainConfig, GenerationConfig, PromptConfig
+from expo.errors import DataError
+from expo.io import read_jsonl, write_json, write_jsonl
+from expo.prompts import explain_prompt, solve_prompt
+
+log = logging.getLogger(__name__)
+
+# Wording that refers to having been given the answer. Matched case-insensitively on word boundaries
+# anywhere in the explanation; each one is tested in tests/test_explain.py.
+HINT_PHRASES = (
+    "the correct answer is",
+    "the answer is given",
+    "given answer",
+    "as given",
+    "as stated",
+    "we are told the answer",
+    "we were told the answer",
+    "we are given the answer",
+    "provided answer",
+    "answer provided",
+    "hint",
+)
+_HINT_RE = re.compile("|".join(rf"\b{re.escape(p)}\b" for p in HINT_PHRASES), re.IGNORECASE)
+CACHE_FILE = "explanations-cache.jsonl"
+
+Rewards = Callable[[Sequence[str], Sequence[str]], list[float | None]]
+
+
+def hint_phrase(text: str) -> str | None:
+    """The first phrase of `HINT_PHRASES` in `text` (lower case), or None."""
+    match = _HINT_RE.search(text)
+    return match.group(0).lower() if match else None
+
+
+def judge_text(text: str, reward: float | None, min_reasoning_chars: int) -> str | None:
+    """Why a verified-or-not explanation is rejected, or None when it passes the filters."""
+    try:
+        box = last_boxed_span(text)
+    except UnbalancedBraces:
+        box = None
+    if box is None:
+        return "no_boxed_answer"
+    if reward is None:
+        return "unverifiable"
+    if reward < 1.0:
+        return "wrong_answer"
+    if len("".join(text[: box.start].split())) < min_reasoning_chars:
+        return "no_reasoning"
+    if hint_phrase(text):
+        return "refers_to_hint"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache: one JSON line per (key -> samples); appends only, last line for a key wins.
+
+
+class ExplanationCache:
+    """Samples by key in a JSONL file (a folder gets `explanations-cache.jsonl` inside).
+
+    Append-only, one writer at a time: a line cut short by a crash is ignored on the next load.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        self.path = path / CACHE_FILE if path.is_dir() or not path.suffix else path
+        self.hits = 0
+        self.misses = 0
+        self._entries: dict[str, list[dict[str, Any]]] = {}
+        if self.path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        bad = 0
+        with open(self.path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                    self._entries[entry["key"]] = entry["samples"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    bad += 1
+        if bad:
+            log.warning("explanation cache %s: ignored %d unreadable line(s)", self.path, bad)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> list[dict[str, Any]] | None:
+        samples = self._entries.get(key)
+        if samples is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return samples
+
+    def put(self, key: str, samples: list[dict[str, Any]]) -> None:
+        self._entries[key] = samples
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"key": key, "samples": samples}, ensure_ascii=False) + "\n")
+
+
+def cache_key(model_key: str, prompt: str, settings: dict[str, Any], question_id: str) -> str:
+    """sha256 of the model, the exact prompt text (template, question, answer, chat format), the
+    sampling settings and the question id."""
+    payload = json.dumps({"model": model_key, "prompt": hashlib.sha256(prompt.encode()).hexdigest(),
+                          "settings": settings, "id": question_id}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling.
+
+
+def sample_explanations(generator: Any, rows: list[dict[str, Any]], cfg: ExplainConfig, prompts: PromptConfig,
+                        tokenizer: Any, cache: ExplanationCache | None, model_key: str,
+                        progress: bool = False, generation: GenerationConfig | None = None,
+                        reward_fn: Rewards | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Sample, verify and filter explanations of `rows` (data-stage rows); returns (records, stats).
+
+    `generation` gives top_p / max_new_tokens / seed / batch size (default: the generator's own
+    config); `reward_fn` defaults to `expo.verify.rewards`.
+    """
+    generation = generation or getattr(generator, "cfg", None) or GenerationConfig()
+    if reward_fn is None:
+        from expo.verify import rewards as reward_fn
+    usable, skipped = _usable_rows(rows)
+    sampler = _Sampler(generator, cfg, prompts, tokenizer, cache, model_key, generation)
+    per_call = max(1, generation.batch_size * 4 // cfg.samples_per_question)  # questions per generate call
+    records: list[dict[str, Any]] = []
+    solved: list[tuple[Any, list[float | None]]] = []
+    bar = _progress_bar(len(usable), progress)
+    for chunk_index, start in enumerate(range(0, len(usable), per_call)):
+        chunk = usable[start : start + per_call]
+        explained = sampler.samples(chunk, "explain", cfg.samples_per_question, seed_offset=2 * chunk_index)
+        records.extend(_judge(chunk, explained, cfg, reward_fn))
+        if cfg.solve_rate_samples:
+            attempts = sampler.samples(chunk, "solve", cfg.solve_rate_samples, seed_offset=2 * chunk_index + 1)
+            scores = reward_fn([s["text"] for a in attempts for s in a],
+                               [str(r["answer"]) for r, a in zip(chunk, attempts) for _ in a])
+            it = iter(scores)
+            solved.extend((r.get("level"), [next(it) for _ in a]) for r, a in zip(chunk, attempts))
+        _advance(bar, len(chunk), records, sampler)
+    if bar is not None:
+        bar.close()
+    stats = _statistics(records, solved, usable)
+    stats.update(skipped=skipped, cache={"hits": sampler.hits, "misses": sampler.misses},
+                 generation=sampler.generation_stats())
+    return records, stats
+
+
+def _usable_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Rows with a question and an answer; the rest are counted by reason (no sample is drawn)."""
+    usable, skipped = [], Counter()
+    for row in rows:
+        if not str(row.get("question") or "").strip():
+            skipped["empty_question"] += 1
+        elif not str(row.get("answer") or "").strip():
+            skipped["missing_answer"] += 1
+        else:
+            usable.append(row)
+    if skipped:
+        log.warning("explanations: skipped %s", dict(skipped))
+    return usable, dict(skipped)
+
+
+class _Sampler:
+    """Samples per question for one prompt kind, from the cache where possible."""
+
+    def __init__(self, generator: Any, cfg: ExplainConfig, prompts: PromptConfig, tokenizer: Any,
+                 cache: ExplanationCache | None, model_key: str, generation: GenerationConfig) -> None:
+        self.generator, self.cfg, self.prompts, self.tokenizer = generator, cfg, prompts, tokenizer
+        self.cache, self.model_key, self.generation = cache, model_key, generation
+        self.hits = self.misses = self.tokens = 0
+        self.seconds = 0.0
+
+    def prompt(self, row: dict[str, Any], kind: str) -> str:
+        if kind == "explain":
+            return explain_prompt(row["question"], str(row["answer"]), self.tokenizer, self.prompts)
+        return solve_prompt(row["question"], self.tokenizer, self.prompts)
+
+    def samples(self, rows: list[dict[str, Any]], kind: str, n: int, seed_offset: int) -> list[list[dict]]:
+        settings = {"kind": kind, "n": n, "temperature": self.cfg.temperature, "top_p": self.generation.top_p,
+                    "max_new_tokens": self.generation.max_new_tokens, "seed": self.generation.seed,
+                    "max_prompt_tokens": self.generation.max_prompt_tokens,
+                    "overlong_prompt": self.generation.overlong_prompt}
+        prompts = [self.prompt(row, kind) for row in rows]
+        keys = [cache_key(self.model_key, p, settings, str(row["id"])) for p, row in zip(prompts, rows)]
+        found = [self.cache.get(k) if self.cache is not None else None for k in keys]
+        todo = [i for i, f in enumerate(found) if f is None]
+        self.hits += len(rows) - len(todo)
+        self.misses += len(todo)
+        if todo:
+            started = time.perf_counter()
+            outs = self.generator.generate([prompts[i] for i in todo], n=n, temperature=self.cfg.temperature,
+                                           max_new_tokens=self.generation.max_new_tokens,
+                                           seed=self.generation.seed + seed_offset)
+            self.seconds += time.perf_counter() - started
+            for i, completions in zip(todo, outs):
+                found[i] = [{"text": c.text, "logprob": c.logprob, "num_tokens": c.num_tokens,
+                             "truncated": c.truncated} for c in completions]
+                self.tokens += sum(c.num_tokens for c in completions)
+                if self.cache is not None and completions:  # a skipped prompt is not worth remembering
+                    self.cache.put(keys[i], found[i])
+        return [f or [] for f in found]
+
+    def generation_stats(self) -> dict[str, Any]:
+        out = {"tokens": self.tokens, "seconds": round(self.seconds, 3),
+               "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else 0.0}
+        stats = getattr(self.generator, "stats", None)
+        if stats is not None and hasattr(stats, "as_dict"):
+            out.update({k: v for k, v in stats.as_dict().items() if k.startswith("prompts_")})
+        return out
+
+
+def _judge(rows: list[dict[str, Any]], samples: list[list[dict]], cfg: ExplainConfig,
+           reward_fn: Rewards) -> list[dict[str, Any]]:
+    """One record per sample, verified in one batch; the first m distinct passing ones are kept."""
+    texts = [s["text"] for per in samples for s in per]
+    golds = [str(r["answer"]) for r, per in zip(rows, samples) for _ in per]
+    scores = iter(reward_fn(texts, golds) if texts else [])
+    records = []
+    for row, per in zip(rows, samples):
+        kept: list[str] = []
+        for k, sample in enumerate(per):
+            reason = judge_text(sample["text"], next(scores), cfg.min_reasoning_chars)
+            passed = reason is None
+            if passed and sample["text"] in kept:
+                reason = "duplicate"
+            elif passed and len(kept) >= cfg.keep_per_question:
+                reason = "over_keep_limit"
+            elif passed:
+                kept.append(sample["text"])
+            records.append({
+                "id": row["id"], "question": row["question"], "answer": row["answer"],
+                "level": row.get("level"), "explanation": sample["text"], "logprob": sample["logprob"],
+                "accepted": reason is None, "reject_reason": reason, "passed": passed, "sample": k,
+                "num_tokens": sample["num_tokens"], "truncated": sample["truncated"],
+            })
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics.
+
+
+def _level_key(level: Any) -> str:
+    return "unknown" if level is None else str(level)
+
+
+def _statistics(records: list[dict[str, Any]], solved: list[tuple[Any, list[float | None]]],
+                rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Acceptance (passed / samples) and solve rate (correct / solve samples), overall and by level."""
+    levels: dict[str, dict[str, Any]] = defaultdict(lambda: Counter())
+    for row in rows:
+        levels[_level_key(row.get("level"))]["questions"] += 1
+    with_expl: dict[str, set] = defaultdict(set)
+    for rec in records:
+        lv = levels[_level_key(rec["level"])]
+        lv["samples"] += 1
+        lv["passed"] += rec["passed"]
+        lv["kept"] += rec["accepted"]
+        if rec["accepted"]:
+            with_expl[_level_key(rec["level"])].add(str(rec["id"]))
+    for level, scores in solved:
+        lv = levels[_level_key(level)]
+        lv["solve_samples"] += len(scores)
+        lv["solved"] += sum(1 for s in scores if s == 1.0)
+    by_level = {key: _rates(dict(counts), len(with_expl[key])) for key, counts in sorted(levels.items())}
+    total = Counter()
+    for counts in levels.values():
+        total.update(counts)
+    overall = _rates(dict(total), sum(len(v) for v in with_expl.values()))
+    reasons = Counter(rec["reject_reason"] for rec in records if rec["reject_reason"])
+    return {**overall, "by_level": by_level, "reject_reasons": dict(sorted(reasons.items()))}
+
+
+def _rates(counts: dict[str, int], questions_with_explanation: int) -> dict[str, Any]:
+    samples, solve_samples = counts.get("samples", 0), counts.get("solve_samples", 0)
+    questions = counts.get("questions", 0)
+    return {
+        "questions": questions, "samples": samples, "passed": counts.get("passed", 0),
+        "kept": counts.get("kept", 0),
+        "acceptance_rate": counts.get("passed", 0) / samples if samples else 0.0,
+        "questions_with_explanation": questions_with_explanation,
+        "coverage": questions_with_explanation / questions if questions else 0.0,
+        "solve_samples": solve_samples, "solved": counts.get("solved", 0),
+        "solve_rate": counts.get("solved", 0) / solve_samples if solve_samples else None,
+    }
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="q", desc="explain", file=sys.stderr, dynamic_ncols=True)
+
+
+def _advance(bar: Any, done: int, records: list[dict[str, Any]], sampler: _Sampler) -> None:
+    if bar is None:
+        return
+    passed = sum(rec["passed"] for rec in records)
+    bar.update(done)
+    bar.set_postfix(accept=f"{passed / len(records):.0%}" if records else "-",
+                    tok_s=f"{sampler.tokens / sampler.seconds:.0f}" if sampler.seconds else "-")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage.
+
+
+def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str | Path,
+                          output_dir: str | Path, progress: bool = False) -> dict[str, Any]:
+    """Sample explanations of the train split with the model in `model_dir`; write
+    `explanations.jsonl` (every sample) and `stats.json`; return the statistics."""
+    from expo.generation import make_generator
+    from expo.modeling import fingerprint, load_model
+
+    train_file = Path(data_dir) / "train.jsonl"
+    if not train_file.is_file():
+        raise DataError(f"data folder {str(data_dir)!r} has no train.jsonl (run the data stage first)")
+    rows = read_jsonl(train_file)
+    model, tokenizer = load_model(model_dir, cfg.model)
+    generator = make_generator(model, tokenizer, cfg.generation)
+    output_dir = Path(output_dir)
+    cache = ExplanationCache(Path(cfg.explain.cache_dir or output_dir / "cache") / CACHE_FILE)
+    started = time.perf_counter()
+    records, stats = sample_explanations(generator, rows, cfg.explain, cfg.prompts, tokenizer, cache,
+                                         model_key=fingerprint(model_dir), progress=progress,
+                                         generation=cfg.generation)
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    write_jsonl(output_dir / "explanations.jsonl", records)
+    write_json(output_dir / "stats.json", stats)
+    return stats

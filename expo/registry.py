@@ -1,0 +1,477 @@
+"""The MLflow Model Registry: register a trained model with its lineage, move aliases, load it back.
+
+Registration (`log_and_register`) uploads the model folder as artifacts of the stage's run and creates a
+version whose source is that artifact folder (MLflow 3.17 refuses `register_model("runs:/...")` on plain
+artifacts, so `MlflowClient.create_model_version` is used). The version carries its lineage as tags:
+source run, content fingerprint, data digests, arm, expo_beta, base model, evaluation metrics
+(`expo.metric.<name>`). It gets alias `candidate`. The same content registered twice (same
+`expo.fingerprint`) returns the existing version.
+
+The promotion gate (`gate_and_promote`) moves alias `champion` only when the candidate beats the current
+champion on `cfg.gate_metric` by more than `cfg.gate_margin`; every decision and its numbers are written
+on the candidate (`expo.gate.*`). MLflow has no compare-and-set for aliases (a gate that read a stale
+champion would overwrite a better one), so every alias move holds `registry_lock`: a file lock for SQLite,
+and for a server a lock registered model `<name>.expo-lock` (creating a name is atomic on the server).
+
+    info = log_and_register(out, "expo-tiny", cfg.register, tags, metrics, run_id, tracking=cfg.tracking)
+    gate_and_promote("expo-tiny", info.version, cfg.register, tracking=cfg.tracking)
+    model, tok = load_model_from_registry("models:/expo-tiny@champion")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expo.config import RegisterConfig, TrackingConfig
+from expo.errors import ModelError, TrackingError
+from expo.tracking import Connection, connect, mlflow_key, redact_uri, sqlite_path
+
+FINGERPRINT_TAG = "expo.fingerprint"
+LOCK_SUFFIX = ".expo-lock"
+LOCK_STALE_S = 120.0  # a registry lock older than this was left by a crashed process
+METRIC_PREFIX = "expo.metric."
+GATE_PREFIX = "expo.gate."
+# Not part of a registered model: resumable training state is large and useless to a consumer.
+_SKIP_DIRS = ("checkpoints",)
+_SKIP_PREFIXES = ("checkpoint-", ".")
+
+
+@dataclass
+class VersionInfo:
+    """A registered model version, as registration returns it."""
+
+    name: str
+    version: int
+    uri: str  # models:/NAME/VERSION
+    run_id: str
+    fingerprint: str
+    created: bool  # False when the same content was already registered
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GateDecision:
+    """What the promotion gate decided, with its numbers (also written as tags on the candidate)."""
+
+    decision: str  # promoted | kept (not better by the margin) | no-metric | already-champion
+    candidate_version: int
+    champion_version: int | None
+    candidate_value: float | None
+    champion_value: float | None
+    metric: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _model_files(model_dir: Path) -> list[Path]:
+    """The files that make up the model: everything but checkpoints and hidden files, sorted."""
+    files = []
+    for path in sorted(model_dir.rglob("*")):
+        rel = path.relative_to(model_dir)
+        top = rel.parts[0]
+        if top in _SKIP_DIRS or any(part.startswith(_SKIP_PREFIXES) for part in rel.parts):
+            continue
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def content_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over (relative path, bytes) of the model's files; 16 hex. `expo_model.json` is left out:
+    it describes the model (arm, base) but two identical weight sets are one model."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    for path in _model_files(model_dir):
+        if path.name == "expo_model.json":
+            continue
+        h.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _check_name(name: str) -> None:
+    if not name.strip() or "'" in name or "\n" in name:
+        raise TrackingError(f"registered model name {name!r} must be non-empty, without quotes or newlines")
+
+
+def _versions(conn: Connection, name: str, where: str = "") -> list[Any]:
+    filt = f"name='{name}'" + (f" and {where}" if where else "")
+    found = conn.call("search model versions", conn.client.search_model_versions, filt, max_results=1000)
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def _aliases(conn: Connection, name: str) -> dict[str, int]:
+    model = conn.call("get registered model", conn.client.get_registered_model, name)
+    return {alias: int(version) for alias, version in (model.aliases or {}).items()}
+
+
+def _ensure_model(conn: Connection, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        conn.call("get registered model", conn.client.get_registered_model, name)
+        return
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    try:
+        conn.call("create registered model", conn.client.create_registered_model, name)
+    except MlflowException as exc:  # another process created it between our two calls
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _metric_value(conn: Connection, name: str, version: int, metric: str) -> float | None:
+    """The gate metric of a version: its `expo.metric.<metric>` tag, else its source run's metric."""
+    mv = conn.call("get model version", conn.client.get_model_version, name, str(version))
+    key = mlflow_key(metric)
+    raw = mv.tags.get(METRIC_PREFIX + key)
+    if raw is not None:
+        return float(raw)
+    if mv.run_id:
+        run = conn.call("get run", conn.client.get_run, mv.run_id)
+        if key in run.data.metrics:
+            return float(run.data.metrics[key])
+    return None
+
+
+def _set_version_tags(conn: Connection, name: str, version: int, tags: dict[str, Any]) -> None:
+    for key, value in tags.items():
+        conn.call("tag model version", conn.client.set_model_version_tag, name, str(version),
+                  mlflow_key(key), "" if value is None else str(value))
+
+
+def _connect(tracking: TrackingConfig | None, run_dir: Path | None) -> Connection:
+    return connect(tracking or TrackingConfig(), run_dir)
+
+
+@contextlib.contextmanager
+def registry_lock(conn: Connection, name: str, timeout_s: float = 180.0,
+                  stale_s: float = LOCK_STALE_S) -> Iterator[None]:
+    """Mutual exclusion for alias moves on `name`. SQLite: a file lock. A server has no compare-and-set
+    for aliases, but creating a registered model is atomic (unique name), so the lock is a registered
+    model `<name>.expo-lock` that exists while held; one left by a crashed holder expires after stale_s."""
+    from mlflow.exceptions import MlflowException
+
+    if sqlite_path(conn.uri) is not None:
+        with conn.lock():
+            yield
+        return
+    lock = f"{name}{LOCK_SUFFIX}"
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            conn.call("take registry lock", conn.client.create_registered_model, lock,
+                      description=f"held by expo while moving aliases of {name}; safe to delete if stale")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        with contextlib.suppress(MlflowException):
+            held = conn.call("read registry lock", conn.client.get_registered_model, lock)
+            if time.time() - int(held.creation_timestamp) / 1000 > stale_s:
+                conn.call("break stale lock", conn.client.delete_registered_model, lock)
+                continue
+        if time.monotonic() > deadline:
+            raise TrackingError(f"registry lock {lock!r} at {redact_uri(conn.uri)} still held after "
+                                f"{timeout_s:.0f} s; delete that registered model if no expo run holds it")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            conn.call("release registry lock", conn.client.delete_registered_model, lock)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration
+
+
+def _lineage_tags(model_dir: Path, tags: dict[str, Any], metrics: dict[str, float], run_id: str,
+                  fingerprint: str) -> dict[str, str]:
+    """Version tags: caller's lineage tags, what expo_model.json / adapter_config.json say, metrics."""
+    out: dict[str, str] = {FINGERPRINT_TAG: fingerprint, "expo.source_run": run_id}
+    meta_file = model_dir / "expo_model.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        for src, dst in (("base", "expo.base_model"), ("arm", "expo.arm")):
+            if meta.get(src) is not None:
+                out[dst] = str(meta[src])
+    adapter = model_dir / "adapter_config.json"
+    if adapter.is_file():  # a LoRA adapter is useless without its base: record which one
+        out["expo.adapter"] = "lora"
+        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if base:
+            out["expo.base_model"] = str(base)
+    out.update({mlflow_key(k): redact_uri(str(v)) for k, v in tags.items()})
+    out.update({METRIC_PREFIX + mlflow_key(k): repr(float(v)) for k, v in metrics.items()})
+    return out
+
+
+def _upload(conn: Connection, model_dir: Path, run_id: str, artifact_path: str) -> str:
+    """Upload the model's files (not checkpoints) under `artifact_path`; returns the artifact URI."""
+    with tempfile.TemporaryDirectory(prefix="expo-register-") as tmp:
+        for path in _model_files(model_dir):
+            dst = Path(tmp) / path.relative_to(model_dir)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, dst)  # no copy of multi-GB weights when on the same file system
+            except OSError:
+                shutil.copy2(path, dst)
+        conn.call("upload model", conn.client.log_artifacts, run_id, tmp, artifact_path)
+    run = conn.call("get run", conn.client.get_run, run_id)
+    return f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+
+
+def _move_candidate(conn: Connection, name: str, version: int) -> None:
+    """`candidate` only moves forward: racing registrations leave it on the newest version."""
+    with registry_lock(conn, name):
+        current = _aliases(conn, name).get("candidate")
+        if current is None or current < version:
+            conn.call("set alias", conn.client.set_registered_model_alias, name, "candidate", str(version))
+
+
+def _register(conn: Connection, model_dir: Path, name: str, tags: dict[str, Any],
+              metrics: dict[str, float], run_id: str) -> VersionInfo:
+    fingerprint = content_fingerprint(model_dir)
+    where = f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'"
+    _ensure_model(conn, name)
+    existing = _versions(conn, name, where)
+    if existing:
+        mv = existing[0]
+        _move_candidate(conn, name, int(mv.version))  # in case a first attempt died before the alias
+        held = sorted(a for a, v in _aliases(conn, name).items() if v == int(mv.version))
+        return VersionInfo(name, int(mv.version), f"models:/{name}/{mv.version}", mv.run_id or "",
+                           fingerprint, False, held)
+    source = _upload(conn, model_dir, run_id, f"registered/{fingerprint}")
+    lineage = _lineage_tags(model_dir, tags, metrics, run_id, fingerprint)
+    mv = conn.call("create model version", conn.client.create_model_version, name, source=source,
+                   run_id=run_id, tags=lineage)
+    mine = int(mv.version)
+    # Two registrations of the same content may race past the search above: versions are numbered by
+    # the server in creation order, so every racer agrees that the lowest one is the registered model.
+    same = _versions(conn, name, where)
+    first = int(same[0].version) if same else mine
+    if first != mine:
+        conn.call("delete duplicate version", conn.client.delete_model_version, name, str(mine))
+        return VersionInfo(name, first, f"models:/{name}/{first}", same[0].run_id or "", fingerprint, False)
+    _move_candidate(conn, name, mine)
+    return VersionInfo(name, mine, f"models:/{name}/{mine}", run_id, fingerprint, True, ["candidate"])
+
+
+def _register_later_hint(model_dir: Path, name: str, uri: str) -> str:
+    return (f"the trained model stays at {model_dir}; register it later with: "
+            f"MLFLOW_TRACKING_URI={redact_uri(uri)} python -c \"from expo.registry import register_dir; "
+            f"register_dir('{model_dir}', '{name}')\"")
+
+
+def log_and_register(model_dir: str | Path, name: str, cfg: RegisterConfig, tags: dict[str, Any],
+                     metrics: dict[str, float], run_id: str, *, tracking: TrackingConfig | None = None,
+                     run_dir: Path | None = None) -> VersionInfo:
+    """Upload `model_dir` to run `run_id` and register it as a version of `name` with lineage tags and
+    alias `candidate`; the same content registered again returns the existing version."""
+    model_dir = Path(model_dir).resolve()
+    if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{model_dir} is not a model folder (no config.json or adapter_config.json)")
+    _check_name(name)
+    conn = _connect(tracking, run_dir)
+    try:
+        return _register(conn, model_dir, name, tags, metrics, run_id)
+    except TrackingError as exc:
+        raise TrackingError(f"{exc}; {_register_later_hint(model_dir, name, conn.uri)}") from None
+
+
+def register_dir(model_dir: str | Path, name: str, tracking_uri: str = "",
+                 tags: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> VersionInfo:
+    """Register a model folder after the fact (when the server was down during the pipeline): a run of
+    its own in experiment `expo`, then `log_and_register`. Metrics come from `metrics.json` beside it."""
+    cfg = TrackingConfig(tracking_uri=tracking_uri)
+    conn = connect(cfg)
+    model_dir = Path(model_dir).resolve()
+    metrics_file = model_dir / "metrics.json"
+    if metrics is None and metrics_file.is_file():
+        data = json.loads(metrics_file.read_text(encoding="utf-8"))
+        metrics = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    run = conn.call("create run", conn.client.create_run, conn.experiment_id(),
+                    tags={"expo.stage": "register-later"}, run_name="register-later")
+    info = log_and_register(model_dir, name, RegisterConfig(model_name=name), tags or {}, metrics or {},
+                            run.info.run_id, tracking=cfg)
+    conn.call("end run", conn.client.set_terminated, run.info.run_id, "FINISHED")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# Aliases: the gate and manual promotion
+
+
+def _decide(conn: Connection, name: str, version: int, cfg: RegisterConfig,
+            champion: int | None) -> GateDecision:
+    cand = _metric_value(conn, name, version, cfg.gate_metric)
+    champ = _metric_value(conn, name, champion, cfg.gate_metric) if champion is not None else None
+    if champion == version:
+        decision = "already-champion"
+    elif cand is None or (champion is not None and champ is None):
+        decision = "no-metric"  # cannot prove an improvement: the champion stays
+    elif champion is None or cand > champ + cfg.gate_margin:
+        decision = "promoted"
+    else:
+        decision = "kept"
+    return GateDecision(decision, version, champion, cand, champ, cfg.gate_metric)
+
+
+def _record(conn: Connection, name: str, gate: GateDecision, margin: float) -> None:
+    _set_version_tags(conn, name, gate.candidate_version, {
+        GATE_PREFIX + "decision": gate.decision,
+        GATE_PREFIX + "metric": gate.metric,
+        GATE_PREFIX + "margin": margin,
+        GATE_PREFIX + "candidate_value": gate.candidate_value,
+        GATE_PREFIX + "champion_value": gate.champion_value,
+        GATE_PREFIX + "champion_version": gate.champion_version,
+        GATE_PREFIX + "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+def gate_and_promote(name: str, version: int, cfg: RegisterConfig, *, tracking: TrackingConfig | None = None,
+                     run_dir: Path | None = None, alias: str = "champion") -> GateDecision:
+    """Move `alias` to `version` only if it beats the current holder on cfg.gate_metric by more than
+    cfg.gate_margin (or nobody holds it). The decision and numbers are tagged on `version`."""
+    _check_name(name)
+    conn = _connect(tracking, run_dir)
+    version = int(version)
+    with registry_lock(conn, name):
+        gate = _decide(conn, name, version, cfg, _aliases(conn, name).get(alias))
+        if gate.decision == "promoted":
+            conn.call("set alias", conn.client.set_registered_model_alias, name, alias, str(version))
+        _record(conn, name, gate, cfg.gate_margin)
+    return gate
+
+
+def promote(name: str, version: int, alias: str = "champion", reason: str = "", user: str | None = None, *,
+            tracking: TrackingConfig | None = None, run_dir: Path | None = None) -> int | None:
+    """Move `alias` to `version` by hand, recording who, when and why on the version. Returns the
+    version that held the alias before (None if none)."""
+    _check_name(name)
+    conn = _connect(tracking, run_dir)
+    version = int(version)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        conn.call("get model version", conn.client.get_model_version, name, str(version))
+    except MlflowException:
+        raise TrackingError(f"no version {version} of registered model {name!r} at "
+                            f"{redact_uri(conn.uri)}") from None
+    user = user or os.environ.get("USER") or getpass.getuser()
+    with registry_lock(conn, name):
+        before = _aliases(conn, name).get(alias)
+        conn.call("set alias", conn.client.set_registered_model_alias, name, alias, str(version))
+    prefix = f"expo.promoted.{mlflow_key(alias)}."
+    _set_version_tags(conn, name, version, {
+        prefix + "by": user, prefix + "reason": reason, prefix + "from_version": before,
+        prefix + "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    return before
+
+
+def list_models(name: str, *, tracking: TrackingConfig | None = None, run_dir: Path | None = None,
+                metrics: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One row per version (newest first): version, aliases, status, arm, run, fingerprint, metrics."""
+    _check_name(name)
+    conn = _connect(tracking, run_dir)
+    _ensure_exists(conn, name)
+    by_version: dict[int, list[str]] = {}
+    for alias, version in _aliases(conn, name).items():
+        by_version.setdefault(version, []).append(alias)
+    rows = []
+    for mv in reversed(_versions(conn, name)):
+        tags = mv.tags or {}
+        row: dict[str, Any] = {
+            "version": int(mv.version), "aliases": ",".join(sorted(by_version.get(int(mv.version), []))),
+            "arm": tags.get("expo.arm", ""), "gate": tags.get(GATE_PREFIX + "decision", ""),
+            "run_id": mv.run_id or "", "fingerprint": tags.get(FINGERPRINT_TAG, ""),
+            "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(mv.creation_timestamp) / 1000)),
+        }
+        wanted = metrics or tuple(k[len(METRIC_PREFIX):] for k in sorted(tags) if k.startswith(METRIC_PREFIX))
+        for metric in wanted:
+            raw = tags.get(METRIC_PREFIX + mlflow_key(metric))
+            row[metric] = float(raw) if raw not in (None, "") else None
+        rows.append(row)
+    return rows
+
+
+def _ensure_exists(conn: Connection, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        conn.call("get registered model", conn.client.get_registered_model, name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(f"no registered model {name!r} at {redact_uri(conn.uri)}") from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading back
+
+
+def download_model(uri: str, dst: str | Path, *, tracking: TrackingConfig | None = None) -> Path:
+    """Download `models:/NAME@alias` or `models:/NAME/3` into `dst`; returns the model folder."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not uri.startswith("models:/"):
+        raise TrackingError(f"{uri!r} is not a registry URI (expected models:/NAME@alias or models:/NAME/3)")
+    conn = _connect(tracking, None)
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    try:
+        path = conn.call("download model", mlflow.artifacts.download_artifacts, artifact_uri=uri,
+                         dst_path=str(dst), tracking_uri=conn.uri)
+    except MlflowException as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise TrackingError(f"cannot download {uri} from {redact_uri(conn.uri)}: {first}") from None
+    return Path(path)
+
+
+def load_model_from_registry(uri: str, *, tracking: TrackingConfig | None = None,
+                             dst: str | Path | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a registered version, loaded from safetensors only. A LoRA adapter is
+    loaded onto the base model recorded in its adapter_config.json."""
+    from transformers import AutoModelForCausalLM
+
+    from expo.modeling import load_tokenizer
+
+    folder = download_model(uri, dst or tempfile.mkdtemp(prefix="expo-model-"), tracking=tracking)
+    try:
+        if (folder / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
+        tokenizer = load_tokenizer(folder)
+    except (OSError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise ModelError(f"{uri} (downloaded to {folder}) cannot be loaded: {first}") from None
+    return model, tokenizer
+
+
+__all__ = [
+    "GateDecision", "VersionInfo", "content_fingerprint", "download_model", "gate_and_promote",
+    "list_models", "load_model_from_registry", "log_and_register", "promote", "register_dir",
+]

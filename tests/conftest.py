@@ -1,0 +1,13 @@
+"""Shared pytest fixtures. Each block names its owner; keep blocks small and import from helper modules."""
+
+# --- MLflow (issue 6): a session-scoped real server and per-test SQLite stores -----------------------
+from tests.mlflow_server import (  # noqa: F401
+    _sqlite_template, make_model_dir, mlflow_server, no_tracking_env, sqlite_store, unique_name,
+)
+
+
+def pytest_collection_finish(session):  # start the MLflow server early when a selected test needs it
+    from tests.mlflow_server import start_early
+
+    start_early(session.items)
+# --- end MLflow (issue 6) ------------------------------------------------------------------------------

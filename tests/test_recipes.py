@@ -1,0 +1,83 @@
+"""configs/: the paper's settings as ready recipes; each loads strictly and compiles into the pipeline."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from expo.config import load_config
+from tests.lint_tools import ROOT, run, tool
+
+RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def header(path: Path) -> str:
+    lines = path.read_text().splitlines()
+    return "\n".join(line for line in lines[: next(i for i, ln in enumerate(lines) if not ln.startswith("#"))])
+
+
+def test_there_are_recipes():
+    assert len(RECIPES) >= 8
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_loads_strictly(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem  # the run name says which recipe made it
+    assert cfg.model.source != "builtin:tiny" and cfg.data.source != "builtin:needle"
+    raw = yaml.safe_load(path.read_text())
+    assert "tracking" not in raw  # the tracking server comes from the cluster's secret, not a recipe
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_notes_gpus_and_time_matching_its_settings(path):
+    text, cfg = header(path), load_config(path)
+    assert "Expected time" in text and "GPUs:" in text
+    m = re.search(r"\((\d+) nodes? x (\d+)", text)
+    assert m, f"{path.name}: note the training layout as '(N node(s) x G)'"
+    assert (int(m.group(1)), int(m.group(2))) == (cfg.cluster.train_nodes, cfg.cluster.gpus_train)
+    assert f"configs/{path.name}" in text  # the command to run it
+
+
+def test_recipes_cover_the_papers_settings():
+    cfgs = {p.stem: load_config(p) for p in RECIPES}
+    pairs = {(c.model.source, c.data.schema) for c in cfgs.values()}
+    for model in ("Qwen/Qwen2.5-3B-Instruct", "meta-llama/Llama-3.2-3B-Instruct"):
+        for schema in ("math", "gsm8k"):
+            assert (model, schema) in pairs
+    arms = {arm for c in cfgs.values() for arm in c.train.arms}
+    assert {"grpo", "grpo-sft", "exp-grpo", "exp-dpo"} <= arms
+    assert all(c.train.expo_beta == 0.04 for c in cfgs.values() if "exp-grpo" in c.train.arms)
+    dpo = [c for c in cfgs.values() if c.train.arms == ["exp-dpo"]]
+    assert {(c.train.dpo_rounds > 1, c.explain.mode) for c in dpo} == {(False, "offline"), (True, "online")}
+    assert any(c.train.lora and "7B" in c.model.source for c in cfgs.values())
+    assert any(c.cluster.train_nodes > 1 for c in cfgs.values())  # the TrainJob path
+
+
+def test_recipes_pass_yamllint():
+    proc = run([tool("yamllint"), "-s", "-c", str(ROOT / ".yamllint.yaml"), str(ROOT / "configs")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_compiles_into_the_pipeline(path, tmp_path):
+    expo_pipeline = pytest.importorskip("pipelines.expo_pipeline")
+    cfg = load_config(path)
+    out = Path(expo_pipeline.compile_pipeline(cfg, tmp_path / f"{path.stem}.yaml"))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert docs[0]["pipelineInfo"]["name"] == path.stem.replace(".", "-")
+    text = out.read_text()
+    assert cfg.model.source in text
+    executors = next(d for d in docs if "deploymentSpec" in d)["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {cfg.cluster.image}
+
+    def gpus(executor: str) -> int:
+        return int(executors[executor]["container"]["resources"]["accelerator"]["count"])
+
+    # vLLM's tensor parallel size is the step's GPU count; one node's training holds its GPUs itself.
+    assert gpus("exec-generate-explanations") == cfg.cluster.gpus_generate
+    if cfg.cluster.train_nodes == 1:
+        assert gpus("exec-train") == cfg.cluster.gpus_train

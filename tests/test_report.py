@@ -1,0 +1,192 @@
+"""expo.report: the HTML page renders, stands alone, escapes user text, has the expected table rows; the
+Markdown twin references PNGs that exist; missing inputs drop their sections."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from expo.config import EvaluateConfig
+from expo.evaluate import build_metrics
+from expo.metrics import QuestionResult
+from expo.report import write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EVIL = "<script>alert('x')</script>"
+
+
+class PageParser(HTMLParser):
+    """Collects <img> sources and each table's body rows (by table id)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self.scripts = 0
+        self._table: str | None = None
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self._in_body = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "table":
+            self._table = attrs.get("id", f"table{len(self.tables)}")
+            self.tables[self._table] = []
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self._row = []
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        elif tag == "tbody":
+            self._in_body = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _metrics(name: str, counts: list[int]) -> dict:
+    """An evaluation of 4 questions (levels 1, 1, 2, 3), n = 4 samples each, c = counts."""
+    levels = [1, 1, 2, 3]
+    results = [QuestionResult(f"q{i}", lv, 4, c, greedy=c >= 2, tokens=[12] * 4, truncated=0)
+               for i, (lv, c) in enumerate(zip(levels, counts))]
+    samples = [{"reward": 1.0}] * 16
+    return build_metrics(results, samples, name, f"models:/{name}/1", EvaluateConfig(samples=4))
+
+
+def _training(steps: int = 5) -> dict[str, list[dict]]:
+    arms = {}
+    for arm, scale in (("grpo", 0.0), ("exp-grpo", 1.0)):
+        # the trainer's keys (expo/train/grpo.py, metrics.py); time/step is the whole step
+        arms[arm] = [{"step": s + 1, "reward": 0.1 * s, "frac_reward_zero_std": 1 - 0.1 * s,
+                      "expo_nll": scale * (2.0 - 0.1 * s), "acceptance": 0.5 + 0.05 * s, "loss": 0.1,
+                      "time/generation": 0.2, "time/backward": 0.1, "time/step": 0.4} for s in range(steps)]
+    return arms
+
+
+def _rates(questions, samples, passed, with_expl, solve_samples, solved):
+    """One level of expo.explain's stats.json."""
+    return {"questions": questions, "samples": samples, "passed": passed, "kept": passed,
+            "acceptance_rate": passed / samples, "questions_with_explanation": with_expl,
+            "coverage": with_expl / questions, "solve_samples": solve_samples, "solved": solved,
+            "solve_rate": solved / solve_samples if solve_samples else None}
+
+
+EXPLAIN_STATS = {**_rates(6, 24, 12, 5, 24, 6), "reject_reasons": {"wrong_answer": 12},
+                 "by_level": {"1": _rates(2, 8, 8, 2, 8, 5), "2": _rates(2, 8, 3, 2, 8, 1),
+                              "3": _rates(2, 8, 1, 1, 8, 0)}}
+IN_DIST = {"overall": {"explanation": {"count": 3, "mean": -1.2, "lo": -1.5, "hi": -0.9},
+                       "expert": {"count": 2, "mean": -3.4, "lo": -4.0, "hi": -2.8}},
+           "by_level": {"1": {"explanation": {"count": 3, "mean": -1.2, "lo": -1.5, "hi": -0.9},
+                              "expert": {"count": 2, "mean": -3.4, "lo": -4.0, "hi": -2.8}}}}
+
+
+def _check_images(page: PageParser, out: Path) -> None:
+    assert page.images
+    for src in page.images:
+        if src.startswith("data:"):
+            assert src.startswith("data:image/png;base64,")
+            data = base64.b64decode(src.split(",", 1)[1], validate=True)  # raises on bad base64
+            assert data.startswith(PNG_SIGNATURE)
+        else:
+            assert (out / src).is_file(), src
+
+
+def test_full_report_renders_with_expected_tables(tmp_path):
+    evaluations = {"base": _metrics("base", [2, 1, 0, 0]), EVIL: _metrics(EVIL, [4, 3, 2, 1])}
+    path = write_report(tmp_path, evaluations, training=_training(), explanation_stats=EXPLAIN_STATS,
+                        in_distribution=IN_DIST, title=f"Run {EVIL}")
+    assert path == tmp_path / "report.html"
+    text = path.read_text()
+    page = PageParser()
+    page.feed(text)
+    assert page.scripts == 0 and EVIL not in text  # user text is escaped everywhere
+    _check_images(page, tmp_path)
+
+    rows = page.tables
+    assert set(rows) == {"accuracy", "deltas", "pass_at_k", "training", "timing", "explanations",
+                         "in_distribution"}
+    assert [(r[0], r[1]) for r in rows["accuracy"]] == [
+        (name, lv) for name in ("base", EVIL) for lv in ("all", "1", "2", "3")]
+    # base level 1: pass@1 = (2/4 + 1/4)/2 = 37.5%; greedy 1 of 2 (c >= 2 on q0 only)
+    base_l1 = rows["accuracy"][1]
+    assert base_l1[2] == "2" and base_l1[3].startswith("37.5% [") and base_l1[6].startswith("50.0% [")
+    # deltas vs base on pass@1: q0 +2/4, q1 +2/4, q2 +2/4, q3 +1/4 -> all +43.75 pts; level 3 +25 pts
+    assert [(r[0], r[1]) for r in rows["deltas"]] == [(EVIL, lv) for lv in ("all", "1", "2", "3")]
+    assert rows["deltas"][0][3].startswith("+43.8 pts") and rows["deltas"][3][3].startswith("+25.0 pts")
+    assert [r[0] for r in rows["pass_at_k"]] == ["base", EVIL]
+    # base, c = 2, 1, 0, 0 of 4. pass@1: (1/2 + 1/4)/4; pass@2: (1 - C(2,2)/C(4,2) = 5/6, 1 - C(3,2)/C(4,2)
+    # = 1/2)/4 = 33.3%; pass@3: (1, 1 - C(3,3)/C(4,3) = 3/4)/4 = 43.75%; pass@4: (1, 1)/4
+    assert rows["pass_at_k"][0][1:] == ["18.8%", "33.3%", "43.8%", "50.0%"]
+    assert [r[0] for r in rows["training"]] == ["grpo", "exp-grpo"]
+    assert rows["training"][1][2:] == ["0.4", "1.6", "0.6", "0.7"]  # last step: reward, nll, zero-std, acc
+    # phases 0.2 + 0.1 of a 0.4 s step: "other" is 0.1 s; generation is half the step
+    assert [(r[0], r[1], r[2]) for r in rows["timing"]] == [
+        (arm, ph, sec) for arm in ("grpo", "exp-grpo")
+        for ph, sec in (("backward", "0.100"), ("generation", "0.200"), ("other", "0.100"))]
+    assert {r[3] for r in rows["timing"] if r[1] == "generation"} == {"50.0%"}
+    assert [r[0] for r in rows["explanations"]] == ["1", "2", "3", "all"]
+    assert rows["explanations"][0][1:] == ["2", "8", "100.0%", "100.0%", "62.5%"]
+    assert rows["explanations"][3][1:] == ["6", "24", "50.0%", "83.3%", "25.0%"]
+    assert [r[0] for r in rows["in_distribution"]] == ["all", "1"]
+    assert rows["in_distribution"][0][3] == "+2.200"
+
+    md = (tmp_path / "report.md").read_text()
+    assert EVIL not in md
+    for png in ("accuracy_by_level.png", "pass_at_k.png", "training_curves.png", "step_time.png",
+                "explanations.png"):
+        assert f"]({png})" in md and (tmp_path / png).read_bytes().startswith(PNG_SIGNATURE)
+    # every table row of the HTML is a Markdown row too (header + separator + body per table)
+    table_lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(table_lines) == sum(len(r) + 2 for r in rows.values())
+
+
+def test_missing_sections_are_omitted(tmp_path):
+    write_report(tmp_path, {"base": _metrics("base", [1, 1, 1, 1])}, title="one model")
+    page = PageParser()
+    page.feed((tmp_path / "report.html").read_text())
+    assert set(page.tables) == {"accuracy", "pass_at_k"}  # one model: no deltas
+    _check_images(page, tmp_path)
+    assert not (tmp_path / "training_curves.png").exists()
+    assert "Training" not in (tmp_path / "report.md").read_text()
+
+
+def test_report_with_nothing_to_show(tmp_path):
+    path = write_report(tmp_path, None, title="empty")
+    assert "Nothing to report" in path.read_text() and (tmp_path / "report.md").is_file()
+
+
+def test_training_without_known_keys_is_omitted(tmp_path):
+    write_report(tmp_path, None, training={"grpo": [{"step": 1, "loss": 0.3}]}, title="t")
+    page = PageParser()
+    page.feed((tmp_path / "report.html").read_text())
+    assert page.tables == {}
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium")
+def test_report_renders_in_headless_chromium(tmp_path):
+    path = write_report(tmp_path / "r", {"base": _metrics("base", [2, 1, 0, 0])}, training=_training(),
+                        title="screenshot")
+    shot = tmp_path / "shot.png"
+    subprocess.run(["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    f"--screenshot={shot}", "--window-size=1200,2400", path.as_uri()],
+                   check=True, timeout=120, capture_output=True)
+    assert shot.read_bytes().startswith(PNG_SIGNATURE) and shot.stat().st_size > 10_000

@@ -1,0 +1,67 @@
+"""build_warm_model: a loadable Hugging Face folder, warmed up on the easy levels only, seeded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from expo.answers import last_boxed
+from expo.config import ModelConfig, PromptConfig
+from expo.errors import DataError
+from expo.io import read_json, write_jsonl
+from expo.modeling import load_tokenizer
+from expo.toy.model import TinyArch, WarmupRecipe, build_warm_model, warmup_pairs
+from expo.toy.task import generate_rows, verification
+
+SMALL = TinyArch(hidden=32, layers=1, heads=2)
+
+
+def _data(tmp_path, per_level: int = 6):
+    rows = [{"id": f"q{i}", "question": r["problem"], "answer": last_boxed(r["solution"]),
+             "level": int(r["level"].split()[-1]), "solution": r["solution"], "subject": "Needle",
+             "source": "builtin:needle"} for i, r in enumerate(generate_rows(0, per_level))]
+    write_jsonl(tmp_path / "data" / "train.jsonl", rows)
+    return tmp_path / "data", rows
+
+
+def test_pairs_are_easy_levels_in_both_formats(tmp_path) -> None:
+    _, rows = _data(tmp_path)
+    easy = [r for r in rows if r["level"] <= 2]
+    pairs = warmup_pairs(easy, PromptConfig())
+    assert len(pairs) == 2 * len(easy)
+    solve, explain = pairs[0], pairs[1]
+    assert solve[1] == easy[0]["solution"]
+    assert explain[1] == verification(easy[0]["answer"])
+    assert easy[0]["answer"] in explain[0] and explain[0] != solve[0]
+
+
+def test_build_warm_model_saves_a_loadable_seeded_model(tmp_path) -> None:
+    data_dir, _ = _data(tmp_path)
+    out = build_warm_model(ModelConfig(warmup_steps=3, seed=1), data_dir, tmp_path / "m", arch=SMALL,
+                           recipe=WarmupRecipe(batch_size=4))
+    assert out == tmp_path / "m"
+    assert (out / "model.safetensors").is_file()
+    meta = read_json(out / "expo_model.json")
+    assert meta["base"] == "builtin:tiny" and meta["warmup"]["steps"] == 3
+    assert meta["warmup"]["examples"] == 2 * 12  # 6 rows of level 1 and 6 of level 2, two formats each
+    tok = load_tokenizer(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = tok(["Which has digit sum divisible by 3? 12"], return_tensors="pt", add_special_tokens=False)
+    assert tok.unk_token_id not in ids["input_ids"][0].tolist()  # the alphabet covers the task
+    with torch.no_grad():
+        logits = model(**ids).logits  # (1, T, V)
+    assert logits.shape[-1] == len(tok)
+    # Same seed, same weights: the warm-up is reproducible.
+    again = build_warm_model(ModelConfig(warmup_steps=3, seed=1), data_dir, tmp_path / "m2", arch=SMALL,
+                             recipe=WarmupRecipe(batch_size=4))
+    assert read_json(again / "expo_model.json")["fingerprint"] == meta["fingerprint"]
+
+
+def test_warmup_without_easy_rows_is_a_data_error(tmp_path) -> None:
+    _, rows = _data(tmp_path)
+    write_jsonl(tmp_path / "hard" / "train.jsonl", [r for r in rows if r["level"] >= 3])
+    with pytest.raises(DataError, match="no rows of level"):
+        build_warm_model(ModelConfig(warmup_steps=1), tmp_path / "hard", tmp_path / "m", arch=SMALL)
+    with pytest.raises(DataError, match="does not exist"):
+        build_warm_model(ModelConfig(warmup_steps=1), tmp_path / "nowhere", tmp_path / "m", arch=SMALL)

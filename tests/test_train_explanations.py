@@ -1,0 +1,79 @@
+"""The explanation buffer, the collapse guard, and online regeneration through the trainer (faked sampler)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from expo.io import read_jsonl
+from expo.train import train_arm
+from expo.train.explanations import ExplanationBuffer
+from trainkit import make_folders, small_config, zero_reward
+
+
+def rec(qid: str, text: str, accepted: bool = True) -> dict[str, Any]:
+    return {"id": qid, "explanation": text, "accepted": accepted}
+
+
+def test_buffer_keeps_accepted_newest_round_robin_and_capacity() -> None:
+    buf = ExplanationBuffer(capacity=2, acceptance_floor=0.5)
+    assert buf.add([rec("a", "x"), rec("a", "y"), rec("a", "bad", False), rec("a", "x")], step=0) == 2
+    assert [buf.pick("a") for _ in range(3)] == ["x", "y", "x"]  # round robin over the newest round
+    buf.add([rec("a", "z")], step=5)
+    assert [buf.pick("a") for _ in range(2)] == ["z", "z"]  # a newer round wins
+    assert len(buf) == 2  # capacity 2: the oldest ("x") was dropped
+    assert buf.pick("nobody") is None
+
+
+def test_collapse_guard_keeps_the_buffer_below_the_floor() -> None:
+    buf = ExplanationBuffer(capacity=4, acceptance_floor=0.5)
+    buf.seed([rec("a", "initial"), rec("b", "initial-b")], samples=2)
+    low = buf.add_round([rec("a", "fresh"), rec("a", "n1", False), rec("a", "n2", False)], step=10)
+    assert low.acceptance == 1 / 3 and not low.used
+    assert buf.pick("a") == "initial"  # the collapsed round is not used
+    high = buf.add_round([rec("a", "fresh"), rec("b", "n", False)], step=20)
+    assert high.acceptance == 0.5 and high.used  # at the floor counts as healthy
+    assert buf.pick("a") == "fresh" and buf.pick("b") == "initial-b"  # b never starves
+
+
+def test_buffer_state_round_trips_through_json() -> None:
+    buf = ExplanationBuffer(capacity=3, acceptance_floor=0.4)
+    buf.seed([rec("a", "x"), rec("a", "y")], samples=4)
+    buf.pick("a")
+    again = ExplanationBuffer()
+    again.load_state_dict(json.loads(json.dumps(buf.state_dict())))
+    assert again.state_dict() == buf.state_dict()
+    assert again.pick("a") == buf.pick("a") == "y"  # the cursor came along
+    assert again.rounds[0].acceptance == 0.5
+
+
+class FakeRegenerate:
+    """Round 1 explains every question (accepted); round 2 collapses (nothing accepted)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, model: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assert not model.training  # sampled in eval mode, under no_grad
+        self.calls.append([r["id"] for r in rows])
+        ok = len(self.calls) == 1
+        return [rec(r["id"], f"round {len(self.calls)}: \\boxed{{{r['answer']}}}", ok) for r in rows]
+
+
+def test_online_regeneration_logs_acceptance_and_guard(tmp_path: Path) -> None:
+    f = make_folders(tmp_path)
+    cfg = small_config(steps=3, expo_beta=0.1, acceptance_floor=0.5)
+    cfg.explain.mode = "online"
+    cfg.explain.regenerate_every = 1
+    fake = FakeRegenerate()
+    summary = train_arm("exp-grpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out",
+                        reward_fn=zero_reward, regenerate=fake)
+    assert len(fake.calls) == 2 and all(len(ids) == 2 for ids in fake.calls)  # steps 1 and 2, batch questions
+    rows = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    assert [r["acceptance"] for r in rows] == [1.0, 1.0, 0.0]  # initial stage, round 1, collapsed round 2
+    assert [r["explain/regenerated"] for r in rows] == [0.0, 2.0, 2.0]
+    assert rows[2]["explain/guard_held"] == 1.0 and rows[1]["explain/guard_held"] == 0.0
+    assert all(r["explanations_used"] == 2.0 for r in rows)  # the term never starves
+    assert rows[1]["time/explain_regen"] > 0 and rows[0]["time/explain_regen"] == 0
+    assert [r["used"] for r in summary["explanation_rounds"]] == [True, True, False]

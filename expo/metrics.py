@@ -5,9 +5,12 @@ What each interval is (all 95 % by default, z = 1.96):
 - **Greedy accuracy** is one Bernoulli outcome per question: a Wilson score interval over questions.
 - **pass@k** (pass@1 included) is a mean over questions of a per-question estimate in [0, 1] computed from
   n samples. Samples of one question are not independent, so the interval is a normal interval over
-  *questions*: mean +- z * sd / sqrt(Q), sd with ddof=1, clipped to [0, 1]. It collapses to a point when
-  every question has the same value (all solved or none): read it together with the question count.
-- **Deltas** between two models are per-question paired differences, with the same normal interval.
+  *questions*: mean +- z * sd / sqrt(Q), sd with ddof=1, clipped to [0, 1]. Where that says nothing (fewer
+  than two questions, or every question has the same value, e.g. none solved, where the normal interval
+  collapses to a point) it is the Wilson interval of the mean over Q questions instead; that one is
+  conservative because a variable in [0, 1] with mean p has variance at most p(1 - p).
+- **Deltas** between two models are per-question paired differences, with the normal interval (it
+  collapses to a point when every difference is the same, e.g. both models solve nothing).
 
     pass_at_k(4, 1, 2)      # 1 - C(3,2)/C(4,2) = 0.5
     wilson_interval(5, 10)  # (0.2366, 0.7634)
@@ -105,6 +108,14 @@ def sorted_levels(keys: Iterable[str]) -> list[str]:
     return sorted(keys, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
 
 
+def pass_interval(values: Sequence[float], z: float = Z95) -> tuple[float, float, float]:
+    """(mean, lo, hi) of per-question pass@k values: normal over questions, Wilson when that collapses."""
+    mean, lo, hi = mean_interval(values, z)
+    if len(values) < 2 or all(v == values[0] for v in values):
+        lo, hi = wilson_interval(math.fsum(values), len(values), z)
+    return mean, lo, hi
+
+
 def _interval(mean: float, lo: float, hi: float) -> dict[str, float]:
     return {"mean": mean, "lo": lo, "hi": hi}
 
@@ -117,7 +128,7 @@ def summarize(results: Sequence[QuestionResult], z: float = Z95) -> dict[str, An
     out: dict[str, Any] = {"questions": len(results), "samples_per_question": n, "pass@k": {}}
     for k in range(1, n + 1):
         per_q = [pass_at_k(r.n, r.c, k) for r in results]
-        out["pass@k"][str(k)] = _interval(*mean_interval(per_q, z))
+        out["pass@k"][str(k)] = _interval(*pass_interval(per_q, z))
     out["pass@1"] = out["pass@k"]["1"] if n else None
     judged = [r.greedy for r in results if r.greedy is not None]
     if judged:

@@ -169,9 +169,17 @@ def accuracy_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
                          _ci(s.get("greedy")), f"{s.get('mean_tokens', 0):.1f}",
                          _pct(s.get("truncated_fraction"))])
     blocks: list[Block] = [("h2", "Accuracy by level"),
-                           ("p", "pass@1 and pass@k: unbiased estimator from k samples per question, normal "
-                                 "95% interval over questions. Greedy: Wilson 95% interval."),
-                           ("table", Table("accuracy", header, rows))]
+                           ("p", "pass@1 and pass@k: unbiased estimator from k samples per question; "
+                                 "95% interval normal over questions (Wilson where every question scores "
+                                 "the same). Greedy: Wilson 95% interval."),
+                           ("table", Table("accuracy", header, rows)),
+                           ("img", Image("accuracy_by_level.png", _accuracy_plot(evaluations),
+                                         "pass@1 by level"))]
+    return blocks
+
+
+def _accuracy_plot(evaluations: dict[str, dict[str, Any]]) -> bytes:
+    """Grouped bars: pass@1 per level, one bar per model, 95% interval as error bars."""
     fig, axes = _figure(width=8)
     ax = axes[0][0]
     levels = sorted_levels({lv for m in evaluations.values() for lv in m["by_level"]})
@@ -189,8 +197,7 @@ def accuracy_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
     ax.set_xticks([i + width * (len(evaluations) - 1) / 2 for i in range(len(levels))], levels)
     ax.set(xlabel="level", ylabel="pass@1", ylim=(0, 1.05), title="pass@1 by level (95% CI)")
     ax.legend(fontsize=8)
-    blocks.append(("img", Image("accuracy_by_level.png", _png(fig), "pass@1 by level")))
-    return blocks
+    return _png(fig)
 
 
 def _base_name(evaluations: dict[str, dict[str, Any]]) -> str:

@@ -25,7 +25,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "prepare_model": ("model", "prompts"),
     "evaluate": ("evaluate", "generation", "prompts", "model"),
     "generate_explanations": ("explain", "generation", "prompts", "model"),
-    "train": ("train", "explain", "generation", "prompts", "model"),
+    # cluster: train_nodes > 1 launches a Kubeflow Trainer TrainJob instead of training in-process.
+    "train": ("train", "explain", "generation", "prompts", "model", "cluster"),
     "report": ("evaluate", "register", "train"),
     "register": ("register", "model", "train"),
 }
@@ -149,9 +150,16 @@ def train(config: str, arm: str, data_dir: str, model_dir: str, explanations_dir
 
     cfg = load_stage_config(config)
     with _stage_run(cfg, "train", arm=arm):
-        resume_from = checkpoint_dir(config, arm, data_dir, model_dir, explanations_dir)
-        summary = train_arm(arm, cfg, data_dir, model_dir, explanations_dir, output_dir,
-                            checkpoint_dir=resume_from)
+        if cfg.cluster.train_nodes > 1:
+            from expo.cluster import launch_trainjob
+
+            # The job's pods run train_arm only; this step keeps the one MLflow run for the arm.
+            launch_trainjob(cfg, arm, data_dir, model_dir, explanations_dir, output_dir)
+            summary = read_json(Path(output_dir) / "summary.json")
+        else:
+            resume_from = checkpoint_dir(config, arm, data_dir, model_dir, explanations_dir)
+            summary = train_arm(arm, cfg, data_dir, model_dir, explanations_dir, output_dir,
+                                checkpoint_dir=resume_from)
         steps_file = Path(output_dir) / "metrics.jsonl"
         if steps_file.is_file():
             tracking.log_metrics_series(read_jsonl(steps_file))
@@ -209,9 +217,9 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
 
 def build_summary(evaluations: dict[str, dict], cfg: ExpoConfig) -> dict[str, Any]:
     """{"models": {name: {"levels": {"1": {"pass@1": .., "pass@k": ..}}, "overall": {...}}}}."""
-    from expo.evaluate import summarize_levels
+    from expo.evaluate import model_summary
 
-    return {"models": {name: summarize_levels(metrics) for name, metrics in evaluations.items()}}
+    return {"models": {name: model_summary(metrics) for name, metrics in evaluations.items()}}
 
 
 def gate_value(model_summary: dict[str, Any], metric: str) -> float:

@@ -32,6 +32,7 @@ import os
 import re
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +50,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # keeps a step waiting minutes on a dead server before any message.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
-import mlflow  # noqa: E402  (after the environment defaults above, which it reads)
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 KEY_TAG = "expo.pipeline_key"
 ROLE_TAG = "expo.role"  # "pipeline" on the parent, "stage" on nested runs
@@ -162,7 +163,7 @@ class Connection:
         for attempt in range(self.retries + 1):
             try:
                 return fn(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - classified just below
+            except Exception as exc:
                 if not _transient(exc):
                     raise
                 if attempt == self.retries:
@@ -284,12 +285,13 @@ def tag_parent(key: str, tags: dict[str, str], cfg: TrackingConfig | None = None
 
 
 def close_parent(key: str, status: Status, cfg: TrackingConfig | None = None, *,
-                 run_dir: Path | None = None) -> str:
-    """End the parent run with the pipeline's status (the exit handler; creates it if no step did)."""
+                 tags: dict[str, str] | None = None, run_dir: Path | None = None) -> str:
+    """End the parent run with the pipeline's status, after adding `tags` (e.g. the KFP run id).
+    The exit handler calls it; it creates the parent if no step did (a pipeline that failed early)."""
     if status not in ("FINISHED", "FAILED", "KILLED"):
         raise TrackingError(f"close_parent: status {status!r} is not FINISHED, FAILED or KILLED")
     conn = connect(cfg or TrackingConfig(), run_dir)
-    run_id = _parent(conn, key, {}, "expo")
+    run_id = _parent(conn, key, dict(tags or {}), "expo")
     conn.call("end parent run", conn.client.set_terminated, run_id, status)
     return run_id
 
@@ -404,7 +406,9 @@ def log_dataset(path: str | Path, context: Literal["train", "eval", "explanation
     run = active_stage()
     digest = file_digest(path)
     frame = pd.DataFrame(read_jsonl(path))
-    dataset = mlflow.data.from_pandas(frame, source=str(path.resolve()), name=name, digest=digest)
+    with warnings.catch_warnings():  # MLflow registers two equivalent local-file sources and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = mlflow.data.from_pandas(frame, source=str(path.resolve()), name=name, digest=digest)
     entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
     run.conn.call("log dataset", run.conn.client.log_inputs, run.run_id, datasets=[entry])
     run.conn.call("tag dataset digest", run.conn.client.set_tag, run.run_id,

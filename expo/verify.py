@@ -17,9 +17,10 @@ anywhere). So every judgement runs in worker processes:
 - the parent enforces a hard deadline of `timeout_s + HARD_GRACE_S` per pair from a shared-memory
   clock that the worker stamps before each pair: a worker stuck where no signal reaches (C code) is
   killed, its pair scores 0, the rest of its chunk is re-queued and a replacement worker starts.
-Workers come from a `forkserver`: a clean interpreter that preloads this module, never a fork of a
-parent that may hold torch's threads; a replacement forks from it in milliseconds. Like every
-spawn-style pool, a script that calls the verifier needs the `if __name__ == "__main__":` guard.
+Workers come from a `forkserver`: a clean interpreter that preloads this module and Math-Verify, never
+a fork of a parent that may hold torch's threads. A replacement is ready in ~0.3 s, most of it warm-up
+(a `spawn`ed one takes ~1.6 s, measured here). Like every spawn-style pool, a script that calls the
+verifier needs the `if __name__ == "__main__":` guard (workers import the main module).
 
 How:
     >>> rewards([r"so \boxed{\frac{1}{2}}", "I get 0.4", "no idea"], ["0.5", "0.5", r"\frac{"])
@@ -36,6 +37,7 @@ import atexit
 import logging
 import math
 import multiprocessing as mp
+import numbers
 import os
 import re
 import signal
@@ -192,7 +194,7 @@ def extract_answer(completion: Any, options: VerifyOptions | None = None) -> str
 def prepare_gold(gold: Any, options: VerifyOptions | None = None) -> str | None:
     """A gold answer as workers parse it: bare LaTeX (a stray \\boxed{} is unwrapped); None if unusable."""
     options = options or VerifyOptions()
-    if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
+    if isinstance(gold, bool) or not isinstance(gold, (str, numbers.Real)):  # numpy numbers are Real too
         return None
     text = str(gold)
     if "\\boxed" in text or "\\fbox" in text:
@@ -304,22 +306,19 @@ def _worker_main(conn: Any, clock: Any, slot: int, judge_fn: Judge, max_memory_m
         for answer, gold in _WARMUP:
             _timed(judge_fn, answer, gold, timeout_s=STARTUP_TIMEOUT_S)
         _GOLD_CACHE.clear()
-    conn.send(("ready",))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        if message is None:
-            return
-        chunk_id, tasks, timeout_s = message
-        results = []
-        for k, (answer, gold) in enumerate(tasks):
-            clock[2 * slot] = k  # which pair of the chunk runs, and since when: the parent's deadline
-            clock[2 * slot + 1] = time.monotonic()
-            results.append(_timed(judge_fn, answer, gold, timeout_s))
-        clock[2 * slot + 1] = 0.0
-        conn.send(("done", chunk_id, results))
+    try:
+        conn.send(("ready",))
+        while (message := conn.recv()) is not None:
+            chunk_id, tasks, timeout_s = message
+            results = []
+            for k, (answer, gold) in enumerate(tasks):
+                clock[2 * slot] = k  # which pair of the chunk runs, and since when: the parent's deadline
+                clock[2 * slot + 1] = time.monotonic()
+                results.append(_timed(judge_fn, answer, gold, timeout_s))
+            clock[2 * slot + 1] = 0.0
+            conn.send(("done", chunk_id, results))
+    except (EOFError, OSError):
+        return  # the parent closed our pipe (it is gone, or gave up on us): nothing left to do
 
 
 def _quiet_math_verify() -> None:
@@ -385,9 +384,13 @@ class VerifierPool:
     """
 
     def __init__(self, workers: int | None = None, *, judge_fn: Judge = judge,
-                 max_memory_mb: int | None = 4096, start_method: str = "forkserver") -> None:
+                 max_memory_mb: int | None = 4096, start_method: str | None = None) -> None:
         if workers is not None and workers < 1:
             raise ConfigError(f"VerifierPool.workers: must be >= 1 (got {workers})")
+        # A process forked from one whose forkserver runs inherits that server's state but cannot use
+        # it (not its child): there, spawn instead.
+        inherited = _forkserver_owner not in (None, os.getpid())
+        start_method = start_method or ("spawn" if inherited else "forkserver")
         if start_method not in mp.get_all_start_methods():
             raise ConfigError(f"VerifierPool.start_method: {start_method!r} is not available here "
                               f"(available: {', '.join(mp.get_all_start_methods())})")
@@ -438,12 +441,18 @@ class VerifierPool:
                 self._abandon_busy()  # only after an error (e.g. KeyboardInterrupt): no stale chunk survives
         return [o for o in batch.outcomes if o is not None]
 
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live workers (to watch their CPU time or memory)."""
+        return [w.process.pid for w in self._slots if w is not None and w.process.is_alive()]
+
     def _check_usable(self) -> None:
         if self.closed or self._pid != os.getpid():
             raise VerifyError("this VerifierPool is closed or belongs to a parent process; make a new one")
 
     def close(self) -> None:
         """Stop the workers (politely, then by force). Safe to call twice and at interpreter exit."""
+        if self._pid != os.getpid():
+            return  # a forked child's inherited copy: the workers belong to the parent
         locked = self._lock.acquire(timeout=5.0)  # a daemon thread may hold it mid-batch at exit
         try:
             workers = [w for w in self._slots if w is not None]
@@ -567,13 +576,16 @@ class VerifierPool:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=_worker_main, name=f"expo-verify-{i}", daemon=True,
                                     args=(child_conn, self._clock, i, self._judge, self._max_memory_mb))
+        global _forkserver_owner
         try:
             process.start()
+            self._slots[i] = _Worker(process, parent_conn)
         except (OSError, AssertionError, ValueError) as exc:  # e.g. called inside a daemonic process
             raise VerifyError(f"cannot start a verifier worker process: {exc}") from exc
         finally:
             child_conn.close()
-        self._slots[i] = _Worker(process, parent_conn)
+        if self._ctx.get_start_method() == "forkserver":
+            _forkserver_owner = _forkserver_owner or os.getpid()
 
     def _abandon_busy(self) -> None:
         for i, w in enumerate(self._slots):
@@ -603,6 +615,7 @@ def usable_cpus() -> int:
 
 
 _default: VerifierPool | None = None
+_forkserver_owner: int | None = None  # the process whose forkserver our workers come from
 _default_lock = threading.Lock()
 
 

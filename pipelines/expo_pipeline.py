@@ -128,6 +128,8 @@ class _Placement:
         task.set_container_image(self.cluster.image)
         task.set_env_variable("EXPO_WORKSPACE", WORKSPACE)
         k8s.mount_pvc(task, pvc_name=self.cluster.workspace_pvc, mount_path=WORKSPACE)
+        # manifests/base NetworkPolicy admits only pods with this label to the MLflow server.
+        k8s.add_pod_label(task, label_key="expo.pipeline/mlflow-client", label_value="true")
         # Credentials come from Kubernetes secrets at run time; no value is ever in the compiled YAML.
         k8s.use_secret_as_env(task, secret_name=self.cluster.mlflow_secret, secret_key_to_env={
             "tracking-uri": "MLFLOW_TRACKING_URI", "username": "MLFLOW_TRACKING_USERNAME",

@@ -13,7 +13,7 @@ from pipelines.expo_pipeline import compile_pipeline
 
 def submit(cfg: ExpoConfig, host: str, namespace: str | None = None, experiment: str = "expo",
            run_name: str | None = None, token_env: str = "KF_PIPELINES_TOKEN",
-           cache: bool = True) -> tuple[str, str]:
+           cache: bool = True, service_account: str | None = None) -> tuple[str, str]:
     """Compile `cfg`'s pipeline and start a run; returns (run id, run URL). The token is read from
     `token_env` (never from the config, so it cannot land in the compiled YAML or in MLflow)."""
     import kfp
@@ -25,7 +25,7 @@ def submit(cfg: ExpoConfig, host: str, namespace: str | None = None, experiment:
             client = kfp.Client(host=host, existing_token=token, namespace=namespace)
             run = client.create_run_from_pipeline_package(
                 str(package), arguments={}, run_name=run_name or cfg.name, experiment_name=experiment,
-                namespace=namespace, enable_caching=cache)
+                namespace=namespace, enable_caching=cache, service_account=service_account)
         except Exception as exc:  # the client raises many types (HTTP, auth, connection)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExpoError(f"could not submit to {host}: {first}") from None

@@ -2,7 +2,12 @@
 
 # --- MLflow (issue 6): a session-scoped real server and per-test SQLite stores -----------------------
 from tests.mlflow_server import (  # noqa: F401
-    _sqlite_template, make_model_dir, mlflow_server, no_tracking_env, sqlite_store, unique_name,
+    _sqlite_template,
+    make_model_dir,
+    mlflow_server,
+    no_tracking_env,
+    sqlite_store,
+    unique_name,
 )
 
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHECKOV_VERSION = "3.3.30"
 TOOLS_VENV = ROOT / ".venv-tools"
-KUSTOMIZATIONS = ("overlays/self-contained", "overlays/kfp-standalone", "overlays/external", "trainer-runtime")
+KUSTOMIZATIONS = (
+    "overlays/self-contained",
+    "overlays/kfp-standalone",
+    "overlays/external",
+    "trainer-runtime",
+)
 
 # Checks we skip, each with its reason (passed to checkov with --skip-check).
 CHECKOV_SKIPS = {
@@ -47,7 +52,7 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
 
 
-@lru_cache(maxsize=None)
+@cache
 def kustomize_build(target: str) -> str:
     """`kubectl kustomize manifests/<target>`: the real kustomize (v5, built into kubectl)."""
     proc = run([tool("kubectl"), "kustomize", str(ROOT / "manifests" / target)])
@@ -67,17 +72,35 @@ def checkov_bin() -> str:
     return str(exe)
 
 
-@lru_cache(maxsize=None)
+@cache
 def checkov_results(folder: str) -> dict[str, dict]:
     """One checkov run over `folder` (Dockerfile, Kubernetes YAML, secrets).
 
     Returns {framework: {"summary": {"passed", "failed", ...}, "failed_checks": [...]}}."""
-    proc = run([checkov_bin(), "-d", folder, "--framework", "kubernetes", "dockerfile", "secrets",
-                "--skip-check", ",".join(CHECKOV_SKIPS), "--skip-download", "--quiet", "-o", "json"],
-               env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_NO_OUTPUT_TRUNCATION": "1"})
+    proc = run(
+        [
+            checkov_bin(),
+            "-d",
+            folder,
+            "--framework",
+            "kubernetes",
+            "dockerfile",
+            "secrets",
+            "--skip-check",
+            ",".join(CHECKOV_SKIPS),
+            "--skip-download",
+            "--quiet",
+            "-o",
+            "json",
+        ],
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_NO_OUTPUT_TRUNCATION": "1"},
+    )
     if proc.returncode not in (0, 1):  # 1: some check failed; anything else: checkov itself broke
         pytest.fail(f"checkov failed to run (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     data = json.loads(proc.stdout) if proc.stdout.strip() else []
     reports = data if isinstance(data, list) else [data]
-    return {r["check_type"]: {"summary": r["summary"], "failed_checks": r["results"].get("failed_checks", [])}
-            for r in reports if "check_type" in r}
+    return {
+        r["check_type"]: {"summary": r["summary"], "failed_checks": r["results"].get("failed_checks", [])}
+        for r in reports
+        if "check_type" in r
+    }

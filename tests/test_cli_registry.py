@@ -76,7 +76,7 @@ def test_format_table_aligns_and_marks_missing():
             {"version": 1, "aliases": "champion", "arm": "exp-grpo", "gate": "promoted", "m": 0.123456,
              "created": "c", "run_id": "r"}]
     lines = format_table(rows).splitlines()
-    assert lines[1].split() == ["2", "grpo", "-", "c", "r"]  # empty cells stay blank, None is "-"
+    assert lines[1].split() == ["2", "-", "grpo", "-", "-", "c", "r"]  # empty and None cells are "-"
     assert lines[2].split() == ["1", "champion", "exp-grpo", "promoted", "0.1235", "c", "r"]
-    assert len({line.index("run_id") if "run_id" in line else None for line in lines[:1]}) == 1
+    assert lines[0].index("arm") == lines[2].index("exp-grpo")  # columns aligned
     assert format_table([]) == "(no versions)"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -27,10 +27,22 @@ W = "/workspace/trainjobs/j1"
 
 CREATED: dict = {}
 RUNNING = {"jobsStatus": [{"name": "node", "active": 2, "ready": 2, "succeeded": 0, "failed": 0}]}
-COMPLETE = {"conditions": [{"type": "Complete", "status": "True", "reason": "JobsCompleted",
-                            "message": "jobset completed"}], "jobsStatus": [{"name": "node", "succeeded": 2}]}
-FAILED = {"conditions": [{"type": "Failed", "status": "True", "reason": "FailedJobs",
-                          "message": "jobset failed: node-0 exited with code 137 (OOMKilled)"}]}
+COMPLETE = {
+    "conditions": [
+        {"type": "Complete", "status": "True", "reason": "JobsCompleted", "message": "jobset completed"}
+    ],
+    "jobsStatus": [{"name": "node", "succeeded": 2}],
+}
+FAILED = {
+    "conditions": [
+        {
+            "type": "Failed",
+            "status": "True",
+            "reason": "FailedJobs",
+            "message": "jobset failed: node-0 exited with code 137 (OOMKilled)",
+        }
+    ]
+}
 SUSPENDED = {"conditions": [{"type": "Suspended", "status": "True", "reason": "Suspended", "message": ""}]}
 
 
@@ -90,8 +102,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _status(self, code: int, reason: str, message: str) -> None:
-        self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
-                           "message": message, "code": code})
+        self._reply(
+            code,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "reason": reason,
+                "message": message,
+                "code": code,
+            },
+        )
 
     def do_POST(self):
         url = urlparse(self.path)
@@ -101,8 +122,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._status(404, "NotFound", f"no route {url.path}")
         if self.server.create_error:
             code = self.server.create_error
-            return self._status(code, {403: "Forbidden", 409: "AlreadyExists"}.get(code, "Invalid"),
-                                f'trainjobs.trainer.kubeflow.org "{body["metadata"]["name"]}" refused')
+            return self._status(
+                code,
+                {403: "Forbidden", 409: "AlreadyExists"}.get(code, "Invalid"),
+                f'trainjobs.trainer.kubeflow.org "{body["metadata"]["name"]}" refused',
+            )
         self.server.jobs[body["metadata"]["name"]] = body
         if self.server.on_create:
             self.server.on_create(body)
@@ -119,8 +143,15 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._status(404, "NotFound", f'trainjobs "{name}" not found')
             return self._reply(200, {**self.server.jobs[name], "status": self.server.status_now()})
         if url.path == f"/api/v1/namespaces/{NS}/pods":
-            return self._reply(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
-                                     "items": self._pods(query.get("labelSelector", [""])[0])})
+            return self._reply(
+                200,
+                {
+                    "kind": "PodList",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "items": self._pods(query.get("labelSelector", [""])[0]),
+                },
+            )
         if url.path.startswith(f"/api/v1/namespaces/{NS}/pods/") and parts[-1] == "log":
             return self._reply(200, self.server.log_text.encode(), "text/plain")
         self._status(404, "NotFound", f"no route {url.path}")
@@ -130,8 +161,12 @@ class _Handler(BaseHTTPRequestHandler):
         name = labels.get("jobset.sigs.k8s.io/jobset-name")
         if name not in self.server.jobs or self.server.gets == 0:
             return []
-        return [{"metadata": {"name": f"{name}-node-0-0", "namespace": NS, "labels": labels},
-                 "status": {"phase": "Running"}}]
+        return [
+            {
+                "metadata": {"name": f"{name}-node-0-0", "namespace": NS, "labels": labels},
+                "status": {"phase": "Running"},
+            }
+        ]
 
 
 def _job(name="expo-grpo-1a2b3c4d"):
@@ -141,7 +176,9 @@ def _job(name="expo-grpo-1a2b3c4d"):
 
 def test_lifecycle_created_running_complete_with_logs():
     lines: list[str] = []
-    with FakeKubeAPI([CREATED, RUNNING, RUNNING, COMPLETE], log="step 1 loss 0.5\nstep 2 loss 0.4\ndone") as api:
+    with FakeKubeAPI(
+        [CREATED, RUNNING, RUNNING, COMPLETE], log="step 1 loss 0.5\nstep 2 loss 0.4\ndone"
+    ) as api:
         result = launch_and_wait(api.client(), _job(), timeout_s=30, poll_s=0.01, log_sink=lines.append)
         posts = [r for r in api.requests if r[0] == "POST"]
         pod_lists = [r for r in api.requests if r[1].endswith("/pods")]
@@ -150,8 +187,10 @@ def test_lifecycle_created_running_complete_with_logs():
     assert posts == [("POST", JOBS, {})]
     assert api.jobs["expo-grpo-1a2b3c4d"]["spec"]["trainer"]["numNodes"] == 2  # what we sent arrived whole
     selector = pod_lists[0][2]["labelSelector"][0]
-    assert selector == ("jobset.sigs.k8s.io/jobset-name=expo-grpo-1a2b3c4d,"
-                        "jobset.sigs.k8s.io/replicatedjob-name=node,batch.kubernetes.io/job-completion-index=0")
+    assert selector == (
+        "jobset.sigs.k8s.io/jobset-name=expo-grpo-1a2b3c4d,"
+        "jobset.sigs.k8s.io/replicatedjob-name=node,batch.kubernetes.io/job-completion-index=0"
+    )
     assert logs and logs[0][1] == f"/api/v1/namespaces/{NS}/pods/expo-grpo-1a2b3c4d-node-0-0/log"
     assert logs[0][2]["container"] == ["node"] and logs[0][2]["follow"] == ["True"]  # Go ParseBool accepts it
     assert len(logs) == 1  # followed once, not re-read at every poll
@@ -180,11 +219,14 @@ def test_timeout_names_the_job_and_its_state():
             launch_and_wait(api.client(), _job(), timeout_s=0.05, poll_s=0.01, log_sink=None)
 
 
-@pytest.mark.parametrize("code, needle", [
-    (403, "forbidden (the pipeline's ServiceAccount needs the expo-pipeline Role"),
-    (409, "already exists"),
-    (422, "invalid object"),
-])
+@pytest.mark.parametrize(
+    "code, needle",
+    [
+        (403, "forbidden (the pipeline's ServiceAccount needs the expo-pipeline Role"),
+        (409, "already exists"),
+        (422, "invalid object"),
+    ],
+)
 def test_create_refused_is_one_clear_error(code, needle):
     with FakeKubeAPI([CREATED], create_error=code) as api:
         with pytest.raises(TrainJobError) as err:
@@ -193,17 +235,27 @@ def test_create_refused_is_one_clear_error(code, needle):
     assert "refused" in str(err.value)  # the server's own message is kept
 
 
-@pytest.mark.parametrize("status, phase, reason", [
-    ({}, "Created", ""),
-    (RUNNING, "Running", ""),
-    (COMPLETE, "Complete", "JobsCompleted"),
-    (FAILED, "Failed", "FailedJobs"),
-    # A condition with status False does not count; Failed wins over Complete if both were True.
-    ({"conditions": [{"type": "Failed", "status": "False"}]}, "Created", ""),
-    ({"conditions": [{"type": "Complete", "status": "True"}, {"type": "Failed", "status": "True",
-                                                               "reason": "DeadlineExceeded"}]},
-     "Failed", "DeadlineExceeded"),
-])
+@pytest.mark.parametrize(
+    "status, phase, reason",
+    [
+        ({}, "Created", ""),
+        (RUNNING, "Running", ""),
+        (COMPLETE, "Complete", "JobsCompleted"),
+        (FAILED, "Failed", "FailedJobs"),
+        # A condition with status False does not count; Failed wins over Complete if both were True.
+        ({"conditions": [{"type": "Failed", "status": "False"}]}, "Created", ""),
+        (
+            {
+                "conditions": [
+                    {"type": "Complete", "status": "True"},
+                    {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"},
+                ]
+            },
+            "Failed",
+            "DeadlineExceeded",
+        ),
+    ],
+)
 def test_job_state_reads_conditions_then_progress(status, phase, reason):
     state = job_state({"status": status})
     assert (state.phase, state.reason) == (phase, reason)
@@ -228,9 +280,19 @@ def test_launch_trainjob_stages_inputs_and_fetches_the_model(tmp_path):
 
     cfg = load_config(None, ["cluster.train_nodes=2"])
     with FakeKubeAPI([RUNNING, COMPLETE], on_create=train) as api:
-        result = launch_trainjob(cfg, "exp-grpo", task / "data", task / "model", task / "explanations",
-                                 task / "trained", api_client=api.client(), namespace=NS,
-                                 workspace=workspace, poll_s=0.01, log_sink=None)
+        result = launch_trainjob(
+            cfg,
+            "exp-grpo",
+            task / "data",
+            task / "model",
+            task / "explanations",
+            task / "trained",
+            api_client=api.client(),
+            namespace=NS,
+            workspace=workspace,
+            poll_s=0.01,
+            log_sink=None,
+        )
     assert result.phase == "Complete" and result.name.startswith("expo-exp-grpo-")
     assert (task / "trained" / "model" / "model.safetensors").read_text() == "weights"
     staged = workspace / "trainjobs" / result.name

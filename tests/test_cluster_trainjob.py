@@ -16,14 +16,23 @@ from expo.cluster.trainjob import GROUP, MLFLOW_CLIENT_LABEL, TRAINER_RELEASE, V
 from expo.config import load_config
 from expo.errors import ConfigError
 
-SCHEMA = json.loads((Path(__file__).parent / "resources" / "trainer-v2.3.0" / "trainjob.schema.json").read_text())
+SCHEMA = json.loads(
+    (Path(__file__).parent / "resources" / "trainer-v2.3.0" / "trainjob.schema.json").read_text()
+)
 W = "/workspace/trainjobs/j1"
 
 
 def make(overrides: list[str] | None = None, **kw):
     cfg = load_config(None, overrides or [])
-    args = dict(name="expo-exp-grpo-1a2b3c4d", cfg=cfg, arm="exp-grpo", data_path=f"{W}/data",
-                model_path=f"{W}/model", output_path=f"{W}/output", namespace="expo")
+    args = dict(
+        name="expo-exp-grpo-1a2b3c4d",
+        cfg=cfg,
+        arm="exp-grpo",
+        data_path=f"{W}/data",
+        model_path=f"{W}/model",
+        output_path=f"{W}/output",
+        namespace="expo",
+    )
     args.update(kw)
     return build_trainjob(**args)
 
@@ -89,8 +98,11 @@ def test_nodes_gpus_and_launch_command():
     assert "--num_machines 2 --num_processes 16 --multi_gpu" in script
     assert '"$PET_NODE_RANK"' in script and '"$PET_MASTER_ADDR"' in script
     assert script.endswith('-m expo.cluster.worker "$@"')
-    assert job["spec"]["runtimeRef"] == {"name": "expo-torch-distributed", "apiGroup": GROUP,
-                                         "kind": "ClusterTrainingRuntime"}
+    assert job["spec"]["runtimeRef"] == {
+        "name": "expo-torch-distributed",
+        "apiGroup": GROUP,
+        "kind": "ClusterTrainingRuntime",
+    }
 
 
 def test_single_gpu_and_cpu_launch_flags():
@@ -106,31 +118,44 @@ def test_worker_args_carry_paths_and_config_round_trip():
     job = make(["train.expo_beta=0.02"], explanations_path=f"{W}/explanations")
     args = parse_args(job["spec"]["trainer"]["args"])
     assert (args.arm, args.data, args.model, args.output, args.explanations) == (
-        "exp-grpo", f"{W}/data", f"{W}/model", f"{W}/output", f"{W}/explanations")
+        "exp-grpo",
+        f"{W}/data",
+        f"{W}/model",
+        f"{W}/output",
+        f"{W}/explanations",
+    )
     assert load_config_json(args.config_json).train.expo_beta == 0.02
 
 
 def test_workspace_volume_labels_and_secret_references():
     job = make(["cluster.workspace_pvc=my-pvc", "cluster.mlflow_secret=my-mlflow"])
     (patch,) = job["spec"]["runtimePatches"]
-    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"][
+        "template"
+    ]
     assert pod["spec"]["volumes"] == [{"name": "workspace", "persistentVolumeClaim": {"claimName": "my-pvc"}}]
     assert pod["spec"]["containers"][0]["volumeMounts"] == [{"name": "workspace", "mountPath": "/workspace"}]
     assert pod["metadata"]["labels"][MLFLOW_CLIENT_LABEL] == "true"  # else the NetworkPolicy blocks MLflow
     env = {e["name"]: e for e in job["spec"]["trainer"]["env"]}
     assert env["MLFLOW_TRACKING_URI"]["valueFrom"]["secretKeyRef"] == {
-        "name": "my-mlflow", "key": "tracking-uri", "optional": True}
+        "name": "my-mlflow",
+        "key": "tracking-uri",
+        "optional": True,
+    }
     assert all("value" not in e for name, e in env.items() if name.startswith("MLFLOW_"))
 
 
-@pytest.mark.parametrize("kw, needle", [
-    ({"name": "Expo_Job"}, "TrainJob name"),
-    ({"name": "e" * 64}, "TrainJob name"),
-    ({"data_path": "/tmp/data"}, "data_path"),
-    ({"model_path": "/workspace/../etc"}, "model_path"),
-    ({"output_path": "relative/out"}, "output_path"),
-    ({"explanations_path": "/workspace"}, "explanations_path"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"name": "Expo_Job"}, "TrainJob name"),
+        ({"name": "e" * 64}, "TrainJob name"),
+        ({"data_path": "/tmp/data"}, "data_path"),
+        ({"model_path": "/workspace/../etc"}, "model_path"),
+        ({"output_path": "relative/out"}, "output_path"),
+        ({"explanations_path": "/workspace"}, "explanations_path"),
+    ],
+)
 def test_bad_names_and_paths_are_config_errors(kw, needle):
     with pytest.raises(ConfigError, match=needle):
         make(**kw)
@@ -139,11 +164,24 @@ def test_bad_names_and_paths_are_config_errors(kw, needle):
 def test_worker_bad_config_json_exits_2(capsys):
     from expo.cluster import worker
 
-    rc = worker.main(["--config-json", "{not json", "--arm", "grpo", "--data", "d", "--model", "m",
-                      "--output", "o"])
+    rc = worker.main(
+        ["--config-json", "{not json", "--arm", "grpo", "--data", "d", "--model", "m", "--output", "o"]
+    )
     assert rc == 2 and "--config-json: not valid JSON" in capsys.readouterr().err
-    rc = worker.main(["--config-json", '{"train": {"stepz": 1}}', "--arm", "grpo", "--data", "d",
-                      "--model", "m", "--output", "o"])
+    rc = worker.main(
+        [
+            "--config-json",
+            '{"train": {"stepz": 1}}',
+            "--arm",
+            "grpo",
+            "--data",
+            "d",
+            "--model",
+            "m",
+            "--output",
+            "o",
+        ]
+    )
     assert rc == 2 and "train.stepz" in capsys.readouterr().err
 
 
@@ -156,4 +194,9 @@ def test_worker_calls_train_arm_with_its_arguments(monkeypatch):
     job = make(explanations_path=f"{W}/explanations")
     assert worker.main(job["spec"]["trainer"]["args"]) == 0
     (call,) = calls
-    assert call[0] == "exp-grpo" and call[2:] == (f"{W}/data", f"{W}/model", f"{W}/explanations", f"{W}/output")
+    assert call[0] == "exp-grpo" and call[2:] == (
+        f"{W}/data",
+        f"{W}/model",
+        f"{W}/explanations",
+        f"{W}/output",
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 from packaging.markers import default_environment
@@ -92,7 +91,7 @@ def test_final_stages_run_as_numeric_non_root_user(stage):
     users = stage_lines(stage, "USER")
     assert users and re.fullmatch(r"[1-9]\d{3,}:[1-9]\d{3,}", users[-1]), users
     last_user = max(i for i, (s, w, _) in enumerate(instructions()) if s == stage and w == "USER")
-    after = [w for s, w, _ in instructions()[last_user + 1:] if s == stage]
+    after = [w for s, w, _ in instructions()[last_user + 1 :] if s == stage]
     assert "RUN" not in after  # nothing runs as root after the switch
 
 
@@ -107,33 +106,45 @@ def test_expo_is_on_path(stage):
 
 
 def test_no_secret_in_build_args_or_env():
-    for stage, word, rest in instructions():
+    for _stage, word, rest in instructions():
         if word in ("ARG", "ENV"):
             assert not re.search(r"(PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY)", rest, re.I), rest
     assert "--mount=type=secret" not in DOCKERFILE  # nothing needs one: the build uses public indexes only
 
 
 def test_build_context_is_an_allow_list():
-    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert lines[0] == "*"
     allowed = [ln[1:] for ln in lines if ln.startswith("!")]
     for bad in (".venv", ".venv-tools", ".git", "expo-runs", "mlflow.db", "mlruns", ".env"):
         assert not any(a.rstrip("/").startswith(bad) for a in allowed), bad
     # Every COPY source from the context exists and is let through.
-    for stage, word, rest in instructions():
+    for _stage, word, rest in instructions():
         if word == "COPY" and not rest.startswith("--from"):
             for src in rest.split()[:-1]:
                 assert (ROOT / src).exists(), f"COPY {src}: missing"
-                assert any(src == a.rstrip("/") or src.startswith(a.rstrip("/")) or
-                           re.fullmatch(a.replace("*", ".*"), src) for a in allowed), f"{src} is ignored"
+                assert any(
+                    src == a.rstrip("/")
+                    or src.startswith(a.rstrip("/"))
+                    or re.fullmatch(a.replace("*", ".*"), src)
+                    for a in allowed
+                ), f"{src} is ignored"
 
 
 def test_base_images_are_pinned():
     stages = {rest.split(" AS ")[1] for _, w, rest in instructions() if w == "FROM"}
-    images = [rest.split()[0] for _, w, rest in instructions() if w == "FROM" and rest.split()[0] not in stages]
-    assert images == ["python:3.11.14-slim-bookworm", "python:3.11.14-slim-bookworm",
-                      "nvidia/cuda:13.0.1-base-ubuntu22.04"]
+    images = [
+        rest.split()[0] for _, w, rest in instructions() if w == "FROM" and rest.split()[0] not in stages
+    ]
+    assert images == [
+        "python:3.11.14-slim-bookworm",
+        "python:3.11.14-slim-bookworm",
+        "nvidia/cuda:13.0.1-base-ubuntu22.04",
+    ]
     for image in images:
         assert re.search(r":\d+\.\d+\.\d+-", image), f"{image}: pin an exact release"
 
@@ -166,8 +177,14 @@ def test_locks_satisfy_pyproject(target):
 def test_locked_packages_agree_with_their_own_requirements(target):
     """For each locked package installed here at the locked version, its requirements are locked too."""
     pins = lock(target)
-    env = {**default_environment(), "python_version": "3.11", "sys_platform": "linux",
-           "platform_system": "Linux", "platform_machine": "x86_64", "extra": ""}
+    env = {
+        **default_environment(),
+        "python_version": "3.11",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "extra": "",
+    }
     outside = {"torch"} if target == "cpu" else set()  # the CPU torch wheel comes from its own index
     checked = 0
     for name, version in pins.items():
@@ -186,6 +203,7 @@ def test_locked_packages_agree_with_their_own_requirements(target):
             if dep in outside:
                 continue
             assert dep in pins, f"{name}=={version} needs {req}, not in the {target} lock"
-            assert req.specifier.contains(pins[dep], prereleases=True), \
+            assert req.specifier.contains(pins[dep], prereleases=True), (
                 f"{name}=={version} needs {req}, lock has {pins[dep]}"
+            )
     assert checked >= 40  # most of the lock is installed here; a near-empty check would prove nothing

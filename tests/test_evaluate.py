@@ -151,10 +151,10 @@ def test_resolve_model_local_paths(tmp_path):
         find_model_folder(tmp_path / "empty")
 
 
-@pytest.mark.slow  # MLflow's SQLite schema migrations: 10-20 s on 2 busy cores
-def test_resolve_model_from_mlflow_registry(tmp_path, monkeypatch):
-    mlflow = pytest.importorskip("mlflow")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_resolve_model_from_mlflow_registry(tmp_path, monkeypatch, no_tracking_env, sqlite_store):
+    import mlflow
+
+    uri = sqlite_store  # a migrated SQLite store (tests/mlflow_server.py)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     src = tmp_path / "model"
@@ -227,15 +227,9 @@ def test_mean_token_logprobs_independent_of_batching():
 # End to end on a tiny random model saved to a folder.
 
 
-def test_evaluate_end_to_end_on_tiny_model(tmp_path, capsys):
+def test_evaluate_end_to_end_on_tiny_model(tmp_path, capsys, make_model_dir):
     """`expo evaluate` on a tiny random model saved to a folder: real generation, verifier, report."""
-    pytest.importorskip("expo.generation")
-    pytest.importorskip("expo.verify")
-
-    tok = char_tokenizer()
-    model = tiny_qwen2(tok, hidden=32, layers=1, heads=2)
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
+    (tmp_path / "model").symlink_to(make_model_dir(seed=0))  # a saved tiny Qwen2 + char tokenizer
     write_jsonl(tmp_path / "data" / "eval.jsonl", ROWS)
     write_jsonl(tmp_path / "data" / "train.jsonl", [
         {"id": "t1", "question": "1+1?", "answer": "2", "level": 1, "solution": r"1+1 = \boxed{2}"},

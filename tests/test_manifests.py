@@ -47,20 +47,52 @@ def pod_templates() -> list[tuple[str, dict]]:
 @pytest.mark.parametrize("target", KUSTOMIZATIONS)
 def test_kustomize_builds(target):
     kinds = {d["kind"] for d in docs(target)}
-    expected = {"overlays/self-contained": {"Namespace", "Deployment", "StatefulSet", "Job", "Role", "RoleBinding",
-                                            "ServiceAccount", "NetworkPolicy", "PersistentVolumeClaim", "Service",
-                                            "ConfigMap"},
-                "overlays/kfp-standalone": {"Deployment", "StatefulSet", "Job", "Role", "RoleBinding", "ServiceAccount",
-                                            "NetworkPolicy", "PersistentVolumeClaim", "Service", "ConfigMap"},
-                "overlays/external": {"Deployment", "Role", "RoleBinding", "ServiceAccount", "NetworkPolicy",
-                                      "PersistentVolumeClaim", "Service", "ConfigMap"},
-                "trainer-runtime": {"ClusterTrainingRuntime"}}[target]
+    expected = {
+        "overlays/self-contained": {
+            "Namespace",
+            "Deployment",
+            "StatefulSet",
+            "Job",
+            "Role",
+            "RoleBinding",
+            "ServiceAccount",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "Service",
+            "ConfigMap",
+        },
+        "overlays/kfp-standalone": {
+            "Deployment",
+            "StatefulSet",
+            "Job",
+            "Role",
+            "RoleBinding",
+            "ServiceAccount",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "Service",
+            "ConfigMap",
+        },
+        "overlays/external": {
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "ServiceAccount",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "Service",
+            "ConfigMap",
+        },
+        "trainer-runtime": {"ClusterTrainingRuntime"},
+    }[target]
     assert kinds == expected
 
 
 def test_overlays_point_mlflow_at_their_stores():
     def config(target):
-        return next(d for d in docs(target) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mlflow-config")
+        return next(
+            d for d in docs(target) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mlflow-config"
+        )
 
     for target in ("overlays/self-contained", "overlays/kfp-standalone"):
         assert config(target)["data"]["DB_HOST"] == "mlflow-postgres"
@@ -81,7 +113,7 @@ def test_yamllint_strict():
 def test_every_object_validates_against_kubernetes_schemas():
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     checked = 0
-    for target, d in all_docs():
+    for _target, d in all_docs():
         if d["apiVersion"].startswith("trainer.kubeflow.org/"):
             continue  # a CRD: checked against the Trainer API below
         kubernetes_validate.validate(d, K8S_VERSION, strict=True)
@@ -105,8 +137,12 @@ def test_cluster_training_runtime_matches_trainer_api_and_pod_schema():
     assert parsed.to_dict() == runtime  # no unknown or mistyped field at any level
     for where, template in pod_templates():
         if "ClusterTrainingRuntime" in where:  # its pod template is a core PodTemplateSpec
-            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", **template.get("metadata", {})},
-                   "spec": template["spec"]}
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "x", **template.get("metadata", {})},
+                "spec": template["spec"],
+            }
             kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
     assert runtime["spec"]["mlPolicy"] == {"numNodes": 1, "torch": {}}
 
@@ -144,19 +180,31 @@ def _built_for_checkov(tmp_path_factory) -> Path:
 EXPECTED_RULES = {
     # (apiGroup, resource, verb, resourceName or "")
     *{("trainer.kubeflow.org", "trainjobs", v, "") for v in ("create", "get", "list", "watch")},
-    ("", "pods", "get", ""), ("", "pods", "list", ""), ("", "pods/log", "get", ""),
-    ("", "secrets", "get", "expo-mlflow"), ("", "secrets", "get", "expo-object-store"),
+    ("", "pods", "get", ""),
+    ("", "pods", "list", ""),
+    ("", "pods/log", "get", ""),
+    ("", "secrets", "get", "expo-mlflow"),
+    ("", "secrets", "get", "expo-object-store"),
     ("", "configmaps", "get", "kfp-launcher"),
-    ("argoproj.io", "workflowtaskresults", "create", ""), ("argoproj.io", "workflowtaskresults", "patch", ""),
+    ("argoproj.io", "workflowtaskresults", "create", ""),
+    ("argoproj.io", "workflowtaskresults", "patch", ""),
 }
 
 
 def _grants(rules: list[dict]) -> set[tuple[str, str, str, str]]:
-    return {(g, r, v, n) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]
-            for v in rule["verbs"] for n in (rule.get("resourceNames") or [""])}
+    return {
+        (g, r, v, n)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+        for n in (rule.get("resourceNames") or [""])
+    }
 
 
-@pytest.mark.parametrize("target", ["overlays/self-contained", "overlays/kfp-standalone", "overlays/external"])
+@pytest.mark.parametrize(
+    "target", ["overlays/self-contained", "overlays/kfp-standalone", "overlays/external"]
+)
 def test_rbac_grants_exactly_what_the_pipeline_needs(target):
     objs = docs(target)
     roles = [d for d in objs if d["kind"] in ("Role", "ClusterRole")]
@@ -165,9 +213,15 @@ def test_rbac_grants_exactly_what_the_pipeline_needs(target):
     assert _grants(roles[0]["rules"]) == EXPECTED_RULES
     assert "*" not in str(roles[0]["rules"])
     (binding,) = [d for d in objs if d["kind"] == "RoleBinding"]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "expo-pipeline"}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "expo-pipeline",
+    }
     namespace = "kubeflow" if target.endswith("kfp-standalone") else "expo"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "expo-pipeline", "namespace": namespace}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "expo-pipeline", "namespace": namespace}
+    ]
 
 
 def test_role_covers_what_the_code_calls():
@@ -188,8 +242,12 @@ def test_pods_are_locked_down(where, template):
     assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] >= 10000, where
     assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
     assert spec["automountServiceAccountToken"] is False, where  # none of these pods calls the API
-    claims = {c["metadata"]["name"] for _, d in all_docs() if d["kind"] == "StatefulSet"
-              for c in d["spec"].get("volumeClaimTemplates", [])}
+    claims = {
+        c["metadata"]["name"]
+        for _, d in all_docs()
+        if d["kind"] == "StatefulSet"
+        for c in d["spec"].get("volumeClaimTemplates", [])
+    }
     mounts_by_volume = {v["name"] for v in spec.get("volumes", [])} | claims
     for c in spec["containers"] + spec.get("initContainers", []):
         sc = c["securityContext"]
@@ -199,7 +257,9 @@ def test_pods_are_locked_down(where, template):
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(c["resources"][kind]), f"{where}: {c['name']} {kind}"
         assert {m["name"] for m in c.get("volumeMounts", [])} <= mounts_by_volume, where
-        assert not [e for e in c.get("env", []) if "secretKeyRef" in str(e)], f"{where}: secrets as files only"
+        assert not [e for e in c.get("env", []) if "secretKeyRef" in str(e)], (
+            f"{where}: secrets as files only"
+        )
 
 
 def test_writable_paths_are_volumes():
@@ -214,7 +274,9 @@ def test_writable_paths_are_volumes():
 def test_every_pod_is_selected_by_a_network_policy():
     for target in ("overlays/self-contained", "overlays/kfp-standalone", "overlays/external"):
         objs = docs(target)
-        selectors = [p["spec"]["podSelector"].get("matchLabels", {}) for p in objs if p["kind"] == "NetworkPolicy"]
+        selectors = [
+            p["spec"]["podSelector"].get("matchLabels", {}) for p in objs if p["kind"] == "NetworkPolicy"
+        ]
         for d in objs:
             if d["kind"] in WORKLOADS:
                 labels = d["spec"]["template"]["metadata"]["labels"]
@@ -226,7 +288,9 @@ def test_only_pipeline_pods_reach_mlflow():
     assert policy["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}
     (rule,) = policy["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]
-    assert rule["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {MLFLOW_CLIENT_LABEL: "true"}}}]
+    assert rule["from"] == [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {MLFLOW_CLIENT_LABEL: "true"}}}
+    ]
     # TrainJob pods carry the label through the runtime (and trainjob.py's patch).
     (runtime,) = docs("trainer-runtime")
     pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
@@ -251,7 +315,9 @@ def test_namespace_enforces_restricted_pod_security():
 # --- No secret values ---------------------------------------------------------------------------
 
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE)", re.I)
-PLACEHOLDER = re.compile(r"^(|<[^>]+>|mlflow|https?://[^@\s]+)$")  # empty, <...>, a user name, a URL sans credentials
+PLACEHOLDER = re.compile(
+    r"^(|<[^>]+>|mlflow|https?://[^@\s]+)$"
+)  # empty, <...>, a user name, a URL sans credentials
 
 
 def secret_values_in(objs: list[dict]) -> list[str]:
@@ -272,8 +338,10 @@ def test_no_secret_values_in_manifests():
 
 
 def test_secret_scan_catches_a_planted_value():
-    planted = [{"kind": "Deployment", "spec": {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "abc123"}]}},
-               {"kind": "ConfigMap", "data": {"uri": "postgresql://mlflow:hunter2@db:5432/mlflow"}}]
+    planted = [
+        {"kind": "Deployment", "spec": {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "abc123"}]}},
+        {"kind": "ConfigMap", "data": {"uri": "postgresql://mlflow:hunter2@db:5432/mlflow"}},
+    ]
     assert len(secret_values_in(planted)) == 2
 
 
@@ -296,4 +364,27 @@ def test_no_secret_values_in_compiled_pipeline(tmp_path):
     assert secret_values_in(objs) == []
     text = Path(out).read_text()
     assert "expo-mlflow" in text  # secrets are referenced by name...
-    assert not re.search(r"(password|secret-key)\W+\s*[:=]\s*['\"]?[A-Za-z0-9+/]{12,}", text, re.I)  # ...never by value
+    assert not re.search(
+        r"(password|secret-key)\W+\s*[:=]\s*['\"]?[A-Za-z0-9+/]{12,}", text, re.I
+    )  # ...never by value
+
+
+def test_compiled_pipeline_steps_may_reach_mlflow(tmp_path):
+    """The NetworkPolicy admits only pods labelled expo.pipeline/mlflow-client=true: every step needs it."""
+    expo_pipeline = pytest.importorskip("pipelines.expo_pipeline")
+    from expo.config import load_config
+
+    out = expo_pipeline.compile_pipeline(load_config(None, []), tmp_path / "pipeline.yaml")
+    docs_ = [d for d in yaml.safe_load_all(Path(out).read_text()) if d]
+    platform = next(d for d in docs_ if "platforms" in d)["platforms"]["kubernetes"]["deploymentSpec"][
+        "executors"
+    ]
+    executors = next(d for d in docs_ if "deploymentSpec" in d)["deploymentSpec"]["executors"]
+    unlabelled = [
+        name
+        for name in executors
+        if platform.get(name, {}).get("podMetadata", {}).get("labels", {}).get(MLFLOW_CLIENT_LABEL) != "true"
+    ]
+    assert unlabelled == [], (
+        "add k8s.add_pod_label(task, 'expo.pipeline/mlflow-client', 'true') to these steps"
+    )

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from expo.metrics import (QuestionResult, aggregate, compare, level_key, mean_interval, pass_at_k,
-                          sorted_levels, summarize, wilson_interval)
+                          pass_interval, sorted_levels, summarize, wilson_interval)
 
 
 @pytest.mark.parametrize("n, c, k, expected", [
@@ -103,9 +103,21 @@ def test_aggregate_by_level():
     assert one["pass@k"]["2"]["mean"] == pytest.approx((1 + 5 / 6) / 2)
     assert one["greedy"]["mean"] == 0.5
     assert one["mean_tokens"] == 15 and one["truncated_fraction"] == pytest.approx(1 / 8)
-    two = agg["by_level"]["2"]
-    assert two["pass@1"] == {"mean": 0.25, "lo": 0.0, "hi": 1.0}  # one question: whole range
+    two = agg["by_level"]["2"]  # one question: the Wilson interval of 0.25 of 1
+    assert two["pass@1"] == pytest.approx({"mean": 0.25, "lo": wilson_interval(0.25, 1)[0],
+                                           "hi": wilson_interval(0.25, 1)[1]})
     assert agg["by_level"]["unknown"]["pass@1"]["mean"] == 0.0
+
+
+def test_pass_interval_never_collapses_on_all_wrong():
+    # 40 questions, none solved: the normal interval is [0, 0]; Wilson's upper bound for 0 of n is
+    # z^2 / (n + z^2) = 3.8416 / 43.8416 = 0.087624
+    assert pass_interval([0.0] * 40, z=1.96) == pytest.approx((0.0, 0.0, 0.087624), abs=1e-6)
+    # all equal but not 0 or 1: Wilson of 20 of 40 -> centre .5, half 1.96*sqrt(.25/40 + 3.8416/6400)/1.09604
+    half = 1.96 * math.sqrt(0.25 / 40 + 3.8416 / 6400) / (1 + 3.8416 / 40)
+    assert pass_interval([0.5] * 40, z=1.96) == pytest.approx((0.5, 0.5 - half, 0.5 + half))
+    # with spread it is the normal interval over questions
+    assert pass_interval([0.2, 0.4, 0.6, 0.8], z=1.96) == mean_interval([0.2, 0.4, 0.6, 0.8], z=1.96)
 
 
 def test_summarize_without_greedy():

@@ -94,7 +94,7 @@ def test_stage_inputs_carry_only_their_sections(compiled):
     data_conf = yaml.safe_load(tasks["prepare-data"]["inputs"]["parameters"]["config"]["runtimeValue"]["constant"])
     assert set(data_conf) == {"name", "tracking", "data"}  # a training change cannot touch data prep
     train_conf = yaml.safe_load(tasks["train"]["inputs"]["parameters"]["config"]["runtimeValue"]["constant"])
-    assert "train" in train_conf and "data" not in train_conf and "cluster" not in train_conf
+    assert "train" in train_conf and "data" not in train_conf and "register" not in train_conf
 
 
 def test_run_key_ignores_where_it_runs():
@@ -109,5 +109,5 @@ def test_local_build_leaves_out_kubernetes_settings():
 
     local_spec = MessageToJson(build_pipeline(load_config(), for_cluster=False).pipeline_spec)
     cluster_spec = MessageToJson(build_pipeline(load_config(), for_cluster=True).pipeline_spec)
-    assert "nvidia.com/gpu" in cluster_spec
-    assert "nvidia.com/gpu" not in local_spec
+    assert '"accelerator"' in cluster_spec and '"resourceCpuLimit"' in cluster_spec
+    assert '"accelerator"' not in local_spec and '"resourceCpuLimit"' not in local_spec

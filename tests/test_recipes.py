@@ -16,7 +16,9 @@ RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 
 def header(path: Path) -> str:
     lines = path.read_text().splitlines()
-    return "\n".join(line for line in lines[: next(i for i, ln in enumerate(lines) if not ln.startswith("#"))])
+    return "\n".join(
+        line for line in lines[: next(i for i, ln in enumerate(lines) if not ln.startswith("#"))]
+    )
 
 
 def test_there_are_recipes():

@@ -105,7 +105,7 @@ def test_racing_gates_leave_the_best_champion(mlflow_server, make_model_dir, uni
         barrier = threading.Barrier(2)
         results: dict[int, R.GateDecision] = {}
 
-        def gate(version: int) -> None:
+        def gate(version: int, barrier=barrier, results=results) -> None:
             barrier.wait()
             results[version] = R.gate_and_promote(unique_name, version, RegisterConfig(), tracking=track)
 
@@ -181,7 +181,7 @@ def test_champion_loads_back_and_generates(mlflow_server, make_model_dir, unique
     local = AutoModelForCausalLM.from_pretrained(make_model_dir(50))
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, local(**batch).logits)
-    assert (R.download_model(f"models:/{unique_name}/{version}", tmp_path / "v") / "config.json").is_file()
+    assert (R.download_model(f"models:/{unique_name}/{version}", tmp_path / "v", tracking=track) / "config.json").is_file()
     with pytest.raises(TrackingError, match="not a registry URI"):
         R.download_model("runs:/abc/model", tmp_path)
 
@@ -218,3 +218,27 @@ def test_unreachable_server_says_how_to_register_later(make_model_dir, unique_na
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(ModelError, match="not a model folder"):
         R.log_and_register(tmp_path, "m", RegisterConfig(), {}, {}, "run-x")
+
+
+def test_lora_adapter_registers_with_its_base_and_loads(sqlite_store, make_model_dir, tmp_path):
+    """A LoRA adapter folder is registered with its base model as a tag and loads onto that base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from expo.modeling import load_tokenizer
+
+    base_dir = make_model_dir(90)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)  # name_or_path = base_dir, saved in the adapter
+    peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    load_tokenizer(base_dir).save_pretrained(adapter)
+    run_id = _run_id(sqlite_store, "lora")
+    track = TrackingConfig(tracking_uri=sqlite_store)
+    info = R.log_and_register(adapter, "expo-lora", RegisterConfig(), {}, {GATE: 0.1}, run_id, tracking=track)
+    tags = MlflowClient(sqlite_store).get_model_version("expo-lora", str(info.version)).tags
+    assert tags["expo.adapter"] == "lora" and tags["expo.base_model"] == str(base_dir)
+    model, tok = R.load_model_from_registry("models:/expo-lora@candidate", tracking=track, dst=tmp_path / "dl")
+    batch = tok(["2+2="], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, peft_model(**batch).logits, atol=1e-6)

@@ -137,9 +137,12 @@ def test_same_key_reuses_parent_and_tags_it(sqlite_store):
     first = T.parent_run(key, cfg)
     assert T.parent_run(key, cfg) == first
     assert T.tag_parent(key, {"kfp.run_id": "run-42"}, cfg) == first
-    assert T.close_parent(key, "FAILED", cfg) == first
+    assert T.close_parent(key, "FAILED", cfg, tags={"kfp.status": "FAILED"}) == first
     (parent,) = _runs(sqlite_store, "reuse")
     assert parent.data.tags["kfp.run_id"] == "run-42" and parent.info.status == "FAILED"
+    assert parent.data.tags["kfp.status"] == "FAILED"
+    with pytest.raises(TrackingError, match="not FINISHED, FAILED or KILLED"):
+        T.close_parent(key, "SUCCEEDED", cfg)
     other = T.parent_run(T.pipeline_key({"case": "other"}), cfg)
     assert other != first
 
@@ -147,9 +150,8 @@ def test_same_key_reuses_parent_and_tags_it(sqlite_store):
 def test_failed_stage_is_marked_and_replaced_finished_one_reused(sqlite_store):
     cfg = TrackingConfig(tracking_uri=sqlite_store, experiment="rerun")
     key = T.pipeline_key({"case": "rerun"})
-    with pytest.raises(ValueError, match="boom"):
-        with T.stage_run(key, "evaluate", cfg) as failed:
-            raise ValueError("boom")
+    with pytest.raises(ValueError, match="boom"), T.stage_run(key, "evaluate", cfg) as failed:
+        raise ValueError("boom")
     client = MlflowClient(sqlite_store)
     assert client.get_run(failed.run_id).info.status == "FAILED"
     with T.stage_run(key, "evaluate", cfg) as retried:

@@ -77,3 +77,19 @@ def test_online_regeneration_logs_acceptance_and_guard(tmp_path: Path) -> None:
     assert all(r["explanations_used"] == 2.0 for r in rows)  # the term never starves
     assert rows[1]["time/explain_regen"] > 0 and rows[0]["time/explain_regen"] == 0
     assert [r["used"] for r in summary["explanation_rounds"]] == [True, True, False]
+
+
+def test_online_regenerator_samples_and_verifies_with_the_live_policy(tmp_path: Path) -> None:
+    """The real sampler (expo.explain + expo.generation + verifier) behind `regenerate(model, rows)`."""
+    from expo.modeling import load_model
+    from expo.train.explanations import OnlineRegenerator
+
+    f = make_folders(tmp_path)
+    cfg = small_config()
+    cfg.explain.samples_per_question, cfg.explain.keep_per_question, cfg.explain.solve_rate_samples = 2, 1, 0
+    model, tok = load_model(f["model"], cfg.model, device="cpu")
+    batch = read_jsonl(f["data"] / "train.jsonl")[:2]
+    records = OnlineRegenerator(cfg, tok)(model, batch)
+    assert sorted(r["id"] for r in records) == ["q0", "q0", "q1", "q1"]
+    assert all(isinstance(r["accepted"], bool) and "explanation" in r for r in records)
+    assert not any(r["accepted"] for r in records)  # a random model does not explain "\boxed{2}"

@@ -137,3 +137,41 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path) ->
     b = load_file(tmp_path / "retry" / "model" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_lora_with_gradient_checkpointing_saves_merged_weights(tmp_path: Path) -> None:
+    f = make_folders(tmp_path)
+    cfg = small_config(steps=2, expo_beta=1.0, lora=True, lora_r=4, learning_rate=1e-2,
+                       gradient_checkpointing=True)
+    train_arm("exp-grpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out", reward_fn=zero_reward)
+    base = load_file(f["model"] / "model.safetensors")
+    tuned = load_file(tmp_path / "out" / "model" / "model.safetensors")
+    assert set(tuned) == set(base)  # plain weights, adapter merged: evaluation loads it like any model
+    assert not (tmp_path / "out" / "model" / "adapter_config.json").exists()
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert any("q_proj" in k for k in changed)  # LoRA touched the linear layers ...
+    assert all("norm" not in k for k in changed)  # ... and nothing else
+
+
+def test_cli_trains_and_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from expo.cli import main
+
+    f = make_folders(tmp_path)
+    args = ["train", "--arm", "grpo", "--data", str(f["data"]), "--model", str(f["model"]),
+            "--output", str(tmp_path / "out"), "--set", "train.steps=1", "--set", "train.prompts_per_step=2",
+            "--set", "train.num_generations=2", "--set", "generation.max_new_tokens=4"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "out" / "model")
+    assert main(args[:-2] + ["--set", "train.expo_beta=-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.expo_beta" in err[0]
+
+
+def test_grpo_sft_scores_reference_solutions_with_constant_weight(tmp_path: Path) -> None:
+    f = make_folders(tmp_path)
+    cfg = small_config(steps=2, sft_beta=0.2, expo_beta_schedule="linear")  # the schedule is ExPO's only
+    train_arm("grpo-sft", cfg, f["data"], f["model"], None, tmp_path / "out", reward_fn=zero_reward)
+    lines = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    assert [r["expo_weight"] for r in lines] == [0.2, 0.2]
+    assert all(r["explanations_used"] == 2.0 and r["expo_term"] > 0 for r in lines)
+    assert "acceptance" not in lines[0]  # no explanation buffer in this arm

@@ -135,7 +135,10 @@ def test_rewards_none_for_bad_gold_even_without_an_answer():
 
 
 def test_numeric_gold_values_are_accepted():
-    assert rewards([r"\boxed{5}", r"\boxed{0.5}", r"\boxed{5}"], [5, 0.5, True]) == [1.0, 1.0, None]
+    import numpy as np
+
+    golds = [5, 0.5, np.int64(7), True]  # a bool is not a number here: None
+    assert rewards([r"\boxed{5}", r"\boxed{0.5}", r"\boxed{7}", r"\boxed{1}"], golds) == [1.0, 1.0, 1.0, None]
 
 
 def test_mismatched_lengths_raise():
@@ -349,3 +352,20 @@ def test_soft_timer_stops_real_pathological_input_without_killing_the_worker():
 def test_pool_rejects_bad_settings(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         VerifierPool(**kwargs)
+
+
+def _rewards_in_child(queue):
+    queue.put(rewards([r"\boxed{2}", r"\boxed{3}"], ["2", "2"]))
+
+
+def test_forked_child_gets_its_own_pool_and_leaves_the_parents_alone():
+    import multiprocessing as mp
+
+    assert rewards([r"\boxed{1}"], ["1"]) == [1.0]  # the parent's pool (and forkserver) is running
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_rewards_in_child, args=(queue,))
+    child.start()
+    assert queue.get(timeout=120) == [1.0, 0.0]
+    child.join(30)
+    assert rewards([r"\boxed{1}"], ["1"]) == [1.0]  # the parent's workers still serve

@@ -32,8 +32,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     cols = fixed + metric_cols + tail
 
     def cell(value: Any) -> str:
-        if value is None:
-            return "-"
+        if value is None or value == "":
+            return "-"  # never a blank cell: every row splits into the same columns
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
     table = [cols] + [[cell(row.get(c)) for c in cols] for row in rows]
@@ -42,10 +42,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from expo.config import TrackingConfig
+    from expo.errors import TrackingError
     from expo.registry import list_models
 
-    rows = list_models(args.name, tracking=TrackingConfig(tracking_uri=args.tracking_uri),
-                       metrics=tuple(args.metrics))
+    try:
+        rows = list_models(args.name, tracking=TrackingConfig(tracking_uri=args.tracking_uri),
+                           metrics=tuple(args.metrics))
+    except MlflowException as exc:  # refused by the server (permissions, bad name): one line, exit 2
+        raise TrackingError(" ".join(str(exc).split())[:300]) from None
     print(format_table(rows))
     return 0

@@ -24,14 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from expo.config import TrackingConfig
     from expo.errors import TrackingError
     from expo.registry import promote
 
     if args.version < 1:
         raise TrackingError(f"version must be >= 1, got {args.version}")
-    before = promote(args.name, args.version, alias=args.alias, reason=args.reason,
-                     tracking=TrackingConfig(tracking_uri=args.tracking_uri))
+    try:
+        before = promote(args.name, args.version, alias=args.alias, reason=args.reason,
+                         tracking=TrackingConfig(tracking_uri=args.tracking_uri))
+    except MlflowException as exc:  # refused by the server (permissions, bad name): one line, exit 2
+        raise TrackingError(" ".join(str(exc).split())[:300]) from None
     was = f"version {before}" if before is not None else "no version"
     print(f"{args.name}@{args.alias} -> version {args.version} (was {was})")
     return 0

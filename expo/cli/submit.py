@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-env", metavar="VAR", default="KF_PIPELINES_TOKEN",
                         help="environment variable holding a bearer token (default KF_PIPELINES_TOKEN); "
                              "without it, the kubeconfig's credentials are used")
+    parser.add_argument("--service-account", metavar="NAME",
+                        help="Kubernetes service account for the run's pods (manifests: expo-pipeline)")
     parser.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
 
 
@@ -28,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run_id, url = submit(cfg, host=args.host, namespace=args.namespace, experiment=args.experiment,
-                         run_name=args.run_name, token_env=args.token_env, cache=not args.no_cache)
+                         run_name=args.run_name, token_env=args.token_env, cache=not args.no_cache,
+                         service_account=args.service_account)
     print(f"submitted run {run_id}\n{url}")
     return 0

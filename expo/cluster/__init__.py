@@ -12,5 +12,13 @@ from expo.cluster.launch import TrainJobError, TrainJobResult, TrainJobState, jo
 from expo.cluster.submit import job_name, launch_trainjob
 from expo.cluster.trainjob import build_trainjob
 
-__all__ = ["build_trainjob", "launch_and_wait", "launch_trainjob", "job_name", "job_state", "TrainJobError",
-           "TrainJobResult", "TrainJobState"]
+__all__ = [
+    "build_trainjob",
+    "launch_and_wait",
+    "launch_trainjob",
+    "job_name",
+    "job_state",
+    "TrainJobError",
+    "TrainJobResult",
+    "TrainJobState",
+]

@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from expo.cluster.trainjob import (COMPLETION_INDEX_LABEL, GROUP, JOBSET_NAME_LABEL, NODE_CONTAINER, PLURAL,
-                                   REPLICATED_JOB_LABEL, VERSION)
+from expo.cluster.trainjob import (
+    COMPLETION_INDEX_LABEL,
+    GROUP,
+    JOBSET_NAME_LABEL,
+    NODE_CONTAINER,
+    PLURAL,
+    REPLICATED_JOB_LABEL,
+    VERSION,
+)
 from expo.errors import ExpoError
 
 LogSink = Callable[[str], None]
@@ -64,8 +72,13 @@ def job_state(obj: dict[str, Any]) -> TrainJobState:
     return TrainJobState("Created")
 
 
-def launch_and_wait(api_client: Any, job: dict[str, Any], timeout_s: float, poll_s: float = 10.0,
-                    log_sink: LogSink | None = None) -> TrainJobResult:
+def launch_and_wait(
+    api_client: Any,
+    job: dict[str, Any],
+    timeout_s: float,
+    poll_s: float = 10.0,
+    log_sink: LogSink | None = None,
+) -> TrainJobResult:
     """Create `job`, follow rank 0's log into `log_sink`, and return once it completes.
 
     Raises TrainJobError when the API refuses the job, when the controller marks it Failed (with its
@@ -89,16 +102,20 @@ def launch_and_wait(api_client: Any, job: dict[str, Any], timeout_s: float, poll
         if state.phase in ("Complete", "Failed"):
             break
         if time.monotonic() - started > timeout_s:
-            raise TrainJobError(f"TrainJob {namespace}/{name}: still {state.phase} after {timeout_s:.0f} s; "
-                                "it keeps running until its activeDeadlineSeconds (kubectl delete trainjob "
-                                f"{name} -n {namespace} stops it now)")
+            raise TrainJobError(
+                f"TrainJob {namespace}/{name}: still {state.phase} after {timeout_s:.0f} s; "
+                "it keeps running until its activeDeadlineSeconds (kubectl delete trainjob "
+                f"{name} -n {namespace} stops it now)"
+            )
         time.sleep(poll_s)
     if follower is not None:
         follower.join(timeout=max(poll_s, 5.0))
     if state.phase == "Failed":
         why = f"{state.reason}: {state.message}" if state.message else (state.reason or "no reason given")
-        raise TrainJobError(f"TrainJob {namespace}/{name} failed ({why}); see `kubectl logs -n {namespace} "
-                            f"-l {JOBSET_NAME_LABEL}={name}`")
+        raise TrainJobError(
+            f"TrainJob {namespace}/{name} failed ({why}); see `kubectl logs -n {namespace} "
+            f"-l {JOBSET_NAME_LABEL}={name}`"
+        )
     return TrainJobResult(name, namespace, state.phase, time.monotonic() - started, seen)
 
 
@@ -108,8 +125,9 @@ def _create(custom: Any, job: dict[str, Any], name: str, namespace: str) -> None
     try:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
     except ApiException as exc:
-        raise TrainJobError(f"TrainJob {namespace}/{name}: the API refused to create it: "
-                            f"{_explain(exc)}") from None
+        raise TrainJobError(
+            f"TrainJob {namespace}/{name}: the API refused to create it: {_explain(exc)}"
+        ) from None
 
 
 def _get(custom: Any, name: str, namespace: str) -> dict[str, Any]:
@@ -145,8 +163,7 @@ class _LogFollower:
         pod = self._rank0_pod()
         if pod is None:
             return  # not scheduled yet: try again at the next poll
-        self.thread = threading.Thread(target=self._follow, args=(pod,), daemon=True,
-                                       name=f"log-{self.name}")
+        self.thread = threading.Thread(target=self._follow, args=(pod,), daemon=True, name=f"log-{self.name}")
         self.thread.start()
 
     def join(self, timeout: float) -> None:
@@ -154,16 +171,21 @@ class _LogFollower:
             self.thread.join(timeout)
 
     def _rank0_pod(self) -> str | None:
-        selector = (f"{JOBSET_NAME_LABEL}={self.name},{REPLICATED_JOB_LABEL}={NODE_CONTAINER},"
-                    f"{COMPLETION_INDEX_LABEL}=0")
+        selector = (
+            f"{JOBSET_NAME_LABEL}={self.name},{REPLICATED_JOB_LABEL}={NODE_CONTAINER},"
+            f"{COMPLETION_INDEX_LABEL}=0"
+        )
         pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
-        ready = [p for p in pods if p.status is not None and p.status.phase in ("Running", "Succeeded", "Failed")]
+        ready = [
+            p for p in pods if p.status is not None and p.status.phase in ("Running", "Succeeded", "Failed")
+        ]
         return ready[0].metadata.name if ready else None
 
     def _follow(self, pod: str) -> None:
         try:
-            resp = self.core.read_namespaced_pod_log(pod, self.namespace, container=NODE_CONTAINER, follow=True,
-                                                     _preload_content=False)
+            resp = self.core.read_namespaced_pod_log(
+                pod, self.namespace, container=NODE_CONTAINER, follow=True, _preload_content=False
+            )
             pending = b""
             for chunk in resp.stream(amt=4096):
                 pending += chunk

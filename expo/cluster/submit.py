@@ -30,7 +30,9 @@ def job_name(arm: str, suffix: str | None = None) -> str:
     return f"expo-{slug}-{suffix or uuid.uuid4().hex[:8]}"
 
 
-def stage_inputs(workspace: Path, job_dir: Path, inputs: dict[str, str | Path | None]) -> dict[str, Path | None]:
+def stage_inputs(
+    workspace: Path, job_dir: Path, inputs: dict[str, str | Path | None]
+) -> dict[str, Path | None]:
     """Copy each input folder to `job_dir/<key>` unless it already is on the workspace; return the paths."""
     staged: dict[str, Path | None] = {}
     for key, src in inputs.items():
@@ -55,10 +57,20 @@ def in_pods(path: Path | None, workspace: Path) -> str | None:
     return str(PurePosixPath(WORKSPACE) / path.resolve().relative_to(workspace.resolve()).as_posix())
 
 
-def launch_trainjob(cfg: ExpoConfig, arm: str, data_dir: str | Path, model_dir: str | Path,
-                    explanations_dir: str | Path | None, output_dir: str | Path, *,
-                    api_client: Any = None, namespace: str | None = None, workspace: str | Path = WORKSPACE,
-                    poll_s: float = 15.0, log_sink: LogSink | None = print) -> TrainJobResult:
+def launch_trainjob(
+    cfg: ExpoConfig,
+    arm: str,
+    data_dir: str | Path,
+    model_dir: str | Path,
+    explanations_dir: str | Path | None,
+    output_dir: str | Path,
+    *,
+    api_client: Any = None,
+    namespace: str | None = None,
+    workspace: str | Path = WORKSPACE,
+    poll_s: float = 15.0,
+    log_sink: LogSink | None = print,
+) -> TrainJobResult:
     """Stage the inputs on the workspace, run the TrainJob, and copy its output into `output_dir`.
 
     `workspace` is where this pod mounts the shared PVC; the job's pods mount it at /workspace.
@@ -66,15 +78,28 @@ def launch_trainjob(cfg: ExpoConfig, arm: str, data_dir: str | Path, model_dir: 
     name = job_name(arm)
     workspace = Path(workspace)
     job_dir = workspace / "trainjobs" / name
-    paths = stage_inputs(workspace, job_dir, {"data": data_dir, "model": model_dir,
-                                              "explanations": explanations_dir})
+    paths = stage_inputs(
+        workspace, job_dir, {"data": data_dir, "model": model_dir, "explanations": explanations_dir}
+    )
     remote_out = job_dir / "output"
     remote_out.mkdir(parents=True, exist_ok=True)
-    job = build_trainjob(name, cfg, arm, in_pods(paths["data"], workspace), in_pods(paths["model"], workspace),
-                         in_pods(remote_out, workspace), namespace or _own_namespace(),
-                         explanations_path=in_pods(paths["explanations"], workspace))
-    result = launch_and_wait(api_client or _api_client(), job, timeout_s=cfg.cluster.train_timeout_s,
-                             poll_s=poll_s, log_sink=log_sink)
+    job = build_trainjob(
+        name,
+        cfg,
+        arm,
+        in_pods(paths["data"], workspace),
+        in_pods(paths["model"], workspace),
+        in_pods(remote_out, workspace),
+        namespace or _own_namespace(),
+        explanations_path=in_pods(paths["explanations"], workspace),
+    )
+    result = launch_and_wait(
+        api_client or _api_client(),
+        job,
+        timeout_s=cfg.cluster.train_timeout_s,
+        poll_s=poll_s,
+        log_sink=log_sink,
+    )
     shutil.copytree(remote_out, Path(output_dir), dirs_exist_ok=True)
     return result
 

@@ -41,33 +41,54 @@ COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")  # RFC 1035 label: JobSet and Service names
 
 # accelerate reads rank and rendezvous from the variables the Trainer's torch plugin sets on each node.
-_LAUNCH = ('exec accelerate launch --num_machines {nodes} --num_processes {procs} {device_flag}'
-           '--machine_rank "$PET_NODE_RANK" --main_process_ip "$PET_MASTER_ADDR" '
-           '--main_process_port "$PET_MASTER_PORT" -m expo.cluster.worker "$@"')
+_LAUNCH = (
+    "exec accelerate launch --num_machines {nodes} --num_processes {procs} {device_flag}"
+    '--machine_rank "$PET_NODE_RANK" --main_process_ip "$PET_MASTER_ADDR" '
+    '--main_process_port "$PET_MASTER_PORT" -m expo.cluster.worker "$@"'
+)
 
 
-def build_trainjob(name: str, cfg: ExpoConfig, arm: str, data_path: str, model_path: str, output_path: str,
-                   namespace: str, *, explanations_path: str | None = None) -> dict[str, Any]:
+def build_trainjob(
+    name: str,
+    cfg: ExpoConfig,
+    arm: str,
+    data_path: str,
+    model_path: str,
+    output_path: str,
+    namespace: str,
+    *,
+    explanations_path: str | None = None,
+) -> dict[str, Any]:
     """The TrainJob object (a dict ready for CustomObjectsApi) training `arm` with `cfg`.
 
     Paths must lie under the workspace mount (/workspace): they are the only files every node sees.
     """
     _check_name(name)
-    for what, path in (("data_path", data_path), ("model_path", model_path), ("output_path", output_path),
-                       ("explanations_path", explanations_path)):
+    for what, path in (
+        ("data_path", data_path),
+        ("model_path", model_path),
+        ("output_path", output_path),
+        ("explanations_path", explanations_path),
+    ):
         if path is not None:
             _check_in_workspace(what, path)
     cluster = cfg.cluster
     gpus = cluster.gpus_train
-    labels = {"app.kubernetes.io/part-of": "expo-pipeline", "app.kubernetes.io/component": "train",
-              "expo.pipeline/arm": arm}
+    labels = {
+        "app.kubernetes.io/part-of": "expo-pipeline",
+        "app.kubernetes.io/component": "train",
+        "expo.pipeline/arm": arm,
+    }
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainJob",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {
-            "runtimeRef": {"name": cluster.training_runtime, "apiGroup": GROUP,
-                           "kind": "ClusterTrainingRuntime"},
+            "runtimeRef": {
+                "name": cluster.training_runtime,
+                "apiGroup": GROUP,
+                "kind": "ClusterTrainingRuntime",
+            },
             # The controller fails the job with reason DeadlineExceeded: no delete right is needed.
             "activeDeadlineSeconds": cluster.train_timeout_s,
             "trainer": {
@@ -95,12 +116,23 @@ def _launch_script(nodes: int, gpus: int) -> str:
     return _LAUNCH.format(nodes=nodes, procs=procs, device_flag=device_flag)
 
 
-def _worker_args(cfg: ExpoConfig, arm: str, data: str, model: str, output: str,
-                 explanations: str | None) -> list[str]:
+def _worker_args(
+    cfg: ExpoConfig, arm: str, data: str, model: str, output: str, explanations: str | None
+) -> list[str]:
     # The resolved config travels as JSON in the object itself: visible with `kubectl get -o yaml`,
     # and it holds no credential (those come from the secret in _env).
-    args = ["--config-json", json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":")),
-            "--arm", arm, "--data", data, "--model", model, "--output", output]
+    args = [
+        "--config-json",
+        json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":")),
+        "--arm",
+        arm,
+        "--data",
+        data,
+        "--model",
+        model,
+        "--output",
+        output,
+    ]
     if explanations is not None:
         args += ["--explanations", explanations]
     return args
@@ -135,23 +167,35 @@ def _workspace_patch(pvc: str, labels: dict[str, str]) -> dict[str, Any]:
         "metadata": {"labels": pod_labels},
         "spec": {
             "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": pvc}}],
-            "containers": [{"name": NODE_CONTAINER,
-                            "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE}]}],
+            "containers": [
+                {"name": NODE_CONTAINER, "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE}]}
+            ],
         },
     }
     job = {"name": NODE_CONTAINER, "template": {"spec": {"template": pod}}}
-    return {"manager": PATCH_MANAGER,
-            "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}}}
+    return {
+        "manager": PATCH_MANAGER,
+        "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}},
+    }
 
 
 def _check_name(name: str) -> None:
     if not _NAME.match(name):
-        raise ConfigError(f"TrainJob name {name!r}: must be a DNS label (lower-case letters, digits and '-', "
-                          "starting with a letter, at most 63 characters)")
+        raise ConfigError(
+            f"TrainJob name {name!r}: must be a DNS label (lower-case letters, digits and '-', "
+            "starting with a letter, at most 63 characters)"
+        )
 
 
 def _check_in_workspace(what: str, path: str) -> None:
     p = PurePosixPath(path)
-    if not p.is_absolute() or ".." in p.parts or not p.is_relative_to(WORKSPACE) or p == PurePosixPath(WORKSPACE):
-        raise ConfigError(f"TrainJob {what} {path!r}: must be a folder under {WORKSPACE} (the shared volume "
-                          "every training node mounts)")
+    if (
+        not p.is_absolute()
+        or ".." in p.parts
+        or not p.is_relative_to(WORKSPACE)
+        or p == PurePosixPath(WORKSPACE)
+    ):
+        raise ConfigError(
+            f"TrainJob {what} {path!r}: must be a folder under {WORKSPACE} (the shared volume "
+            "every training node mounts)"
+        )

@@ -20,8 +20,9 @@ from expo.errors import ConfigError, ExpoError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m expo.cluster.worker",
-                                     description="train one arm inside a Kubeflow Trainer TrainJob")
+    parser = argparse.ArgumentParser(
+        prog="python -m expo.cluster.worker", description="train one arm inside a Kubeflow Trainer TrainJob"
+    )
     parser.add_argument("--config-json", required=True, help="the resolved config as JSON")
     parser.add_argument("--arm", required=True)
     parser.add_argument("--data", required=True)

@@ -25,7 +25,6 @@ from expo.errors import ConfigError, DataError
 from expo.io import read_json, read_jsonl, write_json
 from expo.losses import SCHEDULES, expo_beta_at
 from expo.train.explanations import ExplanationBuffer, Regenerate, load_offline
-from expo.train.metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
 
@@ -144,5 +143,4 @@ def beta_of(arm: str, cfg: ExpoConfig) -> Callable[[int], float]:
     return lambda step: 0.0
 
 
-__all__ = ["train_arm", "validate_arm", "default_reward", "make_buffer", "write_model_card", "beta_of",
-           "MetricsWriter"]
+__all__ = ["train_arm", "validate_arm", "default_reward", "make_buffer", "write_model_card", "beta_of"]

@@ -1,0 +1,99 @@
+"""ExP-DPO: pair building, rounds, and a real two-round run on a tiny model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from expo.io import read_jsonl
+from expo.tiny import char_tokenizer
+from expo.train import train_arm
+from expo.train.dpo import build_pairs, round_steps
+from trainkit import boxed_reward, make_folders, rows, small_config
+
+
+@pytest.mark.parametrize("total,rounds,expected", [
+    (10, 1, [10]), (10, 3, [4, 3, 3]), (4, 2, [2, 2]), (2, 3, [1, 1, 0]),
+])
+def test_round_steps(total: int, rounds: int, expected: list[int]) -> None:
+    assert round_steps(total, rounds) == expected and sum(expected) == total
+
+
+def test_build_pairs_takes_a_verified_wrong_solution_and_an_explanation() -> None:
+    data = rows(3)
+    explanations = {"q0": "\\boxed{0}", "q1": "\\boxed{2}"}  # q2 has none: no pair
+
+    def reward(completions: list[str], answer: list[str], **kw: Any) -> list[float | None]:
+        return [None if c == "??" else boxed_reward([c], [a])[0] for c, a in zip(completions, answer)]
+
+    solutions = [["\\boxed{0}", "??", "wrong0"],  # right, unjudgeable, then wrong -> "wrong0"
+                 ["\\boxed{2}", "\\boxed{2}"],  # never wrong -> no pair for q1
+                 ["wrong2"]]
+    pairs = build_pairs(data, explanations.get, solutions, reward, char_tokenizer(), small_config())
+    assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == [("q0", "\\boxed{0}", "wrong0")]
+    assert pairs[0]["prompt"].startswith("0+0=")  # the plain solve prompt, no hint
+
+
+@pytest.mark.slow
+def test_two_online_rounds(tmp_path: Path) -> None:
+    f = make_folders(tmp_path)
+    cfg = small_config(steps=4, learning_rate=1e-3)
+    cfg.train.dpo_rounds = 2
+    calls: list[int] = []
+
+    def regenerate(model: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        calls.append(len(batch))
+        return [{"id": r["id"], "explanation": f"so \\boxed{{{r['answer']}}}", "accepted": True} for r in batch]
+
+    summary = train_arm("exp-dpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out",
+                        reward_fn=boxed_reward, regenerate=regenerate)
+    assert calls == [4]  # before round 1 only; round 0 uses the explanations stage's
+    lines = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    assert [(r["step"], r["round"]) for r in lines] == [(1, 0), (2, 0), (3, 1), (4, 1)]
+    # Each round's reference is the policy at its start: its first step's loss is exactly ln 2.
+    assert lines[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert lines[2]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert lines[1]["rewards/margins"] > 0 and lines[3]["rewards/margins"] > 0
+    pairs = read_jsonl(tmp_path / "out" / "checkpoints" / "round-1" / "pairs.jsonl")
+    assert all(p["chosen"].startswith("so \\boxed{") for p in pairs)  # round 1 used the regenerated ones
+    assert summary["steps"] == 4 and (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_dpo_kill_in_round_two_and_resume(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class KillAt(TrainerCallback):
+        def __init__(self) -> None:
+            self.seen = 0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.seen += 1
+            if self.seen == 4:  # round 1's second step, after its checkpoint-1
+                raise KeyboardInterrupt("killed")
+
+    f = make_folders(tmp_path)
+    cfg = small_config(steps=4, learning_rate=1e-3, checkpoint_every=1)
+    cfg.train.dpo_rounds = 2
+
+    def regenerate(model: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"id": r["id"], "explanation": f"so \\boxed{{{r['answer']}}}", "accepted": True} for r in batch]
+
+    args = (cfg, f["data"], f["model"], f["explanations"])
+    train_arm("exp-dpo", *args, tmp_path / "whole", reward_fn=boxed_reward, regenerate=regenerate)
+    with pytest.raises(KeyboardInterrupt):
+        train_arm("exp-dpo", *args, tmp_path / "cut", reward_fn=boxed_reward, regenerate=regenerate,
+                  callbacks=[KillAt()])
+    resumed = train_arm("exp-dpo", *args, tmp_path / "cut2", reward_fn=boxed_reward, regenerate=regenerate,
+                        checkpoint_dir=tmp_path / "cut" / "checkpoints")
+    assert resumed["resumed_from"].endswith("round-1/checkpoint-1") and resumed["steps"] == 4
+    assert [r["step"] for r in read_jsonl(tmp_path / "cut2" / "metrics.jsonl")] == [1, 2, 3, 4]
+    a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "cut2" / "model" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)

@@ -69,6 +69,7 @@ class Setup:
     base_questions: int = 40  # per level, for the base model's by-level table
     hint_template: str = "The answer is {answer}."
     betas: str = "0.04"  # comma-separated: one ExP-GRPO arm per beta
+    skip_grpo: int = 0
 
 
 def prepare_data(seed: int, n_per_level: int, out: Path) -> tuple[list[dict], list[dict]]:
@@ -161,7 +162,10 @@ def train_arm(arm: str, model_dir: Path, train_rows, s: Setup, seed: int, pcfg, 
     for step in range(s.steps):
         batch = schedule[step]
         if arm.startswith("exp-grpo") and (step % s.regenerate_every == 0) and (s.explain_mode == "online" or step == 0):
-            window = [r for b in schedule[step:step + s.regenerate_every] for r in b]
+            # Step 0 plays the explanations stage: the initial policy explains every scheduled question
+            # (the pipeline explains the whole train split). Later rounds re-explain the next K steps' questions.
+            horizon = s.steps if step == 0 else s.regenerate_every
+            window = list({r["id"]: r for b in schedule[step:step + horizon] for r in b}.values())
             model.eval()
             outs = sample(model, tok, [explain_prompt(r["question"], r["answer"], tok, pcfg) for r in window],
                           1, 0.7, 32)
@@ -203,21 +207,26 @@ def train_arm(arm: str, model_dir: Path, train_rows, s: Setup, seed: int, pcfg, 
     return model, tok, acc_hist
 
 
-def run_seed(seed: int, s: Setup, work: Path, warmup_steps: int, n_per_level: int, log) -> dict:
+def run_seed(seed: int, s: Setup, work: Path, warmup_steps: int, n_per_level: int, log,
+             reuse: bool = False) -> dict:
     pcfg = PromptConfig(hint_template=s.hint_template)
     t0 = time.perf_counter()
     train, evaluation = prepare_data(seed, n_per_level, work / f"data-{seed}")
-    model_dir = build_warm_model(ModelConfig(warmup_steps=warmup_steps, seed=seed), work / f"data-{seed}",
-                                 work / f"model-{seed}", prompts=pcfg)
+    model_dir = work / f"model-{seed}"
+    if not (reuse and (model_dir / "model.safetensors").is_file()):
+        build_warm_model(ModelConfig(warmup_steps=warmup_steps, seed=seed), work / f"data-{seed}", model_dir,
+                         prompts=pcfg)
     t_warm = time.perf_counter() - t0
     tok = load_tokenizer(model_dir)
     base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    base_eval = evaluate(base, tok, evaluation, pcfg, s, levels=(1, 2, 3, 4))
+    base_eval, base_acc = {}, {}
+    if not reuse:  # --reuse: the warm model and its base numbers come from an earlier run
+        base_eval = evaluate(base, tok, evaluation, pcfg, s, levels=(1, 2, 3, 4))
+        base_acc = acceptance(base, tok, evaluation, pcfg, s)
     base_eval[5] = evaluate(base, tok, evaluation, pcfg, s)[5]  # the hardest level on all its questions
-    base_acc = acceptance(base, tok, evaluation, pcfg, s)
     log(f"seed {seed} warm-up {t_warm:.0f}s base {base_eval} acceptance {base_acc}")
     out = {"seed": seed, "warmup_s": round(t_warm, 1), "base": base_eval, "base_acceptance": base_acc}
-    arms = [("grpo", 0.0)] + [(f"exp-grpo@{b}", float(b)) for b in s.betas.split(",")]
+    arms = [("grpo", 0.0)] * (not s.skip_grpo) + [(f"exp-grpo@{b}", float(b)) for b in s.betas.split(",")]
     for arm, beta in arms:
         t1 = time.perf_counter()
         model, tok, acc_hist = train_arm(arm, model_dir, train, replace(s, beta=beta), seed, pcfg, log)
@@ -235,18 +244,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-steps", type=int, default=600)
     ap.add_argument("--n-per-level", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reuse", action="store_true", help="reuse work/model-<seed> and skip the by-level base table")
     for name, default in vars(Setup()).items():
         ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     args = ap.parse_args(argv)
     s = Setup(**{k: getattr(args, k) for k in vars(Setup())})
     torch.set_num_threads(args.threads)  # 1 on a shared machine: spinning OpenMP threads cost 6x CPU
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    results = [run_seed(seed, s, args.work, args.warmup_steps, args.n_per_level, log) for seed in args.seeds]
+    results = [run_seed(seed, s, args.work, args.warmup_steps, args.n_per_level, log, args.reuse) for seed in args.seeds]
     arms = [k for k in results[0] if k == "grpo" or k.startswith("exp-grpo")]
     print(f"{'seed':>4} {'base p@1':>8} {'base p@8':>8} {'acc L5':>6} " + " ".join(f"{a:>14}" for a in arms))
     for r in results:
         print(f"{r['seed']:>4} {r['base'][5]['pass@1']:8.3f} {r['base'][5]['pass@8']:8.3f} "
-              f"{r['base_acceptance'][5]:6.2f} " + " ".join(f"{r[a]['pass@1']:14.3f}" for a in arms))
+              f"{r['base_acceptance'].get(5, float('nan')):6.2f} " + " ".join(f"{r[a]['pass@1']:14.3f}" for a in arms))
     print(json.dumps({"setup": vars(s), "warmup_steps": args.warmup_steps, "results": results}))
     return 0
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from expo.answers import UnbalancedBraces, last_boxed_span
-from expo.config import ExpoConfig, ExplainConfig, GenerationConfig, PromptConfig
+from expo.config import ExplainConfig, ExpoConfig, GenerationConfig, PromptConfig
 from expo.errors import DataError
 from expo.io import read_jsonl, write_json, write_jsonl
 from expo.prompts import explain_prompt, solve_prompt

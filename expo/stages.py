@@ -8,10 +8,13 @@ the data, model and explanation steps' inputs untouched and KFP serves them from
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import math
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -29,6 +32,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("train", "explain", "generation", "prompts", "model", "cluster"),
     "report": ("evaluate", "register", "train"),
     "register": ("register", "model", "train"),
+    "finish": (),
 }
 
 
@@ -77,10 +81,16 @@ def checkpoint_dir(config: str, arm: str, *input_dirs: str) -> Path | None:
     return root / "checkpoints" / f"{arm}-{h.hexdigest()[:16]}"
 
 
-def _stage_run(cfg: ExpoConfig, stage: str, arm: str | None = None):
+@contextlib.contextmanager
+def _stage_run(cfg: ExpoConfig, config: str, stage: str, arm: str | None = None) -> Iterator[Any]:
+    """This stage's nested MLflow run under the pipeline run's parent, with the sections it read as
+    params. The parent is found by the pipeline run id in the environment, never by a step input."""
     from expo import tracking
 
-    return tracking.stage_run(stage, cfg.tracking, config=to_dict(cfg), arm=arm)
+    with tracking.stage_run(tracking.env_pipeline_key(), stage, cfg.tracking, arm=arm,
+                            pipeline=cfg.name) as run:
+        tracking.log_config(yaml.safe_load(config))
+        yield run
 
 
 def prepare_data(config: str, output_dir: str) -> dict[str, float]:
@@ -88,7 +98,7 @@ def prepare_data(config: str, output_dir: str) -> dict[str, float]:
     from expo.data import prepare_data as prepare
 
     cfg = load_stage_config(config)
-    with _stage_run(cfg, "prepare_data"):
+    with _stage_run(cfg, config, "prepare_data"):
         result = prepare(cfg.data, output_dir)
         tracking.log_dataset(Path(output_dir) / "train.jsonl", context="train", name="train")
         tracking.log_dataset(Path(output_dir) / "eval.jsonl", context="eval", name="eval")
@@ -106,8 +116,8 @@ def prepare_model(config: str, data_dir: str, output_dir: str) -> dict[str, floa
     from expo.modeling import prepare_model as prepare
 
     cfg = load_stage_config(config)
-    with _stage_run(cfg, "prepare_model"):
-        prepare(cfg.model, data_dir, output_dir)
+    with _stage_run(cfg, config, "prepare_model"):
+        prepare(cfg.model, data_dir, output_dir, prompts=cfg.prompts)
         meta = _model_meta(output_dir)
         tracking.set_tags({"expo.base_model": meta.get("base", cfg.model.source),
                            "expo.fingerprint": meta.get("fingerprint", "")})
@@ -121,8 +131,8 @@ def evaluate(config: str, name: str, model_dir: str, data_dir: str, output_dir: 
     from expo.evaluate import evaluate_model, flat_metrics
 
     cfg = load_stage_config(config)
-    with _stage_run(cfg, f"evaluate", arm=name):
-        result = evaluate_model(model_dir, data_dir, cfg, output_dir, name=name)
+    with _stage_run(cfg, config, "evaluate", arm=name):
+        result = evaluate_model(str(trained_model(model_dir)), data_dir, cfg, output_dir, name=name)
         metrics = flat_metrics(result)
         tracking.log_metrics(metrics)
         tracking.log_artifacts(output_dir, f"evaluation/{name}")
@@ -134,7 +144,7 @@ def generate_explanations(config: str, data_dir: str, model_dir: str, output_dir
     from expo.explain import generate_explanations as generate
 
     cfg = load_stage_config(config)
-    with _stage_run(cfg, "generate_explanations"):
+    with _stage_run(cfg, config, "generate_explanations"):
         stats = generate(cfg, data_dir, model_dir, output_dir)
         tracking.log_dataset(Path(output_dir) / "explanations.jsonl", context="explanations",
                              name="explanations")
@@ -149,7 +159,7 @@ def train(config: str, arm: str, data_dir: str, model_dir: str, explanations_dir
     from expo.train import train_arm
 
     cfg = load_stage_config(config)
-    with _stage_run(cfg, "train", arm=arm):
+    with _stage_run(cfg, config, "train", arm=arm):
         if cfg.cluster.train_nodes > 1:
             from expo.cluster import launch_trainjob
 
@@ -180,7 +190,7 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
     from expo.report import write_report
 
     cfg = load_stage_config(config)
-    with _stage_run(cfg, "report"):
+    with _stage_run(cfg, config, "report"):
         evaluations = {"base": read_json(Path(base_eval_dir) / "metrics.json")}
         for eval_dir in arm_eval_dirs:
             metrics = read_json(Path(eval_dir) / "metrics.json")
@@ -253,7 +263,7 @@ def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: s
 
     cfg = load_stage_config(config)
     summary = read_json(Path(summary_dir) / "summary.json")
-    with _stage_run(cfg, "register", arm=arm) as run:
+    with _stage_run(cfg, config, "register", arm=arm) as run:
         meta = _model_meta(model_dir)
         arm_summary = summary["models"][arm]
         gate_metric = cfg.register.gate_metric
@@ -263,21 +273,24 @@ def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: s
         tags = {"expo.arm": arm, "expo.algorithm": arm, "expo.base_model": meta.get("base", ""),
                 "expo.expo_beta": str(meta.get("expo_beta", cfg.train.expo_beta))}
         version = registry.log_and_register(model_dir, cfg.register.model_name, cfg.register, tags=tags,
-                                            metrics=metrics, run_id=run.info.run_id)
-        decision = registry.gate_and_promote(cfg.register.model_name, version["version"], cfg.register)
-    result = {"uri": f"models:/{cfg.register.model_name}/{version['version']}", **version, **decision}
+                                            metrics=metrics, run_id=run.run_id, tracking=cfg.tracking)
+        decision = registry.gate_and_promote(cfg.register.model_name, version.version, cfg.register,
+                                             tracking=cfg.tracking)
+    result = {**dataclasses.asdict(version), "gate": dataclasses.asdict(decision)}
     record = run_record_dir(run_key)
     if record is not None:
         write_json(record / "registered.json", result)
     return result
 
 
-def finish(status: str, run_id: str) -> None:
+def finish(config: str, status: str, run_id: str) -> None:
     """The exit handler: tag the parent run with the KFP run id and close it with the pipeline status."""
     from expo import tracking
 
+    cfg = load_stage_config(config)
     state = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED"}.get(status, "FAILED")
-    tracking.close_parent(status=state, tags={"kfp.run_id": run_id, "kfp.status": status})
+    tracking.close_parent(tracking.env_pipeline_key(), state, cfg.tracking,
+                          tags={"kfp.run_id": run_id, "kfp.status": status})
 
 
 def link_tree(src: Path, dst: Path) -> None:
@@ -294,6 +307,12 @@ def link_tree(src: Path, dst: Path) -> None:
             os.link(path, target)
         except OSError:
             shutil.copy2(path, target)
+
+
+def trained_model(model_dir: str | Path) -> Path:
+    """The model folder of a stage output: the train step leaves it in `<output>/model`."""
+    inner = Path(model_dir) / "model"
+    return inner if (inner / "config.json").is_file() else Path(model_dir)
 
 
 def _find_arm_model(model_dirs: list[str], arm: str) -> Path:

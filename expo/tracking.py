@@ -84,6 +84,16 @@ def pipeline_key(config_dict: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def env_pipeline_key() -> str:
+    """The key a pipeline step reads from its environment, where a run-varying value costs no cache hit:
+    $EXPO_PIPELINE_KEY, else $EXPO_PIPELINE_RUN_ID (the KFP run id, set from a pod label)."""
+    for name in ("EXPO_PIPELINE_KEY", "EXPO_PIPELINE_RUN_ID"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    raise TrackingError("no pipeline key: set EXPO_PIPELINE_KEY (or EXPO_PIPELINE_RUN_ID) or pass one")
+
+
 def mlflow_key(name: str) -> str:
     """A metric/tag name MLflow accepts: `pass@1` -> `pass_at_1` (MLflow rejects '@' in names)."""
     return re.sub(r"[^/\w.\- :]", "_", name.replace("@", "_at_"))
@@ -453,7 +463,8 @@ def set_tags(tags: dict[str, Any]) -> None:
 
 
 __all__ = [
-    "Connection", "StageRun", "active_stage", "close_parent", "connect", "file_digest", "log_artifacts",
+    "Connection", "StageRun", "active_stage", "close_parent", "connect", "env_pipeline_key", "file_digest",
+    "log_artifacts",
     "log_config", "log_dataset", "log_metrics", "log_metrics_series", "mlflow_key", "parent_run",
     "pipeline_key", "redact_params", "redact_uri", "resolve_tracking_uri", "set_tags", "sqlite_path",
     "stage_run", "tag_parent",

@@ -40,14 +40,14 @@ def build_pipeline(cfg: ExpoConfig, for_cluster: bool = True) -> Callable[..., A
     (kfp.local ignores them and warns about each)."""
     conf = {stage: stage_config_yaml(cfg, stage) for stage in
             ("prepare_data", "prepare_model", "evaluate", "generate_explanations", "train", "report",
-             "register")}
+             "register", "finish")}
     key = run_key(cfg)
     place = _Placement(cfg, for_cluster)
 
     @dsl.pipeline(name=_pipeline_name(cfg), description="ExPO: self-explanation-guided RL, with GRPO "
                   "baselines, verifier-based evaluation and gated MLflow registration.")
     def expo_pipeline():
-        closer = place.small(c.finish_run(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), cache=False,
+        closer = place.small(c.finish_run(config=conf["finish"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), cache=False,
                              retries=True)
         with dsl.ExitHandler(closer, name="expo-run"):
             data = place.small(c.prepare_data(config=conf["prepare_data"]), retries=True)
@@ -121,7 +121,9 @@ class _Placement:
         return self._common(task, retries)
 
     def _common(self, task: dsl.PipelineTask, retries: bool) -> dsl.PipelineTask:
-        if retries and self.cluster.retries > 0:
+        # Task retries are for a cluster's transient faults (preempted nodes, a flaky store); locally a
+        # failure is deterministic and a retry only repeats it. Tracking calls retry on their own.
+        if retries and self.for_cluster and self.cluster.retries > 0:
             task.set_retry(num_retries=self.cluster.retries, backoff_duration="30s", backoff_factor=2.0)
         if not self.for_cluster:
             return task

@@ -7,9 +7,15 @@ import argparse
 import pytest
 
 from expo.answers import last_boxed
-from expo.config import ExpoConfig, ExplainConfig, GenerationConfig, PromptConfig
-from expo.explain import (HINT_PHRASES, ExplanationCache, generate_explanations, hint_phrase, judge_text,
-                          sample_explanations)
+from expo.config import ExplainConfig, ExpoConfig, GenerationConfig, PromptConfig
+from expo.explain import (
+    HINT_PHRASES,
+    ExplanationCache,
+    generate_explanations,
+    hint_phrase,
+    judge_text,
+    sample_explanations,
+)
 from expo.generation import Completion
 from expo.io import read_json, read_jsonl, write_jsonl
 from expo.tiny import char_tokenizer, tiny_qwen2
@@ -68,8 +74,9 @@ def exact_rewards(completions, golds):
     return [float(last_boxed(c) == g) for c, g in zip(completions, golds)]
 
 
-def run(rows=ROWS, cfg=CFG, cache=None, model_key="m1", generator=None, prompts=PromptConfig()):
+def run(rows=ROWS, cfg=CFG, cache=None, model_key="m1", generator=None, prompts=None):
     generator = generator or FakeGenerator()
+    prompts = prompts or PromptConfig()
     records, stats = sample_explanations(generator, rows, cfg, prompts, char_tokenizer(), cache, model_key,
                                          reward_fn=exact_rewards)
     return generator, records, stats

@@ -3,11 +3,13 @@ list, solutions whose boxed answer is that number, and the MATH verifier agreein
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from expo.answers import last_boxed
-from expo.toy.task import (BAD, GOOD, LEVELS, LIST_LENGTH, has_property, parse_numbers, scan_solution,
-                           step, verification, generate_rows)
+from expo.toy.task import (BAD, GOOD, LEVELS, LIST_LENGTH, generate_rows, has_property, parse_numbers,
+                           sample_numbers, scan_solution, step, verification)
 
 
 @pytest.mark.parametrize("n, ok", [
@@ -70,6 +72,8 @@ def test_bad_level_and_count_are_rejected() -> None:
         generate_rows(0, -1)
     with pytest.raises(ValueError):
         parse_numbers("What is 2+2?")
+    with pytest.raises(ValueError):
+        sample_numbers(random.Random(0), 6)
 
 
 def test_rows_pass_the_math_verifier() -> None:

@@ -77,6 +77,17 @@ def test_resolve_tracking_uri_precedence(tmp_path, monkeypatch):
     assert T.resolve_tracking_uri(TrackingConfig(tracking_uri="http://cfg:1"), tmp_path) == "http://cfg:1"
 
 
+def test_env_pipeline_key(monkeypatch):
+    monkeypatch.delenv("EXPO_PIPELINE_KEY", raising=False)
+    monkeypatch.delenv("EXPO_PIPELINE_RUN_ID", raising=False)
+    with pytest.raises(TrackingError, match="no pipeline key"):
+        T.env_pipeline_key()
+    monkeypatch.setenv("EXPO_PIPELINE_RUN_ID", "local-20261130-abc")
+    assert T.env_pipeline_key() == "local-20261130-abc"
+    monkeypatch.setenv("EXPO_PIPELINE_KEY", "k1")  # an explicit key wins over the run id
+    assert T.env_pipeline_key() == "k1"
+
+
 def test_log_functions_need_an_active_stage():
     with pytest.raises(TrackingError, match="no active stage run"):
         T.log_metrics_series([{"step": 0, "loss": 1.0}])

@@ -112,11 +112,11 @@ class HFGenerator:
         """Only our settings: every knob a checkpoint may set is given its neutral value explicitly,
         because `generate` fills unset (None) fields from the model's own generation config."""
         sampling = temperature > 0.0
-        settings: dict[str, Any] = dict(
-            max_new_tokens=max_new, do_sample=sampling, num_beams=1, num_return_sequences=1,
-            repetition_penalty=1.0, no_repeat_ngram_size=0, use_cache=True,
-            pad_token_id=self.pad_id, eos_token_id=list(self.eos_ids),
-        )
+        settings: dict[str, Any] = {
+            "max_new_tokens": max_new, "do_sample": sampling, "num_beams": 1, "num_return_sequences": 1,
+            "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "use_cache": True,
+            "pad_token_id": self.pad_id, "eos_token_id": list(self.eos_ids),
+        }
         if sampling:  # warpers apply only when sampling (setting them for greedy only draws warnings)
             settings.update(temperature=temperature, top_p=self.cfg.top_p, top_k=0, typical_p=1.0,
                             epsilon_cutoff=0.0, eta_cutoff=0.0)

@@ -77,14 +77,17 @@ class ExplanationBuffer:
     def seed(self, records: list[dict[str, Any]], samples: int, step: int = 0) -> RoundStats:
         """The initial policy's explanations (the explanations stage): always kept, whatever the acceptance."""
         self.add(records, step)
-        accepted = sum(1 for rec in records if rec.get("accepted"))
+        accepted = sum(1 for rec in records if rec.get("passed", rec.get("accepted")))
         stats = RoundStats(step=step, samples=samples, accepted=accepted, used=True)
         self.rounds.append(stats)
         return stats
 
     def add_round(self, records: list[dict[str, Any]], step: int) -> RoundStats:
-        """Record one online regeneration round; its explanations are used only above the floor."""
-        accepted = sum(1 for rec in records if rec.get("accepted"))
+        """Record one online regeneration round; its explanations are used only above the floor.
+
+        Acceptance counts samples that passed the verifier and the hint filter (`passed`), not only
+        the ones kept: keeping m of n would otherwise cap acceptance at m/n, under the floor."""
+        accepted = sum(1 for rec in records if rec.get("passed", rec.get("accepted")))
         stats = RoundStats(step=step, samples=len(records), accepted=accepted, used=False)
         stats.used = bool(records) and stats.acceptance >= self.acceptance_floor
         if stats.used:

@@ -20,6 +20,7 @@ Seams used: `_generate`, `_calculate_rewards`, `_get_per_token_logps_and_entropi
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -186,7 +187,7 @@ class ExpoGRPOTrainer(GRPOTrainer):
         if mode == "train":
             accum = self.current_gradient_accumulation_steps
             self._metrics[mode]["grpo_loss"].append(grpo_loss.item() * accum)
-            self._metrics[mode]["expo_term"].append(0.0 if nll_value != nll_value else weight * nll_value)
+            self._metrics[mode]["expo_term"].append(0.0 if math.isnan(nll_value) else weight * nll_value)
             self._metrics[mode]["total_loss"].append(loss.item() * accum)
             self._metrics[mode]["expo_nll"].append(nll_value)  # NaN (dropped by TRL's mean) when unused
             self._metrics[mode]["expo_weight"].append(weight)

@@ -1,6 +1,6 @@
 """Cold `expo run` vs the cached re-run of the same config, and peak memory.
 
-    python bench/pipeline.py            # tiny budget (a minute or two on 2 cores)
+    python bench/pipeline.py            # configs/embedded-smoke.yaml (a few minutes on 2 cores)
     python bench/pipeline.py --full     # the embedded default as `make run` runs it
 
 Each run is a separate `expo run` process in a fresh temporary run folder (the second reuses it).
@@ -21,15 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-TINY = ["model.warmup_steps=20", "train.steps=2", "train.prompts_per_step=2", "train.num_generations=2",
-        "evaluate.samples=2", "explain.samples_per_question=2", "explain.keep_per_question=1",
-        "generation.max_new_tokens=16", "data.max_rows=60"]
+SMOKE = ["--config", "configs/embedded-smoke.yaml"]
 
 
-def expo_run(run_dir: Path, overrides: list[str]) -> float:
-    cmd = [sys.executable, "-m", "expo", "run", "--output", str(run_dir)]
-    for item in overrides:
-        cmd += ["--set", item]
+def expo_run(run_dir: Path, extra: list[str]) -> float:
+    cmd = [sys.executable, "-m", "expo", "run", "--output", str(run_dir), *extra]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "MLFLOW_TRACKING_URI": ""})
@@ -40,15 +36,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the embedded default instead of a tiny budget")
     args = parser.parse_args()
-    overrides = [] if args.full else TINY
+    extra = [] if args.full else SMOKE
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        cold = expo_run(run_dir, overrides)
-        cached = expo_run(run_dir, overrides)
+        cold = expo_run(run_dir, extra)
+        cached = expo_run(run_dir, extra)
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
     rows = [("cold expo run", f"{cold:.1f} s"), ("cached re-run", f"{cached:.1f} s"),
             ("speedup", f"{cold / cached:.1f}x"), ("peak RSS", f"{peak_mb:.0f} MB"),
-            ("budget", "embedded default" if args.full else "tiny")]
+            ("config", "embedded default" if args.full else "configs/embedded-smoke.yaml")]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

@@ -33,23 +33,9 @@ from expo.answers import last_boxed
 from expo.config import ModelConfig, PromptConfig
 from expo.io import write_jsonl
 from expo.modeling import load_tokenizer
+from expo.prompts import explain_prompt, solve_prompt
 from expo.toy.model import build_warm_model
 from expo.toy.task import generate_rows
-
-try:  # the real prompt module once it exists
-    from expo.prompts import explain_prompt, solve_prompt
-except ImportError:  # pragma: no cover - until expo/prompts.py lands
-    import types
-
-    def solve_prompt(question, tokenizer, cfg):
-        return cfg.solve_template.format(question=question) + "\n"
-
-    def explain_prompt(question, answer, tokenizer, cfg):
-        hint = cfg.hint_template.format(answer=answer)
-        body = cfg.solve_template.format(question=question)
-        return (f"{hint}\n{body}" if cfg.hint_position == "before" else f"{body}\n{hint}") + "\n"
-
-    sys.modules["expo.prompts"] = types.SimpleNamespace(solve_prompt=solve_prompt, explain_prompt=explain_prompt)
 
 
 @dataclass

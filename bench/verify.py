@@ -18,9 +18,8 @@ JSON line last:
 The speed-up is bounded by the CPU the OS gives us. Linux's autogroup scheduler shares CPU between
 sessions, not processes: on a machine that other sessions keep busy, 2 workers get no more CPU than 1
 and the speed-up reads ~1x whatever the design. So the table also shows the cores each mode actually
-got (worker CPU seconds / wall seconds), items per worker-CPU-second (the pool's own overhead), the
-parent's CPU (the IPC cost that chunks avoid), and the load averages. Run it on a quiet machine for
-the real number.
+got (worker CPU seconds / wall seconds), items per worker-CPU-second, the parent's CPU (the IPC
+cost that chunks avoid) and the load averages. Run it on a quiet machine for the real number.
 """
 
 from __future__ import annotations
@@ -210,8 +209,6 @@ def main() -> None:
         if o.reward != y and not o.timed_out:
             print(f"  disagrees with its label: ...{c[-60:]!r} vs {g!r}: got {o.reward}, label {y}")
     seq, pool = best["seq"], best["pool"]
-    # Items per worker-CPU-second, pool over sequential: the pool's own overhead, whatever the load.
-    efficiency = (args.items / pool.worker_cpu_s) / (args.items / seq.worker_cpu_s)
     print(f"load average (1 min) before {load_before:.2f}, after {load_after:.2f}; usable cores "
           f"{usable_cpus()}; the kernel shares CPU between sessions (autogroup), so on a busy shared machine "
           f"{workers} workers may get no more CPU than one ('cores got')")
@@ -222,9 +219,6 @@ def main() -> None:
         "timeout_s": args.timeout, "workers": workers,
         "cores_got_sequential": round(seq.worker_cpu_s / seq.wall_s, 2),
         "cores_got_pool": round(pool.worker_cpu_s / pool.wall_s, 2),
-        "cpu_efficiency": round(efficiency, 3),
-        # What the speed-up would be if every worker had a core to itself (a projection, not a measurement).
-        "projected_speedup_free_cores": round(efficiency * min(workers, usable_cpus()), 3),
         "single_pair_messages_per_s": round(args.items / best["single"].wall_s, 2),
         "agreement": round(sum(o.reward == y for o, y in zip(pool.outcomes, labels)) / args.items, 4),
         "load_avg_before": round(load_before, 2), "load_avg_after": round(load_after, 2),

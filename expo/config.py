@@ -24,6 +24,10 @@ from expo.errors import ConfigError
 # The embedded default task (issue 8) and the tiny model warmed up on it.
 EMBEDDED_DATA = "builtin:needle"
 EMBEDDED_MODEL = "builtin:tiny"
+# The settings tuned for that task: what `expo run` uses when no --config is given. The dataclass
+# defaults below stay those of a real run (e.g. expo_beta 0.04, the paper's), so a user config for
+# MATH never inherits values tuned for a 0.4M-parameter toy.
+EMBEDDED_PRESET = Path(__file__).parent / "toy" / "defaults.yaml"
 
 
 @dataclass
@@ -276,7 +280,13 @@ def _check(ok: bool, at: str, key: str, why: str) -> None:
 
 
 def _join(at: str, key: str) -> str:
+    key = _printable(str(key))
     return f"{at}.{key}" if at else key
+
+
+def _printable(text: str) -> str:
+    """Escape control characters (a key may hold a newline) so an error stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +299,7 @@ def from_dict(cls: type, data: dict[str, Any], at: str = "") -> Any:
         raise ConfigError(f"config key '{at or '<root>'}': expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)  # YAML keys may be null, ints or bools
     if unknown:
         raise ConfigError(f"unknown config key '{_join(at, str(unknown[0]))}' (known in "
                           f"'{at or '<root>'}': {', '.join(sorted(names))})")
@@ -328,7 +338,7 @@ def _coerce(tp: Any, value: Any, at: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{at}': expected a mapping, got {type(value).__name__}")
         key_tp, val_tp = get_args(tp)
-        return {_coerce(key_tp, k, at): _coerce(val_tp, v, f"{at}.{k}") for k, v in value.items()}
+        return {_coerce(key_tp, k, at): _coerce(val_tp, v, _join(at, k)) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{at}': expected true or false, got {value!r}")
@@ -356,7 +366,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.__class__.__name__})") from None
+        raise ConfigError(f"--set {_printable(key)}: value {raw!r} is not valid YAML ({exc.__class__.__name__})") from None
     return key.strip().split("."), value
 
 
@@ -369,7 +379,7 @@ def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {'.'.join(path)}: '{part}' is not a section")
+                raise ConfigError(f"--set {_printable('.'.join(path))}: '{_printable(part)}' is not a section")
             node = child
         node[path[-1]] = value
     return merged
@@ -400,6 +410,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> ExpoConfig:
+    """What the pipeline commands use: the config file, or the embedded default preset without one."""
+    return load_config(path if path else EMBEDDED_PRESET, overrides)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The resolved config as plain data (for YAML dumps, MLflow params and KFP parameters)."""
     return dataclasses.asdict(cfg)
@@ -425,6 +440,7 @@ def section_from_dict(cls: type, data: dict[str, Any], at: str) -> Any:
 
 
 __all__ = [name for name in dir() if name.endswith("Config")] + [
-    "ALGORITHMS", "EMBEDDED_DATA", "EMBEDDED_MODEL", "load_config", "from_dict", "to_dict",
+    "ALGORITHMS", "EMBEDDED_DATA", "EMBEDDED_MODEL", "EMBEDDED_PRESET", "load_config",
+    "load_pipeline_config", "from_dict", "to_dict",
     "flatten", "merge_overrides", "parse_override", "read_yaml", "section_from_dict",
 ]

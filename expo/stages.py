@@ -86,11 +86,30 @@ def _stage_run(cfg: ExpoConfig, config: str, stage: str, arm: str | None = None)
     """This stage's nested MLflow run under the pipeline run's parent, with the sections it read as
     params. The parent is found by the pipeline run id in the environment, never by a step input."""
     from expo import tracking
+    from expo.errors import ExpoError
 
-    with tracking.stage_run(tracking.env_pipeline_key(), stage, cfg.tracking, arm=arm,
-                            pipeline=cfg.name) as run:
-        tracking.log_config(yaml.safe_load(config))
-        yield run
+    try:
+        with tracking.stage_run(tracking.env_pipeline_key(), stage, cfg.tracking, arm=arm,
+                                pipeline=cfg.name) as run:
+            tracking.log_config(yaml.safe_load(config))
+            yield run
+    except ExpoError as exc:
+        record_error(f"{stage}{'-' + arm if arm else ''}: {exc}")
+        raise
+
+
+def record_error(message: str) -> None:
+    """Keep a stage's one-line error where `expo run` finds it ($EXPO_WORKSPACE/errors/<pipeline run id>):
+    kfp.local only reports which task failed, and the cause would be lost in the task log. The first
+    error of a run wins (a later one is usually a consequence, e.g. the exit handler's)."""
+    root, run_id = workspace(), os.environ.get("EXPO_PIPELINE_RUN_ID", "")
+    if root is None or not run_id:
+        return
+    path = root / "errors" / f"{run_id}.txt"
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "x", encoding="utf-8") as fh:  # "x": never overwrite the first error
+            fh.write(" ".join(message.split()))
 
 
 def prepare_data(config: str, output_dir: str) -> dict[str, float]:

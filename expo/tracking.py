@@ -418,8 +418,10 @@ def log_dataset(path: str | Path, context: Literal["train", "eval", "explanation
     frame = pd.DataFrame(read_jsonl(path))
     with warnings.catch_warnings():  # MLflow registers two equivalent local-file sources and says so
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        # ...and hints that integer columns cannot hold missing values: true, and irrelevant to a log.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
         dataset = mlflow.data.from_pandas(frame, source=str(path.resolve()), name=name, digest=digest)
-    entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
     run.conn.call("log dataset", run.conn.client.log_inputs, run.run_id, datasets=[entry])
     run.conn.call("tag dataset digest", run.conn.client.set_tag, run.run_id,
                   f"expo.data.{mlflow_key(name)}.digest", digest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -54,9 +55,18 @@ def run_local(cfg: ExpoConfig, run_dir: Path) -> dict[str, Any]:
     try:
         pipeline()
     except RuntimeError as exc:
-        raise ExpoError(f"pipeline failed: {str(exc).splitlines()[0]} (task logs above; "
+        raise ExpoError(f"pipeline failed: {_failure_cause(exc, run_dir)} (task logs above; "
                         f"outputs kept in {run_dir})") from None
     return collect_summary(cfg, run_dir)
+
+
+def _failure_cause(exc: RuntimeError, run_dir: Path) -> str:
+    """The failed stage's own one-line error (expo.stages.record_error), else kfp.local's message
+    without its colour codes."""
+    recorded = run_dir / "workspace" / "errors" / f"{os.environ.get('EXPO_PIPELINE_RUN_ID', '')}.txt"
+    if recorded.is_file():
+        return recorded.read_text(encoding="utf-8").strip()
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0] if str(exc) else repr(exc))
 
 
 def _set_run_environment(cfg: ExpoConfig, run_dir: Path) -> None:

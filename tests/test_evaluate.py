@@ -160,10 +160,14 @@ def test_resolve_model_from_mlflow_registry(tmp_path, monkeypatch, no_tracking_e
     src = tmp_path / "model"
     src.mkdir()
     (src / "config.json").write_text('{"model_type": "qwen2"}')
+    from expo import registry
+    from expo.config import RegisterConfig, TrackingConfig
+
     client = mlflow.MlflowClient(tracking_uri=uri)
-    client.create_registered_model("tiny")
-    client.create_model_version("tiny", source=str(src))
-    client.set_registered_model_alias("tiny", "champion", "1")
+    run = client.create_run(client.create_experiment("resolve-test"))
+    version = registry.log_and_register(src, "tiny", RegisterConfig(), tags={}, metrics={},
+                                        run_id=run.info.run_id, tracking=TrackingConfig(tracking_uri=uri))
+    client.set_registered_model_alias("tiny", "champion", str(version.version))
     for i, model_uri in enumerate(("models:/tiny/1", "models:/tiny@champion")):
         local = resolve_model(model_uri, tmp_path / f"download{i}")
         assert (local / "config.json").read_text() == '{"model_type": "qwen2"}'

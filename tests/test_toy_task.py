@@ -1,5 +1,6 @@
-"""The needle task: deterministic generation, the level = depth of the good number, one good number per
-list, solutions whose boxed answer is that number, and the MATH verifier agreeing with it."""
+"""The needle task: deterministic generation, the level = depth of the good number (the one containing
+a 7), one good number per list, solutions whose boxed answer is that number, and the MATH verifier
+agreeing with it."""
 
 from __future__ import annotations
 
@@ -13,26 +14,34 @@ from expo.toy.task import (BAD, GOOD, LEVELS, LIST_LENGTH, generate_rows, has_pr
 
 
 @pytest.mark.parametrize("n, ok", [
-    (12, True),   # 1+2 = 3
-    (90, True),   # 9+0 = 9
-    (99, True),   # 9+9 = 18
-    (10, False),  # 1+0 = 1
-    (82, False),  # 8+2 = 10
-    (94, False),  # 9+4 = 13
+    (17, True),   # 7 in the ones place
+    (70, True),   # 7 in the tens place
+    (77, True),   # both
+    (10, False),
+    (82, False),
+    (69, False),
 ])
-def test_has_property_is_digit_sum_divisible_by_3(n: int, ok: bool) -> None:
+def test_has_property_is_containing_the_digit_7(n: int, ok: bool) -> None:
     assert has_property(n) is ok
 
 
 def test_good_and_bad_partition_the_two_digit_numbers() -> None:
-    assert len(GOOD) == 30 and len(BAD) == 60  # every third number of 10..99 is a multiple of 3
+    # 70..79 (10 numbers) and 17, 27, .., 97 without 77 (8 more): 18 good, 90 - 18 = 72 bad.
+    assert GOOD == (17, 27, 37, 47, 57, 67, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 87, 97)
+    assert len(BAD) == 72
     assert set(GOOD) | set(BAD) == set(range(10, 100))
 
 
+def test_the_question_has_no_7_but_the_needle() -> None:
+    row = generate_rows(0, 1)[0]
+    assert row["problem"].count("7") == sum(str(n).count("7") for n in parse_numbers(row["problem"]) if n in GOOD)
+
+
 def test_scan_and_verification_formats_by_hand() -> None:
-    assert step(82) == "82:8+2=10"
-    assert scan_solution([82, 94, 90, 11]) == "82:8+2=10 94:9+4=13 90:9+0=9 \\boxed{90}"
-    assert verification("90") == "90:9+0=9 \\boxed{90}"
+    assert step(82) == "82:no"
+    assert step(47) == "47:yes"
+    assert scan_solution([82, 94, 47, 11]) == "82:no 94:no 47:yes \\boxed{47}"
+    assert verification("47") == "47:yes \\boxed{47}"
 
 
 def test_generation_is_deterministic_and_seed_dependent() -> None:

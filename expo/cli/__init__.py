@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """`--config FILE` and repeatable `--set key=value`, shared by every pipeline command."""
-    parser.add_argument("--config", metavar="FILE", help="YAML config; every field has a default that runs")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML config; every field has a default that runs. Pipeline commands (run, "
+                             "compile, submit) without it use the embedded default (expo/toy/defaults.yaml)")
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                         help="override one config key, e.g. --set train.expo_beta=0.04 (repeatable; "
                              "values are YAML: --set train.arms=[grpo,exp-grpo])")

@@ -15,10 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from expo.config import load_config
+    from expo.config import load_pipeline_config
     from pipelines.expo_pipeline import compile_pipeline
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_pipeline_config(args.config, args.overrides)
     path = compile_pipeline(cfg, args.output)
     print(f"compiled pipeline '{cfg.name}' ({', '.join(cfg.train.arms)}) -> {path}")
     return 0

@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from expo.config import load_config
+    from expo.config import load_pipeline_config
     from pipelines.local_run import main_run  # kfp lives outside the library
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_pipeline_config(args.config, args.overrides)
     return main_run(cfg, args.output)

@@ -25,10 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from expo.config import load_config
+    from expo.config import load_pipeline_config
     from pipelines.submit import submit
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_pipeline_config(args.config, args.overrides)
     run_id, url = submit(cfg, host=args.host, namespace=args.namespace, experiment=args.experiment,
                          run_name=args.run_name, token_env=args.token_env, cache=not args.no_cache,
                          service_account=args.service_account)

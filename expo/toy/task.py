@@ -1,22 +1,24 @@
 """The embedded default task, "needle": search versus verify, with levels 1 to 5.
 
 Why this task: ExPO helps where a model cannot *find* answers but can *check* a given one. Here a
-question is a list of ten 2-digit numbers of which exactly one has a digit sum divisible by 3.
+question is a list of ten distinct 2-digit numbers of which exactly one contains the digit 7.
 
 - Solving is a search: the worked solution checks the numbers one by one until the good one,
-  one step per number (`82:8+2=10 94:9+4=13 90:9+0=9 \\boxed{90}`).
-- Explaining a given answer is one verification step (`90:9+0=9 \\boxed{90}`), equally easy at every
+  one step per number (`82:no 94:no 47:yes \\boxed{47}`).
+- Explaining a given answer is one verification step (`47:yes \\boxed{47}`), equally easy at every
   level.
 - The level is how deep the good number sits: level k puts it at position 2k-1 or 2k (1-based), so a
   level-5 solution is a scan of 9 or 10 steps while a warm-up on levels 1-2 only ever saw up to 4.
 
-30 of the 90 two-digit numbers qualify, so a blind guess is right about 1 time in 30 (enough
-answers that lucky guesses give GRPO almost no signal, few enough that a tiny model can learn the
-direct "pick, then verify" strategy). Rows follow the MATH schema; `expo.data` maps `builtin:needle`
-to `generate_rows` and extracts the gold answer from the solution's last `\\boxed{}`.
+Why "contains 7" (docs/embedded-default.md): picking the good number *directly*, which is what the
+self-explanations teach under the plain prompt, is one attention hop (find the 7, copy its number),
+so a 0.4M-parameter model can learn it from a few hundred explanations; the digit-sum property used
+before needed an implicit sum per number and was not learned. 18 of the 90 two-digit numbers qualify
+(70-79 and x7), so the answer set stays large. Rows follow the MATH schema; `expo.data` maps
+`builtin:needle` to `generate_rows` and extracts the gold answer from the solution's last `\\boxed{}`.
 
     rows = generate_rows(seed=0, n_per_level=400)
-    rows[0]["problem"]   # 'Which number has a digit sum divisible by 3? 82 94 90 ...'
+    rows[0]["problem"]   # 'Which has a seven? 82 94 47 ...'
 """
 
 from __future__ import annotations
@@ -25,25 +27,24 @@ import random
 
 LEVELS = (1, 2, 3, 4, 5)
 LIST_LENGTH = 10
-QUESTION_PREFIX = "Which has digit sum divisible by 3?"
+QUESTION_PREFIX = "Which has a seven?"  # no digit in the prefix: the only 7 is the needle's
 # The characters any problem, solution or verification step can contain (for a small vocabulary).
-TASK_CHARS = "0123456789:+= \\{}" + "boxed" + QUESTION_PREFIX
+TASK_CHARS = "0123456789: \\{}" + "boxed" + "yesno" + QUESTION_PREFIX
 
 _NUMBERS = range(10, 100)
 
 def has_property(n: int) -> bool:
-    """True when the digit sum of `n` is divisible by 3 (equivalently, `n` is)."""
-    return sum(int(d) for d in str(n)) % 3 == 0
+    """True when `n` contains the digit 7."""
+    return "7" in str(n)
 
 
-GOOD = tuple(n for n in _NUMBERS if has_property(n))  # 30 numbers
-BAD = tuple(n for n in _NUMBERS if not has_property(n))  # 60 numbers
+GOOD = tuple(n for n in _NUMBERS if has_property(n))  # 18 numbers: 17, 27, .., 70-79, .., 97
+BAD = tuple(n for n in _NUMBERS if not has_property(n))  # 72 numbers
 
 
 def step(n: int) -> str:
-    """One checked step: `82:8+2=10`."""
-    tens, ones = divmod(n, 10)
-    return f"{n}:{tens}+{ones}={tens + ones}"
+    """One checked step: `82:no`, `47:yes`."""
+    return f"{n}:{'yes' if has_property(n) else 'no'}"
 
 
 def scan_solution(numbers: list[int]) -> str:

@@ -1,0 +1,102 @@
+"""Each KFP component called through `.python_func` with real artifacts in a temp folder: the thin
+wrappers pass the right paths to the stages, write their Metrics files (kfp.local only caches tasks
+whose Metrics file exists) and return what the DAG branches on. A chain on a tiny budget."""
+
+import json
+from pathlib import Path
+
+import pytest
+from kfp import dsl
+
+import components as c
+from expo.config import load_pipeline_config
+from expo.stages import stage_config_yaml
+
+TINY = ["data.builtin_per_level=6", "model.warmup_steps=5", "generation.max_new_tokens=8",
+        "evaluate.samples=2", "explain.samples_per_question=1", "explain.solve_rate_samples=0",
+        "train.arms=[grpo]", "train.steps=1", "train.prompts_per_step=2", "train.num_generations=2",
+        "train.checkpoint_every=1", "register.model_name=components-test"]
+
+
+def artifact(cls, root: Path, name: str, metadata: dict | None = None):
+    art = cls(name=name, uri=str(root / name), metadata=metadata or {})
+    return art
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Run every component once, in DAG order, sharing one MLflow store and pipeline run id."""
+    root = tmp_path_factory.mktemp("components")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.setenv("EXPO_PIPELINE_RUN_ID", "components-test-run")
+    mp.setenv("EXPO_WORKSPACE", str(root / "workspace"))
+    cfg = load_pipeline_config(None, TINY)
+    conf = {stage: stage_config_yaml(cfg, stage) for stage in
+            ("prepare_data", "prepare_model", "evaluate", "generate_explanations", "train", "report",
+             "register", "finish")}
+    a = {}
+    a["data"], a["data_m"] = artifact(dsl.Dataset, root, "data"), artifact(dsl.Metrics, root, "data_m")
+    c.prepare_data.python_func(config=conf["prepare_data"], data=a["data"], metrics=a["data_m"])
+    a["model"], a["model_m"] = artifact(dsl.Model, root, "model"), artifact(dsl.Metrics, root, "model_m")
+    c.prepare_model.python_func(config=conf["prepare_model"], data=a["data"], model=a["model"],
+                                metrics=a["model_m"])
+    a["base"], a["base_m"] = artifact(dsl.Dataset, root, "base"), artifact(dsl.Metrics, root, "base_m")
+    c.evaluate.python_func(config=conf["evaluate"], name="base", model=a["model"], data=a["data"],
+                           results=a["base"], metrics=a["base_m"])
+    a["expl"], a["expl_m"] = artifact(dsl.Dataset, root, "expl"), artifact(dsl.Metrics, root, "expl_m")
+    c.generate_explanations.python_func(config=conf["generate_explanations"], data=a["data"],
+                                        model=a["model"], explanations=a["expl"], metrics=a["expl_m"])
+    a["trained"], a["train_m"] = artifact(dsl.Model, root, "trained"), artifact(dsl.Metrics, root, "train_m")
+    c.train.python_func(config=conf["train"], arm="grpo", data=a["data"], model=a["model"],
+                        explanations=a["expl"], trained=a["trained"], metrics=a["train_m"])
+    a["arm"], a["arm_m"] = artifact(dsl.Dataset, root, "arm"), artifact(dsl.Metrics, root, "arm_m")
+    c.evaluate.python_func(config=conf["evaluate"], name="grpo", model=a["trained"], data=a["data"],
+                           results=a["arm"], metrics=a["arm_m"])
+    outs = {name: artifact(cls, root, name) for name, cls in (
+        ("summary", dsl.Dataset), ("best", dsl.Model), ("page", dsl.HTML), ("md", dsl.Markdown),
+        ("report_m", dsl.Metrics))}
+    decision = c.report.python_func(
+        config=conf["report"], run_key="k1", base_eval=a["base"], arm_evals=[a["arm"]],
+        trained=[a["trained"]], explanations=a["expl"], summary=outs["summary"], best_model=outs["best"],
+        page=outs["page"], markdown=outs["md"], metrics=outs["report_m"])
+    a.update(outs)
+    uri = c.register.python_func(config=conf["register"], run_key="k1", arm="grpo", model=outs["best"],
+                                 summary=outs["summary"])
+    status = dsl.PipelineTaskFinalStatus(state="SUCCEEDED", pipeline_job_resource_name="r",
+                                         pipeline_task_name="t", error_code=None, error_message=None)
+    c.finish_run.python_func(config=conf["finish"], run_id="kfp-run-1", status=status)
+    yield root, a, decision, uri
+    mp.undo()
+
+
+def test_every_metrics_file_is_written(chain):
+    _, a, _, _ = chain
+    for key in ("data_m", "model_m", "base_m", "expl_m", "train_m", "arm_m", "report_m"):
+        assert Path(a[key].path).is_file(), key
+        json.loads(Path(a[key].path).read_text())
+    assert json.loads(Path(a["data_m"].path).read_text())["rows_out"] == 30
+
+
+def test_outputs_land_where_the_next_stage_reads(chain):
+    _, a, decision, _ = chain
+    assert (Path(a["data"].path) / "train.jsonl").is_file()
+    assert (Path(a["model"].path) / "config.json").is_file()
+    assert (Path(a["trained"].path) / "model" / "config.json").is_file()
+    assert (Path(a["expl"].path) / "explanations.jsonl").is_file()
+    assert Path(a["page"].path).read_text().lstrip().lower().startswith("<!doctype html")
+    assert decision.best_arm == "grpo" and isinstance(decision.register, bool)
+    assert (Path(a["best"].path) / "config.json").is_file()  # the best arm's model, linked for register
+
+
+def test_register_and_finish(chain):
+    import mlflow
+
+    root, _, _, uri = chain
+    assert uri.startswith("models:/components-test/")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    assert "candidate" in client.get_model_version("components-test", uri.rsplit("/", 1)[1]).aliases
+    parent = client.search_runs([client.get_experiment_by_name("expo").experiment_id],
+                                filter_string="tags.`expo.role` = 'pipeline'")
+    assert len(parent) == 1
+    assert parent[0].info.status == "FINISHED" and parent[0].data.tags["kfp.run_id"] == "kfp-run-1"

@@ -12,6 +12,8 @@ import components as c
 from expo.config import load_pipeline_config
 from expo.stages import stage_config_yaml
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
 TINY = ["data.builtin_per_level=6", "model.warmup_steps=5", "generation.max_new_tokens=8",
         "evaluate.samples=2", "explain.samples_per_question=1", "explain.solve_rate_samples=0",
         "train.arms=[grpo]", "train.steps=1", "train.prompts_per_step=2", "train.num_generations=2",

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "embedded-smoke.yaml"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def expo_run(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:

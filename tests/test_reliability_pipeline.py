@@ -4,11 +4,12 @@ the smoke config (configs/embedded-smoke.yaml, shrunk with --set) and checks wha
 and that the next `expo run` finishes.
 
 The killed-and-resumed run folder is also what tests/test_security.py greps for a planted secret
-(`killed_and_resumed_run`, memoised per pytest process), so the slow part runs once.
+(`killed_and_resumed_run`, done once per pytest session), so the slow part runs once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -101,9 +102,6 @@ class KilledRun:
     rc_after: int
 
 
-_RUNS: dict[str, KilledRun] = {}
-
-
 def _intact_checkpoints(out: Path) -> list[Path]:
     from expo.train.resume import checkpoint_problem
 
@@ -113,26 +111,33 @@ def _intact_checkpoints(out: Path) -> list[Path]:
 
 def killed_and_resumed_run(tmp_path_factory: pytest.TempPathFactory) -> KilledRun:
     """Start `expo run`, SIGKILL its whole process group as soon as training has an intact checkpoint,
-    run it again with the same arguments. Memoised: test_security.py greps the same folder."""
-    if "run" in _RUNS:
-        return _RUNS["run"]
-    root = tmp_path_factory.mktemp("killed")
+    run it again with the same arguments. Done once per pytest session (test_security.py greps the same
+    folder): the result is kept on disk, as the two test modules may import this one under two names."""
+    root = tmp_path_factory.getbasetemp() / "killed-and-resumed"
+    done = root / "result.json"
+    if done.is_file():
+        saved = json.loads(done.read_text())
+        return KilledRun(Path(saved["out"]), [Path(p) for p in saved["logs"]], saved["killed_at"],
+                         saved["rc_after"])
+    root.mkdir()
     out, env = root / "run", expo_env()
     logs = [root / "first.log", root / "second.log"]
     proc = start_expo(out, RESUME_SETS, logs[0], env)
-    intact = wait_for(lambda: _intact_checkpoints(out), proc, "the first training checkpoint")
+    wait_for(lambda: _intact_checkpoints(out), proc, "the first training checkpoint")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    killed_at = [p.name for p in intact]
+    killed_at = [p.name for p in _intact_checkpoints(out)]
     rc_after = finish_expo(start_expo(out, RESUME_SETS, logs[1], env))
-    _RUNS["run"] = KilledRun(out, logs, killed_at, rc_after)
-    return _RUNS["run"]
+    done.write_text(json.dumps({"out": str(out), "logs": [str(p) for p in logs], "killed_at": killed_at,
+                                "rc_after": rc_after}))
+    return KilledRun(out, logs, killed_at, rc_after)
 
 
 def _step_outputs(out: Path, task: str, marker: str) -> list[Path]:
     """Output folders of one task in every kfp.local run under `out` (newest run last)."""
-    return sorted((p.parent for p in (out / "kfp").glob(f"*/{task}/*/{marker}")), key=lambda p: p.stat().st_mtime)
+    found = (out / "kfp").glob(f"*/**/{task}*/*/{marker}")  # loop tasks get a suffix per iteration
+    return sorted({p.parent for p in found}, key=lambda p: p.stat().st_mtime)
 
 
 @pytest.mark.slow
@@ -215,7 +220,7 @@ def test_mlflow_server_stopped_mid_pipeline_fails_clearly_and_rerun_registers_on
     try:
         proc = start_expo(out, sets, logs[0], expo_env(secret_uri))
         # Stop the server as the register step starts: every stage before it has logged to MLflow.
-        wait_for(lambda: list((out / "kfp").glob("*/register")), proc, "the register step")
+        wait_for(lambda: list((out / "kfp").glob("*/**/register*")), proc, "the register step")
         _stop(server)
         stopped = time.monotonic()
         rc = finish_expo(proc)
@@ -274,3 +279,25 @@ def test_unwritable_output_fails_before_any_work(tmp_path):
     assert proc.stdout == ""  # no stage started (kfp.local prints every task it runs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
     assert time.monotonic() - started < 120
+
+
+def test_a_failed_stage_error_reaches_the_expo_run_message(tmp_path, monkeypatch):
+    """kfp.local only says which task failed; the stage's own ExpoError line (recorded under the
+    workspace by the stage wrapper, first error wins) is what `expo run` prints."""
+    from expo import stages
+    from expo.config import load_config
+    from expo.errors import TrackingError
+    from pipelines.local_run import _failure_cause
+
+    monkeypatch.setenv("EXPO_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.setenv("EXPO_PIPELINE_RUN_ID", "local-test-1")
+    kfp_message = RuntimeError("Pipeline \x1b[95m'expo'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m.")
+    assert _failure_cause(kfp_message, tmp_path) == "Pipeline 'expo' finished with status FAILURE."
+    cfg = load_config(None, ["tracking.tracking_uri=http://u:pw@127.0.0.1:9", "tracking.retries=0"])
+    with pytest.raises(TrackingError):
+        with stages._stage_run(cfg, stages.stage_config_yaml(cfg, "train"), "train", arm="grpo"):
+            pass
+    stages.record_error("finish: a later error")  # a consequence of the first: ignored
+    cause = _failure_cause(kfp_message, tmp_path)
+    assert cause.startswith("train-grpo: MLflow at http://127.0.0.1:9 did not answer") and "pw" not in cause
+    assert "\n" not in cause

@@ -1,4 +1,4 @@
-from typing import List, NamedTuple
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
@@ -10,10 +10,11 @@ from components.image import IMAGE
 def report(config: str, run_key: str, base_eval: Input[Dataset], arm_evals: Input[List[Dataset]],
            trained: Input[List[Model]], explanations: Input[Dataset], summary: Output[Dataset],
            best_model: Output[Model], page: Output[HTML], markdown: Output[Markdown], metrics: Output[Metrics],
-           ) -> NamedTuple("Decision", [("best_arm", str), ("register", bool)]):
-    """Compare base and arms, write the HTML/Markdown report, pick the arm that earns registration."""
+           ) -> str:
+    """Compare base and arms, write the HTML/Markdown report; return the arm that earned registration
+    ("" when no arm beat the base model). A single return value: kfp.local resolves `dsl.If` only on
+    a task's `Output`, not on named outputs."""
     import shutil
-    from collections import namedtuple
     from pathlib import Path
 
     from expo import stages
@@ -28,4 +29,4 @@ def report(config: str, run_key: str, base_eval: Input[Dataset], arm_evals: Inpu
     for key, value in values.items():
         metrics.log_metric(key, value)
     write_json(metrics.path, values)
-    return namedtuple("Decision", ["best_arm", "register"])(result["best_arm"], bool(result["register"]))
+    return result["best_arm"] if result["register"] else ""

@@ -366,7 +366,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {_printable(key)}: value {raw!r} is not valid YAML ({exc.__class__.__name__})") from None
+        raise ConfigError(f"--set {_printable(key)}: value {raw!r} is not valid YAML "
+                          f"({exc.__class__.__name__})") from None
     return key.strip().split("."), value
 
 
@@ -379,7 +380,8 @@ def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {_printable('.'.join(path))}: '{_printable(part)}' is not a section")
+                where = _printable(".".join(path))
+                raise ConfigError(f"--set {where}: '{_printable(part)}' is not a section")
             node = child
         node[path[-1]] = value
     return merged

@@ -49,6 +49,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Our own retry loop (cfg.retries, cfg.backoff_s) replaces MLflow's: its default (7 retries, factor 2)
 # keeps a step waiting minutes on a dead server before any message.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+# MLflow prints "View run ... at: <tracking URI>/#/..." on every end_run, user:password@ included: a
+# credential in MLFLOW_TRACKING_URI would land in every task log.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 import mlflow
 from mlflow import MlflowClient

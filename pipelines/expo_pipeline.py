@@ -74,9 +74,9 @@ def build_pipeline(cfg: ExpoConfig, for_cluster: bool = True) -> Callable[..., A
                 arm_evals=dsl.Collected(arm_eval.outputs["results"]),
                 trained=dsl.Collected(trained.outputs["trained"]),
                 explanations=explanations.outputs["explanations"]))
-            with dsl.If(report.outputs["register"] == True, name="best-arm-beats-base"):  # noqa: E712
+            with dsl.If(report.outputs["Output"] != "", name="best-arm-beats-base"):
                 place.small(c.register(config=conf["register"], run_key=key,
-                                       arm=report.outputs["best_arm"],
+                                       arm=report.outputs["Output"],
                                        model=report.outputs["best_model"], summary=report.outputs["summary"]), retries=True)
 
     return expo_pipeline

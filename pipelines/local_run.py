@@ -82,6 +82,14 @@ def _set_run_environment(cfg: ExpoConfig, run_dir: Path) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
 
+def executed_steps(run_dir: Path) -> list[str]:
+    """The tasks the newest local pipeline run executed (cached tasks leave no folder behind)."""
+    runs = sorted((run_dir / "kfp").glob("*-[0-9][0-9][0-9][0-9]-*"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        return []
+    return sorted({out.parent.name for out in runs[-1].rglob("executor_output.json")})
+
+
 def collect_summary(cfg: ExpoConfig, run_dir: Path) -> dict[str, Any]:
     """Gather the report's summary and the registration into run_dir/summary.json."""
     record = run_dir / "workspace" / "runs" / run_key(cfg)
@@ -92,6 +100,7 @@ def collect_summary(cfg: ExpoConfig, run_dir: Path) -> dict[str, Any]:
     summary["registered_model_uri"] = read_json(registered)["uri"] if (
         summary.get("register") and registered.is_file()) else None
     summary["run_folder"] = str(run_dir)
+    summary["executed_steps"] = executed_steps(run_dir)
     write_json(run_dir / "summary.json", summary)
     for name in ("report.html", "report.md"):
         if (record / name).is_file():
@@ -111,6 +120,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{name:<12}{cells}")
     uri = summary.get("registered_model_uri")
     lines.append("")
+    executed = summary.get("executed_steps", [])
+    lines.append(f"steps run: {', '.join(executed) or 'none'}; every other step came from cache")
     lines.append(f"registered model: {uri}" if uri else
                  "registered model: none (no trained arm beat the base model on the gate metric)")
     lines.append(f"report: {Path(summary['run_folder']) / 'report.html'}")

@@ -87,7 +87,7 @@ def test_outputs_land_where_the_next_stage_reads(chain):
     assert (Path(a["trained"].path) / "model" / "config.json").is_file()
     assert (Path(a["expl"].path) / "explanations.jsonl").is_file()
     assert Path(a["page"].path).read_text().lstrip().lower().startswith("<!doctype html")
-    assert decision.best_arm == "grpo" and isinstance(decision.register, bool)
+    assert decision in ("grpo", "")  # the arm to register, "" when it did not beat base
     assert (Path(a["best"].path) / "config.json").is_file()  # the best arm's model, linked for register
 
 

@@ -1,5 +1,6 @@
-"""Fuzzing the config loader (issue 11, bad input): random nested dicts and random `--set` strings give
-either a valid ExpoConfig or exactly one ConfigError line naming a key; never another exception type.
+"""Fuzzing the config loader (issue 11, bad input): random nested dicts, random `--set` strings and
+random config file bytes (non-UTF-8 included) give either a valid ExpoConfig or exactly one
+ConfigError line naming a key; never another exception type.
 
 Why: every stage and the CLI trust `load_config`; a TypeError or KeyError escaping it would print a
 traceback instead of the one-line message the CLI promises (exit 2).
@@ -7,13 +8,11 @@ traceback instead of the one-line message the CLI promises (exit 2).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import yaml
 
 from expo.config import ExpoConfig, from_dict, load_config, to_dict
 from expo.errors import ConfigError

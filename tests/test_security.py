@@ -43,6 +43,7 @@ def test_the_scan_finds_a_planted_value_anywhere(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # two smoke pipelines; the default 600 s is per test
 def test_planted_secret_is_nowhere_in_the_run_folder_or_logs(tmp_path_factory) -> None:
     """`expo run` with credentials in its environment (MLflow password, object-store key, HF token, KFP
     token), killed once and run again: no file of the run folder and no line it printed holds them."""
@@ -87,3 +88,18 @@ def test_unsafe_loading_is_off_by_default_and_in_every_shipped_config() -> None:
         model = load_config(path).model
         assert not model.trust_remote_code and not model.allow_pickle_weights, path
         assert "trust_remote_code" not in (yaml.safe_load(path.read_text()) or {}).get("model", {}), path
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed(mlflow_server: str, unique_name: str, capfd) -> None:
+    """MLflow prints "View run <name> at: <tracking URI>/#/..." when a run ends, userinfo included;
+    expo.tracking turns that off, so a credential in MLFLOW_TRACKING_URI stays out of task logs."""
+    from expo import tracking
+    from expo.config import TrackingConfig
+
+    host = mlflow_server.removeprefix("http://")
+    cfg = TrackingConfig(tracking_uri=f"http://user:{PLANTED}@{host}", experiment=unique_name)
+    with tracking.stage_run(f"key-{unique_name}", "prepare_data", cfg) as run:
+        tracking.log_config({"name": "x"})
+    tracking.close_parent(f"key-{unique_name}", "FINISHED", cfg)
+    printed = capfd.readouterr()
+    assert run.run_id and PLANTED not in printed.out + printed.err

@@ -12,7 +12,7 @@ from expo.errors import DataError
 from expo.io import read_json, write_jsonl
 from expo.modeling import load_tokenizer
 from expo.toy.model import TinyArch, WarmupRecipe, build_warm_model, warmup_pairs
-from expo.toy.task import generate_rows, verification
+from expo.toy.task import QUESTION_PREFIX, generate_rows, verification
 
 SMALL = TinyArch(hidden=32, layers=1, heads=2)
 
@@ -47,7 +47,7 @@ def test_build_warm_model_saves_a_loadable_seeded_model(tmp_path) -> None:
     assert meta["warmup"]["examples"] == 2 * 12  # 6 rows of level 1 and 6 of level 2, two formats each
     tok = load_tokenizer(out)
     model = AutoModelForCausalLM.from_pretrained(out)
-    ids = tok(["Which has digit sum divisible by 3? 12"], return_tensors="pt", add_special_tokens=False)
+    ids = tok([f"{QUESTION_PREFIX} 12 47"], return_tensors="pt", add_special_tokens=False)
     assert tok.unk_token_id not in ids["input_ids"][0].tolist()  # the alphabet covers the task
     with torch.no_grad():
         logits = model(**ids).logits  # (1, T, V)

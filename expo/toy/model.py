@@ -4,8 +4,8 @@ Why a warm-up: ExPO needs a policy that can *verify* a given answer but cannot *
 the hardest problems. A plain supervised warm-up on the easy levels (1-2) of the needle task, in both
 formats, gives exactly that:
 
-- solve format: solve prompt -> the scan (`82:8+2=10 ... \\boxed{90}`), at most 4 steps long;
-- explanation format: answer-conditioned prompt -> one verification (`90:9+0=9 \\boxed{90}`).
+- solve format: solve prompt -> the scan (`82:no ... 47:yes \\boxed{47}`), at most 4 steps long;
+- explanation format: answer-conditioned prompt -> one verification (`47:yes \\boxed{47}`).
 
 The model then explains a given answer at every level but has never scanned past 4 numbers, so it
 rarely solves level 5 on its own. Prompts come from `expo.prompts` so the warm-up, the explanation
@@ -40,8 +40,8 @@ WARMUP_LEVELS = (1, 2)
 class TinyArch:
     """Size of the embedded model: 4 layers x 16*80^2 weights ~ 0.41M parameters (plus embeddings).
 
-    Measured (docs/embedded-default.md): big enough to learn "pick, then verify" from the
-    self-explanations in ~50 steps, small enough for ~0.1 s warm-up steps on 2 cores.
+    Measured (docs/embedded-default.md): learns to copy the list (the scan) in ~800 warm-up steps,
+    small enough for ~0.2 s warm-up steps on one CPU thread.
     """
 
     hidden: int = 80
@@ -53,7 +53,7 @@ class TinyArch:
 @dataclass(frozen=True)
 class WarmupRecipe:
     batch_size: int = 16  # sequences per step; half solve format, half explanation format on average
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3  # 3e-3 formed the copying circuit later and less cleanly (docs)
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05  # linear ramp, then cosine decay to 10%
 

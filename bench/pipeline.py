@@ -1,6 +1,6 @@
 """Cold `expo run` vs the cached re-run of the same config, and peak memory.
 
-    python bench/pipeline.py            # configs/embedded-smoke.yaml (a few minutes on 2 cores)
+    python bench/pipeline.py            # expo/toy/smoke.yaml (a few minutes on 2 cores)
     python bench/pipeline.py --full     # the embedded default as `make run` runs it
 
 Each run is a separate `expo run` process in a fresh temporary run folder (the second reuses it).
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SMOKE = ["--config", "configs/embedded-smoke.yaml"]
+SMOKE = ["--config", str(Path(__file__).resolve().parent.parent / "expo" / "toy" / "smoke.yaml")]
 
 
 def expo_run(run_dir: Path, extra: list[str]) -> float:
@@ -44,7 +44,7 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
     rows = [("cold expo run", f"{cold:.1f} s"), ("cached re-run", f"{cached:.1f} s"),
             ("speedup", f"{cold / cached:.1f}x"), ("peak RSS", f"{peak_mb:.0f} MB"),
-            ("config", "embedded default" if args.full else "configs/embedded-smoke.yaml")]
+            ("config", "embedded default" if args.full else "expo/toy/smoke.yaml")]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

@@ -1,4 +1,4 @@
-"""The whole DAG through kfp.local on the smoke config (configs/embedded-smoke.yaml): the wiring, the
+"""The whole DAG through kfp.local on the smoke config (expo/toy/smoke.yaml): the wiring, the
 summary and report it leaves, MLflow lineage, and re-runs served from cache.
 
 One cold run is shared by the tests of this module (it takes a few minutes on 2 cores); the cached
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ROOT / "configs" / "embedded-smoke.yaml"
+SMOKE = ROOT / "expo" / "toy" / "smoke.yaml"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

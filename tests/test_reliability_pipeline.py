@@ -1,6 +1,6 @@
 """Pipeline-level faults (issue 11): `expo run` is killed with SIGKILL mid-training, the MLflow server
 stops mid-pipeline, the output folder cannot be written. Each test runs the real CLI in a subprocess on
-the smoke config (configs/embedded-smoke.yaml, shrunk with --set) and checks what happens, what is kept
+the smoke config (expo/toy/smoke.yaml, shrunk with --set) and checks what happens, what is kept
 and that the next `expo run` finishes.
 
 The killed-and-resumed run folder is also what tests/test_security.py greps for a planted secret
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ROOT / "configs" / "embedded-smoke.yaml"
+SMOKE = ROOT / "expo" / "toy" / "smoke.yaml"
 RUN_TIMEOUT_S = 1500.0  # one smoke pipeline takes 2-4 min on 2 quiet cores; far more when they are busy
 # A value no code would produce by chance: it must never be written anywhere (tests/test_security.py).
 PLANTED = "planted-7c1e5b9a-never-log-me"

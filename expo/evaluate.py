@@ -43,6 +43,21 @@ class _Generator(Protocol):  # expo.generation.Generator, as far as evaluation n
 # Inputs: evaluation rows and the model folder.
 
 
+def cap_by_level(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """At most `limit` rows, taken round-robin across levels in file order, so a cap never drops the
+    hardest level (held-out files are often sorted by level)."""
+    by_level: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_level.setdefault(row.get("level"), []).append(row)
+    queues = list(by_level.values())
+    picked: list[dict[str, Any]] = []
+    while len(picked) < limit and any(queues):
+        for queue in queues:
+            if queue and len(picked) < limit:
+                picked.append(queue.pop(0))
+    return picked
+
+
 def load_eval_rows(data_dir: str | Path, max_questions: int | None = None) -> list[dict[str, Any]]:
     """The rows of `data_dir/eval.jsonl` (the data stage's held-out split), capped at max_questions."""
     path = Path(data_dir) / "eval.jsonl"
@@ -55,7 +70,7 @@ def load_eval_rows(data_dir: str | Path, max_questions: int | None = None) -> li
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or "answer" not in row:
             raise DataError(f"evaluation data {str(path)!r} line {i + 1}: needs 'question' and 'answer'")
-    rows = rows[:max_questions] if max_questions else rows
+    rows = cap_by_level(rows, max_questions) if max_questions else rows
     if not rows:
         raise DataError(f"evaluation data {str(path)!r} has no rows: nothing to evaluate "
                         "(is data.eval_fraction 0?)")

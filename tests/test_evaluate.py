@@ -133,7 +133,8 @@ def test_load_eval_rows_errors(tmp_path):
     with pytest.raises(DataError, match="line 1"):
         load_eval_rows(tmp_path)
     write_jsonl(tmp_path / "eval.jsonl", ROWS)
-    assert [r["id"] for r in load_eval_rows(tmp_path, max_questions=2)] == ["a", "b"]
+    # the cap takes levels in turn, so it never drops a level: a (level 1), then c (the next level)
+    assert [r["id"] for r in load_eval_rows(tmp_path, max_questions=2)] == ["a", "c"]
 
 
 def test_resolve_model_local_paths(tmp_path):
@@ -317,3 +318,12 @@ def test_cli_bad_input_is_one_clear_error(tmp_path):
     cli, args = _cli_args(tmp_path, "--set", "evaluate.samples=0")
     with pytest.raises(ConfigError, match="evaluate.samples"):
         cli.run(args)
+
+
+def test_question_cap_keeps_every_level():
+    from expo.evaluate import cap_by_level
+
+    rows = [{"id": f"{lv}-{i}", "level": lv} for lv in (1, 2, 3) for i in range(4)]  # sorted by level
+    picked = cap_by_level(rows, 5)
+    assert [r["id"] for r in picked] == ["1-0", "2-0", "3-0", "1-1", "2-1"]
+    assert cap_by_level(rows, 100) != [] and len(cap_by_level(rows, 100)) == 12

@@ -164,7 +164,8 @@ def test_resolve_model_from_mlflow_registry(tmp_path, monkeypatch, no_tracking_e
     from expo import registry
     from expo.config import RegisterConfig, TrackingConfig
 
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    mlflow.set_registry_uri(uri)  # an earlier test may have left the process on another registry
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     run = client.create_run(client.create_experiment("resolve-test"))
     version = registry.log_and_register(src, "tiny", RegisterConfig(), tags={}, metrics={},
                                         run_id=run.info.run_id, tracking=TrackingConfig(tracking_uri=uri))

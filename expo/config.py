@@ -122,7 +122,10 @@ class ExplainConfig:
     regenerate_every: int = 10  # online: steps between regenerations (K)
     solve_rate_samples: int = 4  # unconditioned samples per question for the solve-rate baseline
     min_reasoning_chars: int = 5  # fewer non-space characters before the \boxed{} = restating the hint
-    cache_dir: str = ""  # explanation cache; empty: <output>/cache (set a shared folder to reuse runs)
+    # Explanation cache: empty means <output>/cache; a relative folder is shared across runs inside the
+    # workspace ($EXPO_WORKSPACE, the run folder locally). Never absolute and never "..": a config
+    # must not make the pipeline write outside its run folder.
+    cache_dir: str = ""
 
     def validate(self, at: str) -> None:
         _check(self.samples_per_question > 0, at, "samples_per_question", "must be positive")
@@ -131,6 +134,9 @@ class ExplainConfig:
         _check(self.temperature >= 0.0, at, "temperature", "must be >= 0")
         _check(self.regenerate_every > 0, at, "regenerate_every", "must be positive")
         _check(self.solve_rate_samples >= 0, at, "solve_rate_samples", "must be >= 0")
+        _check(not self.cache_dir or (not Path(self.cache_dir).is_absolute()
+                                      and ".." not in Path(self.cache_dir).parts), at, "cache_dir",
+               "must be a relative folder without '..' (it lives inside the run's workspace)")
         _check(self.min_reasoning_chars >= 0, at, "min_reasoning_chars", "must be >= 0")
 
 

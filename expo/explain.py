@@ -30,6 +30,8 @@ How:
 
 from __future__ import annotations
 
+import os
+
 import hashlib
 import json
 import logging
@@ -354,6 +356,13 @@ def _advance(bar: Any, done: int, records: list[dict[str, Any]], sampler: _Sampl
 # The stage.
 
 
+def cache_root(cache_dir: str, output_dir: Path) -> Path:
+    """`<output>/cache` by default; a configured folder lives in the workspace shared by runs."""
+    if not cache_dir:
+        return output_dir / "cache"
+    return Path(os.environ.get("EXPO_WORKSPACE") or output_dir) / cache_dir
+
+
 def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str | Path,
                           output_dir: str | Path, progress: bool = False) -> dict[str, Any]:
     """Sample explanations of the train split with the model in `model_dir`; write
@@ -368,7 +377,7 @@ def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str 
     model, tokenizer = load_model(model_dir, cfg.model)
     generator = make_generator(model, tokenizer, cfg.generation)
     output_dir = Path(output_dir)
-    cache = ExplanationCache(Path(cfg.explain.cache_dir or output_dir / "cache") / CACHE_FILE)
+    cache = ExplanationCache(cache_root(cfg.explain.cache_dir, output_dir) / CACHE_FILE)
     started = time.perf_counter()
     records, stats = sample_explanations(generator, rows, cfg.explain, cfg.prompts, tokenizer, cache,
                                          model_key=fingerprint(model_dir), progress=progress,

@@ -44,6 +44,8 @@ def test_int_accepted_where_float_expected():
     ("explain.keep_per_question=9", "explain.keep_per_question"),  # more kept than sampled
     ("name=../../etc", "name"),                          # would escape the run folder
     ("name=", "name"),                                   # empty run name
+    ("explain.cache_dir=/etc/x", "explain.cache_dir"),   # absolute: outside the run folder
+    ("explain.cache_dir=../x", "explain.cache_dir"),     # escapes the workspace
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:

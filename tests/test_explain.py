@@ -230,8 +230,15 @@ def test_stage_and_cli_on_a_tiny_model(tmp_path, capsys):
     # Same inputs again: everything from the cache in out/cache.
     again = generate_explanations(_cfg(args), data_dir, model_dir, tmp_path / "out2")
     assert again["cache"]["misses"] == 6 and again["cache"]["hits"] == 0  # cache is per output dir
-    shared = generate_explanations(_cfg(args, f"explain.cache_dir={out / 'cache'}"), data_dir, model_dir,
-                                   tmp_path / "out3")
+    # A configured cache folder is shared through the workspace ($EXPO_WORKSPACE) by every run.
+    import os
+
+    os.environ["EXPO_WORKSPACE"] = str(out)
+    try:
+        shared = generate_explanations(_cfg(args, "explain.cache_dir=cache"), data_dir, model_dir,
+                                       tmp_path / "out3")
+    finally:
+        del os.environ["EXPO_WORKSPACE"]
     assert shared["cache"] == {"hits": 6, "misses": 0}
     assert read_jsonl(tmp_path / "out3" / "explanations.jsonl") == records
 

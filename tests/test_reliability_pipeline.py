@@ -140,7 +140,7 @@ def _step_outputs(out: Path, task: str, marker: str) -> list[Path]:
     return sorted({p.parent for p in found}, key=lambda p: p.stat().st_mtime)
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 @pytest.mark.timeout(3600)  # two smoke pipelines; the default 600 s is per test
 def test_sigkill_mid_training_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path_factory, tmp_path):
     import torch
@@ -202,7 +202,7 @@ def _server(root: Path, port: int) -> subprocess.Popen:
     return proc
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 @pytest.mark.timeout(3600)  # two smoke pipelines; the default 600 s is per test
 def test_mlflow_server_stopped_mid_pipeline_fails_clearly_and_rerun_completes_without_duplicates(tmp_path):
     from mlflow import MlflowClient

@@ -42,7 +42,7 @@ def test_the_scan_finds_a_planted_value_anywhere(tmp_path: Path) -> None:
     assert files_containing(tmp_path, PLANTED) == [tmp_path / "a" / "b" / "log.txt", tmp_path / "store.db"]
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 @pytest.mark.timeout(3600)  # two smoke pipelines; the default 600 s is per test
 def test_planted_secret_is_nowhere_in_the_run_folder_or_logs(tmp_path_factory) -> None:
     """`expo run` with credentials in its environment (MLflow password, object-store key, HF token, KFP

@@ -27,8 +27,13 @@ test: $(STAMP)
 fault_test: $(STAMP)
 	$(BIN)/python -m pytest -q -m fault $(PYTEST_ARGS)
 
+# The speed benchmarks (docs/benchmarks.md). bench/gpu.py needs a CUDA device; bench/toy_*.py are the
+# embedded-default experiments (docs/embedded-default.md), not benchmarks.
+BENCHES := verify generation train_step pipeline
 bench: $(STAMP)
-	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+	if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
+		$(BIN)/python bench/gpu.py; else echo "== bench/gpu.py skipped: no CUDA device"; fi
 
 lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile

@@ -33,10 +33,14 @@ def make_prompts(count: int) -> list[str]:
     return [base[: 20 + (7 * i) % 41] for i in range(count)]
 
 
-def timed(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+def timed(fn, repeat: int = 1) -> float:
+    """Median wall time of `repeat` calls (a batched call lasts under a second: one run is noise)."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
 
 
 def plain_generate(model, tok, prompts: list[str], new_tokens: int) -> None:
@@ -62,14 +66,15 @@ def main() -> None:
     gen.generate(prompts[:2], n=1, temperature=1.0, seed=0)  # warm-up: allocator, kernels
 
     outs: list = []
-    batched_s = timed(lambda: outs.extend(gen.generate(prompts, n=1, temperature=1.0, seed=0)))
+    batched_s = timed(lambda: outs.__setitem__(slice(None), gen.generate(prompts, n=1, temperature=1.0, seed=0)),
+                      repeat=5)
     tokens_batched = sum(c.num_tokens for per in outs for c in per)
     single_outs: list = []
     single_s = timed(lambda: [single_outs.extend(gen.generate([p], n=1, temperature=1.0, seed=0))
                               for p in prompts])
     tokens_single = sum(c.num_tokens for per in single_outs for c in per)
     with torch.no_grad():
-        plain_s = timed(lambda: plain_generate(model, tok, prompts, args.new_tokens))
+        plain_s = timed(lambda: plain_generate(model, tok, prompts, args.new_tokens), repeat=5)
     tokens_plain = args.prompts * args.new_tokens
 
     rows = [("hf backend, batched", args.prompts, tokens_batched, batched_s),

@@ -118,7 +118,7 @@ def prepare_data(config: str, output_dir: str) -> dict[str, float]:
 
     cfg = load_stage_config(config)
     with _stage_run(cfg, config, "prepare_data"):
-        result = prepare(cfg.data, output_dir)
+        prepare(cfg.data, output_dir)
         tracking.log_dataset(Path(output_dir) / "train.jsonl", context="train", name="train")
         tracking.log_dataset(Path(output_dir) / "eval.jsonl", context="eval", name="eval")
         stats = read_json(Path(output_dir) / "stats.json")
@@ -126,7 +126,6 @@ def prepare_data(config: str, output_dir: str) -> dict[str, float]:
                    "train_rows": stats["train"], "eval_rows": stats["eval"]}
         metrics.update({f"skipped/{reason}": n for reason, n in stats["skipped"].items()})
         tracking.log_metrics(metrics)
-    del result
     return metrics
 
 
@@ -222,7 +221,7 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
                 training[meta.get("arm", Path(train_dir).name)] = read_jsonl(steps_file)
         expl_stats_file = Path(explanations_dir) / "stats.json"
         expl_stats = read_json(expl_stats_file) if expl_stats_file.is_file() else None
-        html = write_report(output_dir, evaluations=evaluations, training=training,
+        write_report(output_dir, evaluations=evaluations, training=training,
                             explanation_stats=expl_stats, title=f"ExPO run: {cfg.name}")
         summary = build_summary(evaluations, cfg)
         decision = registration_decision(summary, cfg)
@@ -240,7 +239,6 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
         tracking.log_artifacts(output_dir, "report")
         tracking.log_metrics({f"gate/{k}": float(v) for k, v in decision.items()
                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    del html
     return summary
 
 

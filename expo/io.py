@@ -11,6 +11,13 @@ from pathlib import Path
 from typing import Any
 
 
+# The umask, read once at import. It can only be read by setting it, and setting it on every write
+# would race with other threads creating files meanwhile (for an instant they would get mode 0666).
+# A umask changed after this import would not be seen; no code of this project changes it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers see the old or the new file."""
     path = Path(path)
@@ -19,17 +26,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -44,45 +44,22 @@ def pod_templates() -> list[tuple[str, dict]]:
     return out
 
 
+OVERLAYS = tuple(t for t in KUSTOMIZATIONS if t.startswith("overlays/"))
+# Every overlay sends the pipeline's Role, service account and workspace and the MLflow server; the two
+# that run MLflow's own stores add PostgreSQL (StatefulSet) and the bucket-creating Job; only the
+# self-contained one creates its namespace.
+OVERLAY_KINDS = {"Deployment", "Role", "RoleBinding", "ServiceAccount", "NetworkPolicy",
+                 "PersistentVolumeClaim", "Service", "ConfigMap"}
+STORE_KINDS = {"StatefulSet", "Job"}
+
+
 @pytest.mark.parametrize("target", KUSTOMIZATIONS)
 def test_kustomize_builds(target):
     kinds = {d["kind"] for d in docs(target)}
     expected = {
-        "overlays/self-contained": {
-            "Namespace",
-            "Deployment",
-            "StatefulSet",
-            "Job",
-            "Role",
-            "RoleBinding",
-            "ServiceAccount",
-            "NetworkPolicy",
-            "PersistentVolumeClaim",
-            "Service",
-            "ConfigMap",
-        },
-        "overlays/kfp-standalone": {
-            "Deployment",
-            "StatefulSet",
-            "Job",
-            "Role",
-            "RoleBinding",
-            "ServiceAccount",
-            "NetworkPolicy",
-            "PersistentVolumeClaim",
-            "Service",
-            "ConfigMap",
-        },
-        "overlays/external": {
-            "Deployment",
-            "Role",
-            "RoleBinding",
-            "ServiceAccount",
-            "NetworkPolicy",
-            "PersistentVolumeClaim",
-            "Service",
-            "ConfigMap",
-        },
+        "overlays/self-contained": OVERLAY_KINDS | STORE_KINDS | {"Namespace"},
+        "overlays/kfp-standalone": OVERLAY_KINDS | STORE_KINDS,
+        "overlays/external": OVERLAY_KINDS,
         "trainer-runtime": {"ClusterTrainingRuntime"},
     }[target]
     assert kinds == expected
@@ -202,9 +179,7 @@ def _grants(rules: list[dict]) -> set[tuple[str, str, str, str]]:
     }
 
 
-@pytest.mark.parametrize(
-    "target", ["overlays/self-contained", "overlays/kfp-standalone", "overlays/external"]
-)
+@pytest.mark.parametrize("target", OVERLAYS)
 def test_rbac_grants_exactly_what_the_pipeline_needs(target):
     objs = docs(target)
     roles = [d for d in objs if d["kind"] in ("Role", "ClusterRole")]
@@ -271,16 +246,16 @@ def test_writable_paths_are_volumes():
                 assert "/tmp" in paths, where
 
 
-def test_every_pod_is_selected_by_a_network_policy():
-    for target in ("overlays/self-contained", "overlays/kfp-standalone", "overlays/external"):
-        objs = docs(target)
-        selectors = [
-            p["spec"]["podSelector"].get("matchLabels", {}) for p in objs if p["kind"] == "NetworkPolicy"
-        ]
-        for d in objs:
-            if d["kind"] in WORKLOADS:
-                labels = d["spec"]["template"]["metadata"]["labels"]
-                assert any(sel.items() <= labels.items() for sel in selectors), d["metadata"]["name"]
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_every_pod_is_selected_by_a_network_policy(target):
+    objs = docs(target)
+    selectors = [
+        p["spec"]["podSelector"].get("matchLabels", {}) for p in objs if p["kind"] == "NetworkPolicy"
+    ]
+    for d in objs:
+        if d["kind"] in WORKLOADS:
+            labels = d["spec"]["template"]["metadata"]["labels"]
+            assert any(sel.items() <= labels.items() for sel in selectors), d["metadata"]["name"]
 
 
 def test_only_pipeline_pods_reach_mlflow():

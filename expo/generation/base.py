@@ -119,10 +119,17 @@ def _encode(prompt: str, tokenizer: Any) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
 
 
-def count_prompts(stats: GenerationStats, encoded: EncodedPrompts) -> None:
+def begin_generate(prompts: list[str], n: int, max_new_tokens: int | None, tokenizer: Any,
+                   cfg: GenerationConfig, stats: GenerationStats) -> tuple[EncodedPrompts, int]:
+    """The opening of every backend's `generate`: check `n`, encode the prompts under the prompt policy
+    and count in `stats` what the policy did. Returns the encoded prompts and the token budget to use."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    encoded = encode_prompts(prompts, tokenizer, cfg)
     stats.prompts_truncated += encoded.truncated
     stats.prompts_skipped_overlong += encoded.skipped_overlong
     stats.prompts_skipped_empty += encoded.skipped_empty
+    return encoded, max_new_tokens or cfg.max_new_tokens
 
 
 def model_path(model: Any) -> str:

@@ -25,7 +25,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from expo.config import GenerationConfig
 from expo.errors import ModelError
-from expo.generation.base import Completion, GenerationStats, count_prompts, encode_prompts
+from expo.generation.base import Completion, GenerationStats, begin_generate
 
 
 class HFGenerator:
@@ -54,12 +54,8 @@ class HFGenerator:
 
     def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
                  max_new_tokens: int | None = None, seed: int | None = None) -> list[list[Completion]]:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
         started = time.perf_counter()
-        max_new = max_new_tokens or self.cfg.max_new_tokens
-        encoded = encode_prompts(prompts, self.tokenizer, self.cfg)
-        count_prompts(self.stats, encoded)
+        encoded, max_new = begin_generate(prompts, n, max_new_tokens, self.tokenizer, self.cfg, self.stats)
         greedy = temperature == 0.0
         copies = 1 if greedy else n  # greedy samples are identical: decode once, copy
         rows = [(i, k, ids) for i, ids in enumerate(encoded.ids) if ids is not None for k in range(copies)]

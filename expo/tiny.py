@@ -18,13 +18,20 @@ SPECIAL = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 DEFAULT_CHARS = string.printable
 
 
-def char_tokenizer(chars: str = DEFAULT_CHARS) -> PreTrainedTokenizerFast:
-    """One token per character; unknown characters map to <unk>. Left padding (for generation)."""
+def char_tokenizer(chars: str = DEFAULT_CHARS, words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """One token per character, except `words`, which are one token each wherever they occur (longest
+    first); unknown characters map to <unk>. Left padding (for generation).
+
+    `words` gives numbers their own tokens, as real tokenizers do (Llama 3 and Qwen2.5 split digits
+    into groups of up to three): `char_tokenizer("0123456789 ", words=("47",))` reads "147" as 1, 47.
+    """
     vocab = {tok: i for i, tok in enumerate(SPECIAL.values())}
-    for ch in dict.fromkeys(chars):
-        vocab.setdefault(ch, len(vocab))
+    for piece in [*dict.fromkeys(chars), *words]:
+        vocab.setdefault(piece, len(vocab))
+    longest_first = sorted(set(words), key=len, reverse=True)
+    pattern = "|".join([*(_regex_literal(w) for w in longest_first), "."])
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL["unk"]))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     core.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
@@ -32,6 +39,15 @@ def char_tokenizer(chars: str = DEFAULT_CHARS) -> PreTrainedTokenizerFast:
         padding_side="left",
     )
     return tok
+
+
+def _regex_literal(text: str) -> str:
+    """`text` matched literally by the tokenizers (Rust) regex, which rejects Python's escapes of
+    ordinary characters such as a space."""
+    return "".join("\\" + ch if ch in _REGEX_META else ch for ch in text)
+
+
+_REGEX_META = set("\\.+*?()|[]{}^$#&-~")
 
 
 def tiny_qwen2(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2, heads: int = 4,

@@ -11,7 +11,7 @@ from expo.config import ModelConfig, PromptConfig
 from expo.errors import DataError
 from expo.io import read_json, write_jsonl
 from expo.modeling import load_tokenizer
-from expo.toy.model import TinyArch, WarmupRecipe, build_warm_model, warmup_pairs
+from expo.toy.model import WARMUP_LEVELS, TinyArch, WarmupRecipe, build_warm_model, warmup_pairs
 from expo.toy.task import QUESTION_PREFIX, generate_rows, verification
 
 SMALL = TinyArch(hidden=32, layers=1, heads=2)
@@ -27,7 +27,7 @@ def _data(tmp_path, per_level: int = 6):
 
 def test_pairs_are_easy_levels_in_both_formats(tmp_path) -> None:
     _, rows = _data(tmp_path)
-    easy = [r for r in rows if r["level"] <= 2]
+    easy = [r for r in rows if r["level"] in WARMUP_LEVELS]
     pairs = warmup_pairs(easy, PromptConfig())
     assert len(pairs) == 2 * len(easy)
     solve, explain = pairs[0], pairs[1]
@@ -44,11 +44,12 @@ def test_build_warm_model_saves_a_loadable_seeded_model(tmp_path) -> None:
     assert (out / "model.safetensors").is_file()
     meta = read_json(out / "expo_model.json")
     assert meta["base"] == "builtin:tiny" and meta["warmup"]["steps"] == 3
-    assert meta["warmup"]["examples"] == 2 * 12  # 6 rows of level 1 and 6 of level 2, two formats each
+    assert meta["warmup"]["examples"] == 2 * 6  # the 6 rows of level 1, two formats each
     tok = load_tokenizer(out)
     model = AutoModelForCausalLM.from_pretrained(out)
-    ids = tok([f"{QUESTION_PREFIX} 12 47"], return_tensors="pt", add_special_tokens=False)
+    ids = tok([f"{QUESTION_PREFIX} 512 374"], return_tensors="pt", add_special_tokens=False)
     assert tok.unk_token_id not in ids["input_ids"][0].tolist()  # the alphabet covers the task
+    assert tok.convert_ids_to_tokens(ids["input_ids"][0].tolist())[-3:] == ["512", " ", "374"]  # a number, a token
     with torch.no_grad():
         logits = model(**ids).logits  # (1, T, V)
     assert logits.shape[-1] == len(tok)
@@ -60,7 +61,7 @@ def test_build_warm_model_saves_a_loadable_seeded_model(tmp_path) -> None:
 
 def test_warmup_without_easy_rows_is_a_data_error(tmp_path) -> None:
     _, rows = _data(tmp_path)
-    write_jsonl(tmp_path / "hard" / "train.jsonl", [r for r in rows if r["level"] >= 3])
+    write_jsonl(tmp_path / "hard" / "train.jsonl", [r for r in rows if r["level"] not in WARMUP_LEVELS])
     with pytest.raises(DataError, match="no rows of level"):
         build_warm_model(ModelConfig(warmup_steps=1), tmp_path / "hard", tmp_path / "m", arch=SMALL)
     with pytest.raises(DataError, match="does not exist"):

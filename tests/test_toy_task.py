@@ -10,26 +10,26 @@ import pytest
 
 from expo.answers import last_boxed
 from expo.toy.task import (BAD, GOOD, LEVELS, LIST_LENGTH, generate_rows, has_property, parse_numbers,
-                           sample_numbers, scan_solution, step, verification)
+                           sample_numbers, solution, step, verification)
 
 
 @pytest.mark.parametrize("n, ok", [
-    (17, True),   # 7 in the ones place
-    (70, True),   # 7 in the tens place
-    (77, True),   # both
-    (10, False),
-    (82, False),
-    (69, False),
+    (107, True),  # 7 in the ones place
+    (170, True),  # tens
+    (701, True),  # hundreds
+    (777, True),
+    (100, False),
+    (869, False),
 ])
 def test_has_property_is_containing_the_digit_7(n: int, ok: bool) -> None:
     assert has_property(n) is ok
 
 
-def test_good_and_bad_partition_the_two_digit_numbers() -> None:
-    # 70..79 (10 numbers) and 17, 27, .., 97 without 77 (8 more): 18 good, 90 - 18 = 72 bad.
-    assert GOOD == (17, 27, 37, 47, 57, 67, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 87, 97)
-    assert len(BAD) == 72
-    assert set(GOOD) | set(BAD) == set(range(10, 100))
+def test_good_and_bad_partition_the_three_digit_numbers() -> None:
+    # Numbers without a 7: 8 choices for the hundreds (1-9 but 7), 9 each for tens and ones: 648.
+    assert len(BAD) == 8 * 9 * 9 == 648
+    assert len(GOOD) == 900 - 648 == 252
+    assert set(GOOD) | set(BAD) == set(range(100, 1000))
 
 
 def test_the_question_has_no_7_but_the_needle() -> None:
@@ -37,11 +37,13 @@ def test_the_question_has_no_7_but_the_needle() -> None:
     assert row["problem"].count("7") == sum(str(n).count("7") for n in parse_numbers(row["problem"]) if n in GOOD)
 
 
-def test_scan_and_verification_formats_by_hand() -> None:
-    assert step(82) == "82:no"
-    assert step(47) == "47:yes"
-    assert scan_solution([82, 94, 47, 11]) == "82:no 94:no 47:yes \\boxed{47}"
-    assert verification("47") == "47:yes \\boxed{47}"
+def test_solution_and_verification_formats_by_hand() -> None:
+    assert step(512) == "512:no"
+    assert step(374) == "374:yes"
+    assert solution([512, 903, 374, 111]) == "374:yes \\boxed{374}"
+    assert verification("374") == "374:yes \\boxed{374}"
+    with pytest.raises(ValueError, match="no number with the property"):
+        solution([512, 903])
 
 
 def test_generation_is_deterministic_and_seed_dependent() -> None:
@@ -65,10 +67,14 @@ def test_exactly_one_good_number_at_the_depth_of_the_level() -> None:
         good = [i for i, n in enumerate(numbers) if has_property(n)]
         assert len(good) == 1
         level = int(r["level"].split()[-1])
-        assert good[0] in (2 * level - 2, 2 * level - 1)  # level k: position 2k-1 or 2k (1-based)
-        answer = last_boxed(r["solution"])
-        assert answer == str(numbers[good[0]])
-        assert r["solution"].count(":") == good[0] + 1  # one checked step per scanned number
+        assert 4 * level - 4 <= good[0] <= 4 * level - 1  # level k: places 4k-3 .. 4k (1-based)
+        assert last_boxed(r["solution"]) == str(numbers[good[0]])
+
+
+def test_every_place_of_a_level_is_used() -> None:
+    places = {(int(r["level"][-1]), next(i for i, n in enumerate(parse_numbers(r["problem"])) if n in GOOD))
+              for r in generate_rows(0, 100)}
+    assert places == {(k, p) for k in LEVELS for p in range(4 * k - 4, 4 * k)}
 
 
 def test_problems_are_distinct_so_dedupe_keeps_them() -> None:

@@ -1,15 +1,19 @@
-"""The embedded default model, `builtin:tiny`: a tiny Qwen2 with a character tokenizer, warmed up here.
+"""The embedded default model, `builtin:tiny`: a tiny Qwen2 with a local tokenizer, warmed up here.
 
-Why a warm-up: ExPO needs a policy that can *verify* a given answer but cannot *find* the answer to
-the hardest problems. A plain supervised warm-up on the easy levels (1-2) of the needle task, in both
-formats, gives exactly that:
+Why a warm-up: ExPO needs a policy that can *explain* a given answer but never *finds* the answers
+of the hardest problems. A plain supervised warm-up on level 1 of the needle task only (the needle
+in the first four places of the list), in both formats, gives exactly that:
 
-- solve format: solve prompt -> the scan (`82:no ... 47:yes \\boxed{47}`), at most 4 steps long;
-- explanation format: answer-conditioned prompt -> one verification (`47:yes \\boxed{47}`).
+- solve format: solve prompt -> `374:yes \\boxed{374}` (find the needle, check it);
+- explanation format: answer-conditioned prompt -> the same line, the number copied from the hint.
 
-The model then explains a given answer at every level but has never scanned past 4 numbers, so it
-rarely solves level 5 on its own. Prompts come from `expo.prompts` so the warm-up, the explanation
-stage, training and evaluation all see the same text.
+The model then checks a given answer at every depth but looks for the needle only near the front of
+the list, so it rarely solves level 5 on its own. Prompts come from `expo.prompts` so the warm-up, the
+explanation stage, training and evaluation all see the same text.
+
+The tokenizer gives every 3-digit number its own token (as Llama 3 and Qwen2.5 tokenizers keep up
+to three digits together) and every other character of the task one token: naming a number from
+the list is then one copy, which the ExPO term can teach in tens of steps (docs/embedded-default.md).
 
 How: `build_warm_model(cfg, data_dir, output_dir)` reads `data_dir/train.jsonl` (rows of the data
 stage), trains `cfg.warmup_steps` AdamW steps of next-token loss on the completion tokens only,
@@ -31,17 +35,17 @@ from expo.config import EMBEDDED_MODEL, ModelConfig, PromptConfig
 from expo.errors import DataError
 from expo.io import read_jsonl, write_json
 from expo.tiny import char_tokenizer, tiny_qwen2
-from expo.toy.task import TASK_CHARS, verification
+from expo.toy.task import NUMBERS, TASK_CHARS, verification
 
-WARMUP_LEVELS = (1, 2)
+WARMUP_LEVELS = (1,)  # the needle in the first four places only
+NUMBER_WORDS = tuple(str(n) for n in NUMBERS)  # every 3-digit number is one token
 
 
 @dataclass(frozen=True)
 class TinyArch:
-    """Size of the embedded model: 4 layers x 16*80^2 weights ~ 0.41M parameters (plus embeddings).
-
-    Measured (docs/embedded-default.md): learns to copy the list (the scan) in ~800 warm-up steps,
-    small enough for ~0.2 s warm-up steps on one CPU thread.
+    """Size of the embedded model: 4 layers x 16*80^2 weights ~ 0.41M parameters, plus 0.07M of
+    (tied) embeddings for ~940 tokens. Measured (docs/embedded-default.md): the copy from the list forms
+    after ~700-1,000 warm-up steps; a step takes ~0.1 s on one CPU thread.
     """
 
     hidden: int = 80
@@ -53,7 +57,7 @@ class TinyArch:
 @dataclass(frozen=True)
 class WarmupRecipe:
     batch_size: int = 16  # sequences per step; half solve format, half explanation format on average
-    learning_rate: float = 1e-3  # 3e-3 formed the copying circuit later and less cleanly (docs)
+    learning_rate: float = 3e-3  # with number tokens, 1e-3 had not formed the copy after 1,500 steps (docs)
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05  # linear ramp, then cosine decay to 10%
 
@@ -70,7 +74,7 @@ def build_warm_model(cfg: ModelConfig, data_dir: str | Path, output_dir: str | P
     output_dir = Path(output_dir)
     rows = _easy_rows(Path(data_dir) / "train.jsonl")
     pairs = warmup_pairs(rows, prompts)
-    tokenizer = char_tokenizer(_alphabet(pairs))
+    tokenizer = toy_tokenizer(pairs)
     model = tiny_qwen2(tokenizer, hidden=arch.hidden, layers=arch.layers, heads=arch.heads,
                        max_positions=arch.max_positions, seed=cfg.seed)
     started = time.perf_counter()
@@ -111,6 +115,11 @@ def warmup_pairs(rows: list[dict], prompts: PromptConfig) -> list[tuple[str, str
         pairs.append((explain_prompt(row["question"], row["answer"], tokenizer, prompts),
                       verification(row["answer"])))
     return pairs
+
+
+def toy_tokenizer(pairs: list[tuple[str, str]]):
+    """The task's characters and its prompts' characters, one token each, plus one token per 3-digit number."""
+    return char_tokenizer(_alphabet(pairs), words=NUMBER_WORDS)
 
 
 def _alphabet(pairs: list[tuple[str, str]]) -> str:

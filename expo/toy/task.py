@@ -1,24 +1,26 @@
-"""The embedded default task, "needle": search versus verify, with levels 1 to 5.
+"""The embedded default task, "needle": find the one number with a 7, levels 1 to 5 by how deep it sits.
 
-Why this task: ExPO helps where a model cannot *find* answers but can *check* a given one. Here a
-question is a list of ten distinct 2-digit numbers of which exactly one contains the digit 7.
+Why this task: ExPO helps where a model never samples a right answer but can explain a given one.
+A question is a list of twenty distinct 3-digit numbers of which exactly one contains the digit 7;
+the answer is that number. The level is how deep in the list it sits: level k puts it somewhere in
+places 4k-3 .. 4k (1-based), so level 1 is the front of the list and level 5 the back.
 
-- Solving is a search: the worked solution checks the numbers one by one until the good one,
-  one step per number (`82:no 94:no 47:yes \\boxed{47}`).
-- Explaining a given answer is one verification step (`47:yes \\boxed{47}`), equally easy at every
-  level.
-- The level is how deep the good number sits: level k puts it at position 2k-1 or 2k (1-based), so a
-  level-5 solution is a scan of 9 or 10 steps while a warm-up on levels 1-2 only ever saw up to 4.
+- Solving: `Which has a seven? 512 903 ... 374 ...` -> `374:yes \\boxed{374}` (name it, check it).
+- Explaining a given answer (`The answer is 374.` before the question) is the same one line, with
+  the number copied from the hint: equally easy at every level.
 
-Why "contains 7" (docs/embedded-default.md): picking the good number *directly*, which is what the
-self-explanations teach under the plain prompt, is one attention hop (find the 7, copy its number),
-so a 0.4M-parameter model can learn it from a few hundred explanations; the digit-sum property used
-before needed an implicit sum per number and was not learned. 18 of the 90 two-digit numbers qualify
-(70-79 and x7), so the answer set stays large. Rows follow the MATH schema; `expo.data` maps
-`builtin:needle` to `generate_rows` and extracts the gold answer from the solution's last `\\boxed{}`.
+The warm-up (expo.toy.model) shows the model level 1 only, in both formats. It learns to find the
+needle near the front of the list and to check a given one anywhere; on level 5 it names a number
+with a 7 that is not in the list, so GRPO's rollouts there are all wrong and carry no gradient,
+while its answer-conditioned explanations there are mostly right: ExPO's situation.
+
+Why 3-digit numbers: 252 of the 900 contain a 7, so a blind guess of "some number with a 7" is right
+about 0.4% of the time and cannot pass for skill (with 2-digit numbers, 1 in 18: docs/embedded-default.md).
+Rows follow the MATH schema; `expo.data` maps `builtin:needle` to `generate_rows` and extracts the gold
+answer from the solution's last `\\boxed{}`.
 
     rows = generate_rows(seed=0, n_per_level=400)
-    rows[0]["problem"]   # 'Which has a seven? 82 94 47 ...'
+    rows[0]["problem"]   # 'Which has a seven? 512 903 ...'
 """
 
 from __future__ import annotations
@@ -26,35 +28,35 @@ from __future__ import annotations
 import random
 
 LEVELS = (1, 2, 3, 4, 5)
-LIST_LENGTH = 10
+LIST_LENGTH = 20
+PLACES_PER_LEVEL = LIST_LENGTH // len(LEVELS)  # level k: places 4k-3 .. 4k
 QUESTION_PREFIX = "Which has a seven?"  # no digit in the prefix: the only 7 is the needle's
-# The characters any problem, solution or verification step can contain (for a small vocabulary).
+# The characters any problem, solution or check can contain (for a small vocabulary).
 TASK_CHARS = "0123456789: \\{}" + "boxed" + "yesno" + QUESTION_PREFIX
 
-_NUMBERS = range(10, 100)
+NUMBERS = range(100, 1000)
+
 
 def has_property(n: int) -> bool:
     """True when `n` contains the digit 7."""
     return "7" in str(n)
 
 
-GOOD = tuple(n for n in _NUMBERS if has_property(n))  # 18 numbers: 17, 27, .., 70-79, .., 97
-BAD = tuple(n for n in _NUMBERS if not has_property(n))  # 72 numbers
+GOOD = tuple(n for n in NUMBERS if has_property(n))  # 252 numbers
+BAD = tuple(n for n in NUMBERS if not has_property(n))  # 648 numbers
 
 
 def step(n: int) -> str:
-    """One checked step: `82:no`, `47:yes`."""
+    """One checked number: `512:no`, `374:yes`."""
     return f"{n}:{'yes' if has_property(n) else 'no'}"
 
 
-def scan_solution(numbers: list[int]) -> str:
-    """The search: check numbers in order up to and including the first good one, then box it."""
-    steps = []
-    for n in numbers:
-        steps.append(step(n))
-        if has_property(n):
-            return " ".join(steps) + f" \\boxed{{{n}}}"
-    raise ValueError(f"no number with the property in {numbers}")
+def solution(numbers: list[int]) -> str:
+    """The worked answer: the needle, checked, then boxed."""
+    needle = next((n for n in numbers if has_property(n)), None)
+    if needle is None:
+        raise ValueError(f"no number with the property in {numbers}")
+    return verification(needle)
 
 
 def verification(answer: int | str) -> str:
@@ -75,20 +77,20 @@ def parse_numbers(problem: str) -> list[int]:
 
 
 def sample_numbers(rng: random.Random, level: int) -> list[int]:
-    """Nine distinct bad numbers and one good one at position 2*level-1 or 2*level (1-based)."""
+    """Nineteen distinct bad numbers and one good one in places 4k-3 .. 4k (1-based) for level k."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level}")
     numbers = rng.sample(BAD, LIST_LENGTH - 1)
-    position = 2 * level - 2 + rng.randrange(2)  # 0-based
-    numbers.insert(position, rng.choice(GOOD))
+    place = PLACES_PER_LEVEL * (level - 1) + rng.randrange(PLACES_PER_LEVEL)  # 0-based
+    numbers.insert(place, rng.choice(GOOD))
     return numbers
 
 
 def generate_rows(seed: int, n_per_level: int) -> list[dict]:
     """`n_per_level` MATH-schema rows per level 1..5, the same for the same seed.
 
-    Each row: {"problem", "solution" (the scan, ending in \\boxed{answer}), "level": "Level k",
-    "type": "Needle"}. Lists repeat with probability ~1e-17 per pair, so dedupe keeps all rows.
+    Each row: {"problem", "solution" (ending in \\boxed{answer}), "level": "Level k", "type": "Needle"}.
+    Lists repeat with negligible probability, so dedupe keeps all rows.
     """
     if n_per_level < 0:
         raise ValueError(f"n_per_level must be >= 0, got {n_per_level}")
@@ -99,7 +101,7 @@ def generate_rows(seed: int, n_per_level: int) -> list[dict]:
             numbers = sample_numbers(rng, level)
             rows.append({
                 "problem": make_problem(numbers),
-                "solution": scan_solution(numbers),
+                "solution": solution(numbers),
                 "level": f"Level {level}",
                 "type": "Needle",
             })

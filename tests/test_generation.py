@@ -8,7 +8,7 @@ import torch
 from expo.config import GenerationConfig
 from expo.errors import ModelError
 from expo.generation import Generator, make_generator, resolve_backend, vllm_available
-from expo.generation.hf import HFGenerator, _left_pad
+from expo.generation.hf import HFGenerator, left_pad
 from expo.tiny import char_tokenizer, tiny_qwen2
 
 PROMPTS = ["What is 2+3?", "x", "A much longer prompt than the others, to force padding.", "hi there"]
@@ -30,7 +30,7 @@ def gen(model, tok, **cfg) -> HFGenerator:
 
 
 def test_left_padding_puts_pads_before_the_prompt():
-    ids, mask = _left_pad([[5, 6, 7], [9]], pad_id=0, device=torch.device("cpu"))
+    ids, mask = left_pad([[5, 6, 7], [9]], pad_id=0, device=torch.device("cpu"))
     assert ids.tolist() == [[5, 6, 7], [0, 0, 9]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
@@ -199,3 +199,36 @@ def test_vllm_generator_matches_the_interface(tmp_path, tok):
     g.load_weights(tiny_qwen2(tok, hidden=64, layers=2, heads=2, seed=1).state_dict())
     assert [o[0].token_ids for o in g.generate(PROMPTS, temperature=0.0)] != [o[0].token_ids for o in greedy]
 
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_shared_prefix_sampling_equals_repeated_prefill(sample: bool) -> None:
+    """One prefill per distinct prompt, then the cache copied: token for token what plain generate gives
+    on the repeated batch (prompts of different lengths, so left padding is exercised), greedy and sampled."""
+    from transformers import GenerationConfig
+
+    from expo.generation.shared_prefix import sample_shared_prefix
+
+    tok = char_tokenizer()
+    model = tiny_qwen2(tok, hidden=32, layers=2, seed=0).eval()
+    prompts = ["What is 2+3? " * 3, "Hi", "Which has a seven? 512 903 374"]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    batch = [p for p in ids for _ in range(3)] + [ids[1]]  # G = 3, and a straggler repeat out of order
+    config = GenerationConfig(max_new_tokens=12, do_sample=sample, temperature=1.0, top_k=0,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(3)
+    got = sample_shared_prefix(model, batch, config, pad_token_id=tok.pad_token_id)
+    inputs, mask = left_pad(batch, tok.pad_token_id, torch.device("cpu"))
+    torch.manual_seed(3)
+    want = model.generate(input_ids=inputs, attention_mask=mask, generation_config=config)[:, inputs.shape[1]:]
+    assert [g.tolist() for g in got] == want.tolist()
+
+
+def test_shared_prefix_rejects_an_empty_prompt() -> None:
+    from transformers import GenerationConfig
+
+    from expo.generation.shared_prefix import sample_shared_prefix
+
+    tok = char_tokenizer()
+    with pytest.raises(ValueError, match="at least one token"):
+        sample_shared_prefix(tiny_qwen2(tok, hidden=32, layers=1), [[5], []], GenerationConfig(), tok.pad_token_id)

@@ -169,3 +169,19 @@ def test_boxed_reward_is_zero_for_random_model(tmp_path: Path) -> None:
     trainer, _ = make_trainer(tmp_path, "grpo", boxed_reward)
     _, inputs, _ = step_loss(trainer)
     assert inputs["advantages"].abs().sum().item() == 0.0
+
+
+@pytest.mark.parametrize("arm", ["grpo", "exp-grpo"])
+def test_shared_prefill_generation_gives_trls_samples(tmp_path: Path, arm: str) -> None:
+    """Our generation seam (one prefill per distinct prompt) samples exactly what TRL's would, same seed."""
+    from trl import GRPOTrainer
+
+    trainer, _ = make_trainer(tmp_path, arm, zero_reward)
+    prompt_ids, images, fields = trainer._tokenize_prompts([r["prompt"] for r in generation_batch(trainer)])
+    G = trainer.num_generations
+    torch.manual_seed(5)
+    ours, _ = trainer._generate_single_turn(prompt_ids, images, fields, G)
+    torch.manual_seed(5)
+    trls, _ = GRPOTrainer._generate_single_turn(trainer, prompt_ids, images, fields, G)
+    assert ours == trls
+    assert len(ours) == len(prompt_ids) and len({tuple(c) for c in ours}) > 1  # sampled, not all alike

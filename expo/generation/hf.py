@@ -76,7 +76,7 @@ class HFGenerator:
         return out
 
     def _generate_batch(self, batch: list[list[int]], temperature: float, max_new: int) -> list[Completion]:
-        input_ids, attention = _left_pad(batch, self.pad_id, self.model.device)  # (B, T), (B, T)
+        input_ids, attention = left_pad(batch, self.pad_id, self.model.device)  # (B, T), (B, T)
         recorder = _LogprobRecorder()
         sequences = self.model.generate(
             input_ids=input_ids, attention_mask=attention, generation_config=self._config(temperature, max_new),
@@ -151,7 +151,8 @@ class _LogprobRecorder(LogitsProcessor):
         return torch.stack(self.steps, dim=1).to("cpu")  # (B, L)
 
 
-def _left_pad(batch: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(batch: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as one left-padded batch (generation continues from the right edge) and its mask."""
     width = max(len(ids) for ids in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
     attention = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)

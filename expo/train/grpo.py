@@ -12,7 +12,10 @@ the clipped policy loss. This subclass adds, per step:
   whether to use them.
 - named phase timings and ExPO statistics merged into TRL's per-step logs.
 
-Seams used: `_generate`, `_calculate_rewards`, `_get_per_token_logps_and_entropies` (timed),
+- one prefill per distinct prompt instead of G (`expo.generation.shared_prefix`) on the plain
+  transformers generation path: the same samples, less work (bench/generation.py).
+
+Seams used: `_generate`, `_generate_single_turn` (shared prefill), `_calculate_rewards`, `_get_per_token_logps_and_entropies` (timed),
 `_generate_and_score_completions` (regenerate, build the NLL batch), `compute_loss` (add the term),
 `log` (extra metrics), `_save_checkpoint` (buffer state), `_get_train_sampler` (resumable order). Plain GRPO is this class with no term.
 """
@@ -31,9 +34,11 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
+from trl.models import unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
+from expo.generation.shared_prefix import sample_shared_prefix
 from expo.losses import explanation_nll, unsolved_groups
 from expo.train.explanations import ExplanationBuffer, Regenerate
 from expo.train.timing import PhaseTimer
@@ -92,6 +97,27 @@ class ExpoGRPOTrainer(GRPOTrainer):
     def _generate(self, prompts: list) -> Any:
         with self.timer.phase("generation"):
             return super()._generate(prompts)
+
+    def _generate_single_turn(self, prompt_ids: list[list[int]], images: Any, multimodal_fields: Any,
+                              num_generations: int, has_tool_images: bool = False) -> Any:
+        """Text-only transformers generation with one prefill per distinct prompt; anything else
+        (vLLM, continuous batching, images) goes to TRL unchanged."""
+        if (self.use_vllm or self.use_transformers_continuous_batching or images is not None or multimodal_fields
+                or self.pad_to_multiple_of is not None):
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            rows = sample_shared_prefix(unwrapped_model, prompt_ids, self.generation_config,
+                                        pad_token_id=self._tokenizer.pad_token_id)
+        return [_until_eos(row.tolist(), self.eos_token_ids) for row in rows], None
 
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
                            ) -> torch.Tensor:
@@ -247,6 +273,14 @@ class _StepClock(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.last_step_s = time.perf_counter() - self._start
+
+
+def _until_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
+    """The generated ids up to and including the first EOS (what TRL's completion mask keeps)."""
+    for i, tok in enumerate(ids):
+        if tok in eos_ids:
+            return ids[: i + 1]
+    return ids
 
 
 def _pad_right(rows: list[tuple[list[int], int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:

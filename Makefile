@@ -29,7 +29,7 @@ fault_test: $(STAMP)
 
 # The speed benchmarks (docs/benchmarks.md). bench/gpu.py needs a CUDA device; bench/toy_*.py are the
 # embedded-default experiments (docs/embedded-default.md), not benchmarks.
-BENCHES := verify generation train_step pipeline
+BENCHES := verify generation rollouts train_step pipeline
 bench: $(STAMP)
 	for b in $(BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 	if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \

@@ -146,8 +146,11 @@ def prepare_model(config: str, data_dir: str, output_dir: str) -> dict[str, floa
 
 def evaluate(config: str, name: str, model_dir: str, data_dir: str, output_dir: str) -> dict[str, float]:
     from expo import tracking
+    from expo.cpu import share_cpu_threads
     from expo.evaluate import evaluate_model, flat_metrics
 
+    if name != "base":  # the arms' evaluations run inside the loop, beside each other
+        share_cpu_threads()
     cfg = load_stage_config(config)
     with _stage_run(cfg, config, "evaluate", arm=name):
         result = evaluate_model(str(trained_model(model_dir)), data_dir, cfg, output_dir, name=name)
@@ -174,8 +177,10 @@ def generate_explanations(config: str, data_dir: str, model_dir: str, output_dir
 def train(config: str, arm: str, data_dir: str, model_dir: str, explanations_dir: str,
           output_dir: str) -> dict[str, float]:
     from expo import tracking
+    from expo.cpu import share_cpu_threads
     from expo.train import train_arm
 
+    share_cpu_threads()  # the arms train side by side under kfp.local
     cfg = load_stage_config(config)
     with _stage_run(cfg, config, "train", arm=arm):
         if cfg.cluster.train_nodes > 1:

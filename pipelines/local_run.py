@@ -71,12 +71,15 @@ def _failure_cause(exc: RuntimeError, run_dir: Path) -> str:
 
 def _set_run_environment(cfg: ExpoConfig, run_dir: Path) -> None:
     """What stages read from the environment, so no run-varying value enters a step's cache key."""
+    from expo.cpu import CONCURRENT_TASKS_ENV
     from expo.tracking import resolve_tracking_uri
 
     os.environ["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(cfg.tracking, run_dir)
     os.environ["EXPO_WORKSPACE"] = str(run_dir / "workspace")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     os.environ["EXPO_PIPELINE_RUN_ID"] = f"local-{stamp}-{uuid.uuid4().hex[:6]}"
+    # kfp.local runs the ParallelFor's iterations (one per arm) at once: they share the cores (expo.cpu).
+    os.environ[CONCURRENT_TASKS_ENV] = str(max(1, len(cfg.train.arms)))
     # Step subprocesses must import this checkout's packages even when run from elsewhere.
     root = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)

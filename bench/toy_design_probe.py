@@ -1,7 +1,7 @@
 """Design probe for the embedded default: does the ExPO term teach the hardest level within its budget?
 
-What: for one task design and seed, in one process and without RL: warm up the tiny Qwen2 on levels
-1-2, measure the base on held-out level-1 and level-5 questions (greedy accuracy, pass@1 and pass@8 from
+What: for the task design in expo/toy/ and one seed, in one process and without RL: warm up the tiny
+Qwen2 as the prepare_model stage does (`WARMUP_LEVELS`), measure the base on held-out level-1 and level-5 questions (greedy accuracy, pass@1 and pass@8 from
 8 samples at 0.7, explanation acceptance), sample one self-explanation per training question, keep the
 verified ones, then train *only* their NLL under the solve prompt (the ExPO term alone; batch 16) and
 re-measure greedy accuracy after 25, 50 and 100 steps. Prints a table, then one JSON line.

@@ -50,7 +50,8 @@ def main() -> None:
     model = tiny_qwen2(tok, hidden=arch.hidden, layers=arch.layers, heads=arch.heads).eval()
     ids = [tok(q, add_special_tokens=False)["input_ids"] for q in questions]
     config = GenerationConfig(max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, do_sample=True,
-                              temperature=1.0, top_k=0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                              temperature=1.0, top_k=0, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id)
 
     def repeated(batch: list[list[int]]) -> None:
         inputs, mask = left_pad(batch, tok.pad_token_id, torch.device("cpu"))

@@ -11,13 +11,13 @@ the clipped policy loss. This subclass adds, per step:
   from the current policy through `regenerate(model, rows)`; the buffer's collapse guard decides
   whether to use them.
 - named phase timings and ExPO statistics merged into TRL's per-step logs.
-
 - one prefill per distinct prompt instead of G (`expo.generation.shared_prefix`) on the plain
-  transformers generation path: the same samples, less work (bench/generation.py).
+  transformers generation path: the same samples, less work (bench/rollouts.py).
 
-Seams used: `_generate`, `_generate_single_turn` (shared prefill), `_calculate_rewards`, `_get_per_token_logps_and_entropies` (timed),
-`_generate_and_score_completions` (regenerate, build the NLL batch), `compute_loss` (add the term),
-`log` (extra metrics), `_save_checkpoint` (buffer state), `_get_train_sampler` (resumable order). Plain GRPO is this class with no term.
+Seams used: `_generate`, `_calculate_rewards`, `_get_per_token_logps_and_entropies` (timed),
+`_generate_single_turn` (shared prefill), `_generate_and_score_completions` (regenerate, build the NLL
+batch), `compute_loss` (add the term), `log` (extra metrics), `_save_checkpoint` (buffer state),
+`_get_train_sampler` (resumable order). Plain GRPO is this class with no term.
 """
 
 from __future__ import annotations

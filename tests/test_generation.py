@@ -224,6 +224,20 @@ def test_shared_prefix_sampling_equals_repeated_prefill(sample: bool) -> None:
     assert [g.tolist() for g in got] == want.tolist()
 
 
+def test_shared_prefix_with_one_token_prompts_has_nothing_to_share() -> None:
+    from transformers import GenerationConfig
+
+    from expo.generation.shared_prefix import sample_shared_prefix
+
+    tok = char_tokenizer()
+    model = tiny_qwen2(tok, hidden=32, layers=1, seed=0).eval()
+    config = GenerationConfig(max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id,
+                              eos_token_id=tok.eos_token_id)
+    got = sample_shared_prefix(model, [[5], [5], [6]], config, pad_token_id=tok.pad_token_id)
+    want = model.generate(input_ids=torch.tensor([[5], [5], [6]]), generation_config=config)[:, 1:]
+    assert [g.tolist() for g in got] == want.tolist()
+
+
 def test_shared_prefix_rejects_an_empty_prompt() -> None:
     from transformers import GenerationConfig
 

@@ -35,13 +35,18 @@ def sample_shared_prefix(model: Any, prompt_ids: list[list[int]], generation_con
     rows = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids]
     device = next(model.parameters()).device
     ids, mask = left_pad([list(p) for p in distinct], pad_token_id, device)  # (U, L)
+    index = torch.tensor(rows, device=device)  # (B,) distinct prompt of every row
+    if ids.shape[1] == 1:  # one-token prompts: no prefix to share
+        with torch.no_grad():
+            out = model.generate(input_ids=ids[index], attention_mask=mask[index],
+                                 generation_config=generation_config)  # (B, 1 + new)
+        return list(out[:, 1:])
     # Positions as `generate` derives them from a left-padded mask: 0 at each row's first real token.
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (U, L)
     with torch.no_grad():
         prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                        use_cache=True)
     cache = prefix.cache
-    index = torch.tensor(rows, device=device)  # (B,) distinct prompt of every row
     cache.batch_select_indices(index)  # (U, ...) -> (B, ...): the cache copied to every repeat
     with torch.no_grad():
         out = model.generate(input_ids=ids[index], attention_mask=mask[index], cache=cache,

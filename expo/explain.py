@@ -30,11 +30,10 @@ How:
 
 from __future__ import annotations
 
-import os
-
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 import time

@@ -205,7 +205,7 @@ def test_no_solve_rate_samples_when_disabled():
     assert gen.calls == 1 and stats["solve_rate"] is None
 
 
-def test_stage_and_cli_on_a_tiny_model(tmp_path, capsys):
+def test_stage_and_cli_on_a_tiny_model(tmp_path, capsys, monkeypatch):
     tok = char_tokenizer()
     model_dir, data_dir, out = tmp_path / "model", tmp_path / "data", tmp_path / "out"
     tiny_qwen2(tok, hidden=32, layers=1, heads=2).save_pretrained(model_dir, safe_serialization=True)
@@ -231,14 +231,8 @@ def test_stage_and_cli_on_a_tiny_model(tmp_path, capsys):
     again = generate_explanations(_cfg(args), data_dir, model_dir, tmp_path / "out2")
     assert again["cache"]["misses"] == 6 and again["cache"]["hits"] == 0  # cache is per output dir
     # A configured cache folder is shared through the workspace ($EXPO_WORKSPACE) by every run.
-    import os
-
-    os.environ["EXPO_WORKSPACE"] = str(out)
-    try:
-        shared = generate_explanations(_cfg(args, "explain.cache_dir=cache"), data_dir, model_dir,
-                                       tmp_path / "out3")
-    finally:
-        del os.environ["EXPO_WORKSPACE"]
+    monkeypatch.setenv("EXPO_WORKSPACE", str(out))
+    shared = generate_explanations(_cfg(args, "explain.cache_dir=cache"), data_dir, model_dir, tmp_path / "out3")
     assert shared["cache"] == {"hits": 6, "misses": 0}
     assert read_jsonl(tmp_path / "out3" / "explanations.jsonl") == records
 

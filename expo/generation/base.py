@@ -132,6 +132,11 @@ def begin_generate(prompts: list[str], n: int, max_new_tokens: int | None, token
     return encoded, max_new_tokens or cfg.max_new_tokens
 
 
+def first_eos(tokens: list[int], eos_ids: Any) -> int | None:
+    """Index of the first end token among generated `tokens`, or None when the row never ended."""
+    return next((j for j, t in enumerate(tokens) if t in eos_ids), None)
+
+
 def model_path(model: Any) -> str:
     """The folder or hub id a loaded model came from (vLLM loads from there)."""
     if isinstance(model, (str, Path)):

@@ -25,7 +25,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from expo.config import GenerationConfig
 from expo.errors import ModelError
-from expo.generation.base import Completion, GenerationStats, begin_generate
+from expo.generation.base import Completion, GenerationStats, begin_generate, first_eos
 
 
 class HFGenerator:
@@ -93,8 +93,7 @@ class HFGenerator:
     def _completion(self, tokens: list[int], logprobs: torch.Tensor) -> Completion:
         # A row without EOS never finished, so generate ran it to max_new: all its tokens are real
         # (padding only follows an EOS). With ignore_eos every row is max_new long by construction.
-        eos_at = None if self.ignore_eos else next(
-            (j for j, t in enumerate(tokens) if t in self.eos_ids), None)
+        eos_at = None if self.ignore_eos else first_eos(tokens, self.eos_ids)
         kept = tokens if eos_at is None else tokens[: eos_at + 1]
         return Completion(
             text=self.tokenizer.decode(kept, skip_special_tokens=True),

@@ -38,6 +38,7 @@ from trl.models import unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
+from expo.generation.base import first_eos
 from expo.generation.shared_prefix import sample_shared_prefix
 from expo.losses import explanation_nll, unsolved_groups
 from expo.train.explanations import ExplanationBuffer, Regenerate
@@ -117,7 +118,12 @@ class ExpoGRPOTrainer(GRPOTrainer):
         ):
             rows = sample_shared_prefix(unwrapped_model, prompt_ids, self.generation_config,
                                         pad_token_id=self._tokenizer.pad_token_id)
-        return [_until_eos(row.tolist(), self.eos_token_ids) for row in rows], None
+        completions = []
+        for row in rows:  # up to and including the first end token, as TRL's completion mask keeps
+            ids = row.tolist()
+            eos_at = first_eos(ids, self.eos_token_ids)
+            completions.append(ids if eos_at is None else ids[: eos_at + 1])
+        return completions, None
 
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
                            ) -> torch.Tensor:
@@ -273,14 +279,6 @@ class _StepClock(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.last_step_s = time.perf_counter() - self._start
-
-
-def _until_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
-    """The generated ids up to and including the first EOS (what TRL's completion mask keeps)."""
-    for i, tok in enumerate(ids):
-        if tok in eos_ids:
-            return ids[: i + 1]
-    return ids
 
 
 def _pad_right(rows: list[tuple[list[int], int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
-"""The needle task: deterministic generation, the level = depth of the good number (the one containing
-a 7), one good number per list, solutions whose boxed answer is that number, and the MATH verifier
-agreeing with it."""
+"""The needle task: deterministic generation, one good number (the one containing a 7) per list, the
+level = the share of lists made of numbers the warm-up never shows, solutions whose boxed answer is the
+good number, and the MATH verifier agreeing with it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import random
 import pytest
 
 from expo.answers import last_boxed
-from expo.toy.task import (BAD, GOOD, LEVELS, LIST_LENGTH, generate_rows, has_property, parse_numbers,
-                           sample_numbers, solution, step, verification)
+from expo.toy.task import (BAD, FAMILIAR_BAD, FAMILIAR_GOOD, GOOD, LEVELS, LIST_LENGTH, UNFAMILIAR_BAD,
+                           UNFAMILIAR_GOOD, generate_rows, has_property, parse_numbers, sample_numbers, solution,
+                           step, unfamiliar_share, verification)
 
 
 @pytest.mark.parametrize("n, ok", [
@@ -60,21 +61,42 @@ def test_rows_have_math_schema_and_every_level() -> None:
         assert r["type"] == "Needle"
 
 
-def test_exactly_one_good_number_at_the_depth_of_the_level() -> None:
+def test_exactly_one_good_number_and_it_is_the_answer() -> None:
     for r in generate_rows(1, 50):
         numbers = parse_numbers(r["problem"])
         assert len(numbers) == LIST_LENGTH == len(set(numbers))
-        good = [i for i, n in enumerate(numbers) if has_property(n)]
+        good = [n for n in numbers if has_property(n)]
         assert len(good) == 1
-        level = int(r["level"].split()[-1])
-        assert 4 * level - 4 <= good[0] <= 4 * level - 1  # level k: places 4k-3 .. 4k (1-based)
-        assert last_boxed(r["solution"]) == str(numbers[good[0]])
+        assert last_boxed(r["solution"]) == str(good[0])
 
 
-def test_every_place_of_a_level_is_used() -> None:
-    places = {(int(r["level"][-1]), next(i for i, n in enumerate(parse_numbers(r["problem"])) if n in GOOD))
+def test_familiar_and_unfamiliar_numbers_partition_good_and_bad() -> None:
+    assert len(UNFAMILIAR_GOOD) == 16 and len(FAMILIAR_GOOD) == 252 - 16
+    assert len(FAMILIAR_BAD) == len(UNFAMILIAR_BAD) == 648 // 2
+    assert set(UNFAMILIAR_GOOD) | set(FAMILIAR_GOOD) == set(GOOD)
+    assert set(UNFAMILIAR_BAD) | set(FAMILIAR_BAD) == set(BAD)
+    assert not set(UNFAMILIAR_GOOD) & set(FAMILIAR_GOOD) and not set(UNFAMILIAR_BAD) & set(FAMILIAR_BAD)
+
+
+def test_a_list_is_all_familiar_or_all_unfamiliar_in_the_share_of_its_level() -> None:
+    # Shares by hand: level k is unfamiliar with probability (k-1)/4.
+    assert [unfamiliar_share(k) for k in LEVELS] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    familiar = set(FAMILIAR_GOOD) | set(FAMILIAR_BAD)
+    counts = {k: 0 for k in LEVELS}
+    rows = generate_rows(0, 400)
+    for r in rows:
+        numbers = set(parse_numbers(r["problem"]))
+        assert numbers <= familiar or not numbers & familiar
+        counts[int(r["level"][-1])] += not numbers & familiar
+    assert counts[1] == 0 and counts[5] == 400
+    for k in (2, 3, 4):  # binomial(400, share): the standard deviation is at most 10
+        assert abs(counts[k] - 400 * unfamiliar_share(k)) < 40
+
+
+def test_the_needle_can_be_in_any_place() -> None:
+    places = {next(i for i, n in enumerate(parse_numbers(r["problem"])) if n in GOOD)
               for r in generate_rows(0, 100)}
-    assert places == {(k, p) for k in LEVELS for p in range(4 * k - 4, 4 * k)}
+    assert places == set(range(LIST_LENGTH))
 
 
 def test_problems_are_distinct_so_dedupe_keeps_them() -> None:

@@ -1,19 +1,23 @@
 """The embedded default model, `builtin:tiny`: a tiny Qwen2 with a local tokenizer, warmed up here.
 
 Why a warm-up: ExPO needs a policy that can *explain* a given answer but never *finds* the answers
-of the hardest problems. A plain supervised warm-up on level 1 of the needle task only (the needle
-in the first four places of the list), in both formats, gives exactly that:
+of the hardest problems. A plain supervised warm-up on level 1 of the needle task only (familiar
+numbers, expo.toy.task), gives exactly that. Its pairs:
 
 - solve format: solve prompt -> `374:yes \\boxed{374}` (find the needle, check it);
-- explanation format: answer-conditioned prompt -> the same line, the number copied from the hint.
+- explanation format: answer-conditioned prompt -> the same line;
+- hint-only explanations: a list without a needle, the hint naming some familiar number -> that
+  number checked and boxed, so the model learns to take the answer from the hint;
+- repeats: the hint sentence alone -> the number boxed, for every 3-digit number.
 
-The model then checks a given answer at every depth but looks for the needle only near the front of
-the list, so it rarely solves level 5 on its own. Prompts come from `expo.prompts` so the warm-up, the
-explanation stage, training and evaluation all see the same text.
+The model then finds familiar needles, and copies and checks any number it is given, but has never
+been told which unfamiliar numbers contain a 7, so it does not solve level 5 on its own. Prompts
+come from `expo.prompts` so the warm-up, the explanation stage, training and evaluation all see
+the same text.
 
 The tokenizer gives every 3-digit number its own token (as Llama 3 and Qwen2.5 tokenizers keep up
-to three digits together) and every other character of the task one token: naming a number from
-the list is then one copy, which the ExPO term can teach in tens of steps (docs/embedded-default.md).
+to three digits together) and every other character of the task one token: whether a number has
+a 7 is then a fact about a token, learned from examples (docs/embedded-default.md).
 
 How: `build_warm_model(cfg, data_dir, output_dir)` reads `data_dir/train.jsonl` (rows of the data
 stage), trains `cfg.warmup_steps` AdamW steps of next-token loss on the completion tokens only,
@@ -35,20 +39,22 @@ from expo.config import EMBEDDED_MODEL, ModelConfig, PromptConfig
 from expo.errors import DataError
 from expo.io import read_jsonl, write_json
 from expo.tiny import char_tokenizer, tiny_qwen2
-from expo.toy.task import NUMBERS, TASK_CHARS, verification
+from expo.toy.task import (FAMILIAR_BAD, FAMILIAR_GOOD, NUMBERS, TASK_CHARS, has_property, make_problem,
+                           parse_numbers, verification)
 
-WARMUP_LEVELS = (1,)  # the needle in the first four places only
+WARMUP_LEVELS = (1,)  # familiar numbers only
 NUMBER_WORDS = tuple(str(n) for n in NUMBERS)  # every 3-digit number is one token
 
 
 @dataclass(frozen=True)
 class TinyArch:
-    """Size of the embedded model: 4 layers x 16*80^2 weights ~ 0.41M parameters, plus 0.07M of
-    (tied) embeddings for ~940 tokens. Measured (docs/embedded-default.md): the copy from the list forms
-    after ~700-1,000 warm-up steps; a step takes ~0.1 s on one CPU thread.
+    """Size of the embedded model: 4 layers x 16*160^2 weights ~ 1.64M parameters, plus 0.15M of
+    (tied) embeddings for ~940 tokens. Hidden 160, not 80: at 80 the copy of an unfamiliar number
+    from the hint did not form (acceptance 3-19 % on level 5; probes P14-P16, docs/embedded-default.md).
+    A warm-up step takes ~0.2 s on one CPU thread.
     """
 
-    hidden: int = 80
+    hidden: int = 160
     layers: int = 4
     heads: int = 4
     max_positions: int = 512
@@ -73,7 +79,7 @@ def build_warm_model(cfg: ModelConfig, data_dir: str | Path, output_dir: str | P
     prompts = prompts or PromptConfig()
     output_dir = Path(output_dir)
     rows = _easy_rows(Path(data_dir) / "train.jsonl")
-    pairs = warmup_pairs(rows, prompts)
+    pairs = warmup_pairs(rows, prompts, seed=cfg.seed)
     tokenizer = toy_tokenizer(pairs)
     model = tiny_qwen2(tokenizer, hidden=arch.hidden, layers=arch.layers, heads=arch.heads,
                        max_positions=arch.max_positions, seed=cfg.seed)
@@ -104,8 +110,9 @@ def _easy_rows(path: Path) -> list[dict]:
     return rows
 
 
-def warmup_pairs(rows: list[dict], prompts: PromptConfig) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs: each row once in the solve format and once in the explanation format."""
+def warmup_pairs(rows: list[dict], prompts: PromptConfig, seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs: each row in the solve and the explanation format, then
+    `hint_only_pairs` (one per row) and `repeat_pairs` (one per number)."""
     from expo.prompts import explain_prompt, solve_prompt  # the prompt module decides the text
 
     tokenizer = char_tokenizer()  # no chat template: the plain template, as at run time
@@ -114,7 +121,46 @@ def warmup_pairs(rows: list[dict], prompts: PromptConfig) -> list[tuple[str, str
         pairs.append((solve_prompt(row["question"], tokenizer, prompts), row["solution"]))
         pairs.append((explain_prompt(row["question"], row["answer"], tokenizer, prompts),
                       verification(row["answer"])))
+    return pairs + hint_only_pairs(rows, prompts, seed) + repeat_pairs(prompts)
+
+
+def hint_only_pairs(rows: list[dict], prompts: PromptConfig, seed: int = 0) -> list[tuple[str, str]]:
+    """Explanation-format pairs in which the hint is the only way to the answer.
+
+    Each row's list with its needle swapped for another familiar number without a 7, and a hint
+    naming a random familiar number; the completion checks and boxes that number. Without these,
+    the level-1 explanations can be written by finding the needle in the list, and the model never
+    learns to take the number from the hint, which is what it must do for unfamiliar numbers
+    (measured: 3-9 % acceptance on level 5 without them, docs/embedded-default.md). Only familiar
+    numbers: the warm-up must not say which unfamiliar numbers contain a 7.
+    """
+    from expo.prompts import explain_prompt
+
+    tokenizer = char_tokenizer()
+    rng = random.Random(f"hint-only/{seed}")
+    hints = FAMILIAR_BAD + FAMILIAR_GOOD
+    pairs = []
+    for row in rows:
+        numbers = [n for n in parse_numbers(row["question"]) if not has_property(n)]
+        filler = rng.choice([n for n in FAMILIAR_BAD if n not in numbers])
+        numbers.insert(rng.randrange(len(numbers) + 1), filler)
+        hint = rng.choice(hints)
+        pairs.append((explain_prompt(make_problem(numbers), str(hint), tokenizer, prompts), verification(hint)))
     return pairs
+
+
+def repeat_pairs(prompts: PromptConfig) -> list[tuple[str, str]]:
+    """The hint sentence alone -> its number, boxed (`The answer is 712.` -> `712 \\boxed{712}`), for
+    every 3-digit number.
+
+    Repeating a number it is told is what a pretrained LM brings. Without it, a number the warm-up
+    never wrote has an untrained output embedding and the model cannot write it even when the hint
+    states it (0 % acceptance on level 5, probe P10). No check (`:yes`): that would tell the model
+    which unfamiliar numbers contain a 7."""
+    from expo.prompts import hint_sentence, render
+
+    tokenizer = char_tokenizer()
+    return [(render(hint_sentence(str(n), prompts), tokenizer, prompts), f"{n} \\boxed{{{n}}}") for n in NUMBERS]
 
 
 def toy_tokenizer(pairs: list[tuple[str, str]]):

@@ -1,21 +1,26 @@
-"""The embedded default task, "needle": find the one number with a 7, levels 1 to 5 by how deep it sits.
+"""The embedded default task, "needle": find the one number with a 7; level 5 uses numbers the model never met.
 
 Why this task: ExPO helps where a model never samples a right answer but can explain a given one.
 A question is a list of twenty distinct 3-digit numbers of which exactly one contains the digit 7;
-the answer is that number. The level is how deep in the list it sits: level k puts it somewhere in
-places 4k-3 .. 4k (1-based), so level 1 is the front of the list and level 5 the back.
+the answer is that number. Every 3-digit number is one token for the tiny model (expo.toy.model), so
+whether a number contains a 7 is knowledge the model has to learn per number, as a language model
+learns facts, not something it can read off the digits.
+
+The numbers come in two kinds. *Familiar* ones are the numbers the warm-up's questions use (228 with
+a 7, 324 without). *Unfamiliar* ones never appear in a warm-up question (24 with a 7, the other 324
+without). A level-k list is unfamiliar with probability (k-1)/4, else familiar: level 1 is all
+familiar, level 5 all unfamiliar, levels 2-4 in between.
 
 - Solving: `Which has a seven? 512 903 ... 374 ...` -> `374:yes \\boxed{374}` (name it, check it).
-- Explaining a given answer (`The answer is 374.` before the question) is the same one line, with
-  the number copied from the hint: equally easy at every level.
+  On level 5 the model cannot know which number has the 7: it answers a familiar number with a 7
+  from memory, so GRPO's rollouts there are all wrong and carry no gradient.
+- Explaining a given answer (`The answer is 374.` after the question) is the same line with the
+  number copied from the hint: possible at every level. Training on those explanations teaches the
+  model the unfamiliar needles, which is what ExP-GRPO can do and GRPO cannot.
 
-The warm-up (expo.toy.model) shows the model level 1 only, in both formats. It learns to find the
-needle near the front of the list and to check a given one anywhere; on level 5 it names a number
-with a 7 that is not in the list, so GRPO's rollouts there are all wrong and carry no gradient,
-while its answer-conditioned explanations there are mostly right: ExPO's situation.
-
-Why 3-digit numbers: 252 of the 900 contain a 7, so a blind guess of "some number with a 7" is right
-about 0.4% of the time and cannot pass for skill (with 2-digit numbers, 1 in 18: docs/embedded-default.md).
+Why the level-5 needles are few (24): the ExPO term has 50 steps to teach them; each is then the
+answer of ~30 training questions of the run. A blind pick of "some unfamiliar number" is still right
+only 1 time in 20 (the list), and the base model never picks one (docs/embedded-default.md).
 Rows follow the MATH schema; `expo.data` maps `builtin:needle` to `generate_rows` and extracts the gold
 answer from the solution's last `\\boxed{}`.
 
@@ -29,7 +34,6 @@ import random
 
 LEVELS = (1, 2, 3, 4, 5)
 LIST_LENGTH = 20
-PLACES_PER_LEVEL = LIST_LENGTH // len(LEVELS)  # level k: places 4k-3 .. 4k
 QUESTION_PREFIX = "Which has a seven?"  # no digit in the prefix: the only 7 is the needle's
 # The characters any problem, solution or check can contain (for a small vocabulary).
 TASK_CHARS = "0123456789: \\{}" + "boxed" + "yesno" + QUESTION_PREFIX
@@ -44,6 +48,15 @@ def has_property(n: int) -> bool:
 
 GOOD = tuple(n for n in NUMBERS if has_property(n))  # 252 numbers
 BAD = tuple(n for n in NUMBERS if not has_property(n))  # 648 numbers
+# Every 16th number with a 7 is unfamiliar (16 numbers spread over 117 .. 971), and every other one without.
+UNFAMILIAR_GOOD = GOOD[1::16]
+FAMILIAR_GOOD = tuple(n for n in GOOD if n not in UNFAMILIAR_GOOD)
+FAMILIAR_BAD, UNFAMILIAR_BAD = BAD[::2], BAD[1::2]
+
+
+def unfamiliar_share(level: int) -> float:
+    """The probability that a level-`level` list is made of unfamiliar numbers: 0 at level 1, 1 at level 5."""
+    return (level - LEVELS[0]) / (LEVELS[-1] - LEVELS[0])
 
 
 def step(n: int) -> str:
@@ -77,12 +90,14 @@ def parse_numbers(problem: str) -> list[int]:
 
 
 def sample_numbers(rng: random.Random, level: int) -> list[int]:
-    """Nineteen distinct bad numbers and one good one in places 4k-3 .. 4k (1-based) for level k."""
+    """Nineteen distinct numbers without a 7 and one with, in a random place; all familiar or all
+    unfamiliar (`unfamiliar_share(level)`)."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level}")
-    numbers = rng.sample(BAD, LIST_LENGTH - 1)
-    place = PLACES_PER_LEVEL * (level - 1) + rng.randrange(PLACES_PER_LEVEL)  # 0-based
-    numbers.insert(place, rng.choice(GOOD))
+    unfamiliar = rng.random() < unfamiliar_share(level)
+    good, bad = (UNFAMILIAR_GOOD, UNFAMILIAR_BAD) if unfamiliar else (FAMILIAR_GOOD, FAMILIAR_BAD)
+    numbers = rng.sample(bad, LIST_LENGTH - 1)
+    numbers.insert(rng.randrange(LIST_LENGTH), rng.choice(good))
     return numbers
 
 

@@ -131,7 +131,7 @@ def hint_only_pairs(rows: list[dict], prompts: PromptConfig, seed: int = 0) -> l
     naming a random familiar number; the completion checks and boxes that number. Without these,
     the level-1 explanations can be written by finding the needle in the list, and the model never
     learns to take the number from the hint, which is what it must do for unfamiliar numbers
-    (measured: 3-9 % acceptance on level 5 without them, docs/embedded-default.md). Only familiar
+    (measured: 3-5 % acceptance on level 5 without them, probes P14 and P16). Only familiar
     numbers: the warm-up must not say which unfamiliar numbers contain a 7.
     """
     from expo.prompts import explain_prompt

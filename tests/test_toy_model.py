@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -55,7 +57,7 @@ def test_the_warm_up_never_says_which_unfamiliar_number_has_a_7(tmp_path) -> Non
     unfamiliar = {str(n) for n in UNFAMILIAR_GOOD + UNFAMILIAR_BAD}
     for prompt, completion in warmup_pairs(easy, PromptConfig()):
         if ":" in completion:  # every pair that checks a number: its prompt and check are familiar only
-            assert not unfamiliar & set((prompt + " " + completion).replace("{", " ").replace("}", " ").split())
+            assert not unfamiliar & set(re.findall(r"\d{3}", prompt + " " + completion))
 
 
 def test_build_warm_model_saves_a_loadable_seeded_model(tmp_path) -> None:

@@ -6,8 +6,8 @@ the answer is that number. Every 3-digit number is one token for the tiny model 
 whether a number contains a 7 is knowledge the model has to learn per number, as a language model
 learns facts, not something it can read off the digits.
 
-The numbers come in two kinds. *Familiar* ones are the numbers the warm-up's questions use (228 with
-a 7, 324 without). *Unfamiliar* ones never appear in a warm-up question (24 with a 7, the other 324
+The numbers come in two kinds. *Familiar* ones are the numbers the warm-up's questions use (236 with
+a 7, 324 without). *Unfamiliar* ones never appear in a warm-up question (16 with a 7, the other 324
 without). A level-k list is unfamiliar with probability (k-1)/4, else familiar: level 1 is all
 familiar, level 5 all unfamiliar, levels 2-4 in between.
 
@@ -18,9 +18,10 @@ familiar, level 5 all unfamiliar, levels 2-4 in between.
   number copied from the hint: possible at every level. Training on those explanations teaches the
   model the unfamiliar needles, which is what ExP-GRPO can do and GRPO cannot.
 
-Why the level-5 needles are few (24): the ExPO term has 50 steps to teach them; each is then the
-answer of ~30 training questions of the run. A blind pick of "some unfamiliar number" is still right
-only 1 time in 20 (the list), and the base model never picks one (docs/embedded-default.md).
+Why the unfamiliar needles are few (16): the ExPO term has 50 steps to teach them; each is then the
+answer of ~50 training questions of the run (with 126, the ExPO term alone taught none of them in 100
+steps: probe P17). A blind pick among the list is right 1 time in 20, and the base model rarely picks
+an unfamiliar number at all (level-5 pass@1 0-7 %, docs/embedded-default.md).
 Rows follow the MATH schema; `expo.data` maps `builtin:needle` to `generate_rows` and extracts the gold
 answer from the solution's last `\\boxed{}`.
 

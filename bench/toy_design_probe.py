@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> dict:
         r["question"], r["answer"], r["level"] = r["problem"], last_boxed(r["solution"]), int(r["level"][-1])
     random.Random(args.seed).shuffle(rows)
     held, train = rows[:400], rows[400:]
-    pairs = warmup_pairs([r for r in train if r["level"] in WARMUP_LEVELS], cfg.prompts)
+    pairs = warmup_pairs([r for r in train if r["level"] in WARMUP_LEVELS], cfg.prompts, seed=args.seed)
     tok = toy_tokenizer(pairs)
     arch = TinyArch()
     model = tiny_qwen2(tok, hidden=arch.hidden, layers=arch.layers, heads=arch.heads, seed=args.seed)

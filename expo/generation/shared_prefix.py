@@ -6,8 +6,9 @@ inputs. Here each distinct prompt is prefilled once, all but its last token, and
 then copied to its G rows; `generate` continues from that cache and only runs the last prompt token
 and the new tokens. vLLM does the same with its prefix cache; this is the transformers-path equivalent.
 
-Measured (bench/rollouts.py): on the embedded default's batch (16 prompts x 4 rollouts) generation is
-1.46x faster on CPU, 1.5-1.6x at G = 8 and 16; the saving is the prefill's share of the work.
+Measured (bench/rollouts.py, docs/benchmarks.md): on the embedded default's batch (16 prompts x 4
+rollouts, the hidden-160 model) generation is 1.37x faster on CPU, 1.8x at G = 8 and 2.0x at G = 16;
+the saving is the prefill's share of the work.
 
 Exactness: the cache holds the same keys and values the repeated prefill would compute (left padding
 and position ids as `generate` builds them), so greedy decoding gives token-for-token the same output as

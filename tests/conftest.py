@@ -16,3 +16,7 @@ def pytest_collection_finish(session):  # start the MLflow server early when a s
 
     start_early(session.items)
 # --- end MLflow (issue 6) ------------------------------------------------------------------------------
+
+# --- Real tokenizers and the real SmolLM2 chat model (issue 16) ---------------------------------------
+from tests.realmodel import llama3_tokenizer, smollm2_dir, smollm2_tokenizer  # noqa: E402, F401
+# --- end real model (issue 16) ---------------------------------------------------------------------------

@@ -8,11 +8,12 @@ evaluation all call these, so "correct" has one definition in the whole pipeline
 Why this shape: Math-Verify (sympy) is the judge, but a hostile answer can run for ever and its own
 timeouts work only in a main thread, so every judgement runs in worker processes under a soft and a
 hard timeout (`expo.verify_pool`, which says how). This module is the parent's side: it extracts the
-final answer (the last `\boxed{}`; unless `boxed_only`, else GSM8K's `#### n`, else the last number),
-caps its length and de-duplicates identical (answer, gold) pairs (a group of G rollouts often agrees on
+final answer (`expo.answers.final_answer`: the last `\boxed{}`; unless `boxed_only`, else GSM8K's
+`#### n`, an answer statement such as "The answer is 3/4.", the value after a final `=`, or the last
+number that is not a reference such as "see step 3"), caps its length and de-duplicates identical (answer, gold) pairs (a group of G rollouts often agrees on
 one answer) before the pool judges them. The pool's names (`VerifierPool`, `Outcome`, `HARD_GRACE_S`,
-...) are importable from here too. Like every spawn-style pool, a script that calls the verifier needs
-the `if __name__ == "__main__":` guard (workers import the main module).
+...) are importable from here too. Workers never import the caller's main module, so the verifier works
+from any script (main guard or not), `python -c`, a notebook, or a script read from standard input.
 
 How:
     >>> rewards([r"so \boxed{\frac{1}{2}}", "I get 0.4", "no idea"], ["0.5", "0.5", r"\frac{"])
@@ -30,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from expo.answers import UnbalancedBraces, gsm8k_final, last_boxed, last_number
+from expo.answers import Found, UnbalancedBraces, final_answer, last_boxed
 from expo.errors import ConfigError
 from expo.verify_pool import (HARD_GRACE_S, MAX_CHUNK, STARTUP_TIMEOUT_S, Judge, Outcome, VerifierPool,
                               VerifyError, default_pool, judge, usable_cpus)
@@ -38,7 +39,7 @@ from expo.verify_pool import (HARD_GRACE_S, MAX_CHUNK, STARTUP_TIMEOUT_S, Judge,
 # The pool's names stay importable from here, where they were first defined: callers need one import.
 __all__ = ["HARD_GRACE_S", "MAX_CHUNK", "STARTUP_TIMEOUT_S", "Judge", "MathReward", "Outcome",
            "VerifierPool", "VerifyError", "VerifyOptions", "completion_text", "default_pool",
-           "extract_answer", "is_equivalent", "judge", "judge_batch", "math_reward", "prepare_gold",
+           "extract_answer", "is_equivalent", "locate_answer", "judge", "judge_batch", "math_reward", "prepare_gold",
            "rewards", "usable_cpus"]
 
 
@@ -46,7 +47,7 @@ __all__ = ["HARD_GRACE_S", "MAX_CHUNK", "STARTUP_TIMEOUT_S", "Judge", "MathRewar
 class VerifyOptions:
     """How answers are found and how long each may take. The defaults suit MATH and GSM8K alike."""
 
-    boxed_only: bool = False  # True: a completion without \boxed{} has no answer (no number fallback)
+    boxed_only: bool = False  # True: a completion without \boxed{} has no answer (no fallback reading)
     timeout_s: float = 5.0  # per pair, soft in the worker; hard (worker killed) at + HARD_GRACE_S
     max_chars: int = 20_000  # only this tail of a completion is searched: final answers come last
     max_answer_chars: int = 1_000  # a longer extracted answer (or gold) is not parsed at all
@@ -149,17 +150,28 @@ _THIN_SPACE_GROUP = re.compile(r"(?<=\d)(?:\\,|\\!|\\ |~)(?=\d{3}(?!\d))")
 
 def extract_answer(completion: Any, options: VerifyOptions | None = None) -> str | None:
     """The final answer of a completion, cleaned; None when it has none (or it was cut off)."""
+    found = locate_answer(completion, options)
+    return None if found is None else found.content
+
+
+def locate_answer(completion: Any, options: VerifyOptions | None = None) -> Found | None:
+    """`extract_answer` with where the answer starts in `completion` and which rule found it.
+
+    The explanation filter uses the position (is there reasoning before the answer?), so rewards and
+    explanations judge the one answer this function finds.
+    """
     options = options or VerifyOptions()
     if not isinstance(completion, str):
         return None
     text = completion[-options.max_chars :]
     try:
-        answer = last_boxed(text)
+        found = final_answer(text, boxed_only=options.boxed_only)
     except UnbalancedBraces:
         return None  # the last box never closes: the final answer was truncated, not given
-    if answer is None and not options.boxed_only:
-        answer = gsm8k_final(text) or last_number(text)
-    return _clean(answer, options)
+    answer = None if found is None else _clean(found.content, options)
+    if found is None or answer is None:
+        return None
+    return Found(answer, found.start + len(completion) - len(text), found.kind)
 
 
 def prepare_gold(gold: Any, options: VerifyOptions | None = None) -> str | None:

@@ -10,8 +10,11 @@ in a process's main thread (TRL and the evaluation call the verifier from anywhe
   killed, its pair scores 0, the rest of its chunk is re-queued and a replacement worker starts.
 Workers come from a `forkserver`: a clean interpreter that preloads this module and Math-Verify, never
 a fork of a parent that may hold torch's threads. A replacement is ready in ~0.3 s, most of it warm-up
-(a `spawn`ed one takes ~1.6 s, measured here). Like every spawn-style pool, a script that calls the
-verifier needs the `if __name__ == "__main__":` guard (workers import the main module).
+(a `spawn`ed one takes ~1.6 s, measured here). Unlike a plain spawn-style pool, workers never import the
+caller's main module (`_without_main`): the verifier works from any script, with or without an
+`if __name__ == "__main__":` guard, from `python -c`, a notebook, and a script read from standard input
+(whose "file" `<stdin>` a worker could not re-run). Only a custom `judge_fn` defined in the main module
+needs it imported, and so the guard.
 
 How: `expo.verify` (answer extraction, `rewards`, `judge_batch`) is the entry point; it sends its
 de-duplicated pairs to `default_pool().run(pairs, timeout_s)`. A pool of one's own, e.g. to measure
@@ -170,6 +173,55 @@ def _quiet_math_verify() -> None:
     math_verify.parser.TIMEOUT_WARNING_SHOWN = True
     math_verify.grader.TIMEOUT_WARNING_SHOWN = True
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Starting workers without the caller's main module
+
+# multiprocessing tells every spawn/forkserver child to re-import the parent's `__main__` (by path or
+# module name) before it unpickles its target. Our workers need nothing from it, and importing it is
+# what breaks: a script read from stdin has the path `<stdin>`, which does not exist, and a script
+# without a main guard would run again inside each worker. The child re-imports main only when the
+# preparation data says so, so while this thread starts one of our workers the data leaves it out.
+# The wrapper is installed once and changes nothing for any other thread or any other process start.
+_launching = threading.local()
+_MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
+
+
+def _install_preparation_filter() -> None:
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+    if getattr(original, "_expo_filter", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        if getattr(_launching, "without_main", False):
+            for key in _MAIN_KEYS:
+                data.pop(key, None)
+        return data
+
+    get_preparation_data._expo_filter = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
+
+
+def _needs_main(judge_fn: Judge) -> bool:
+    """A judge defined in the main script can only be unpickled by a worker that imported it."""
+    return getattr(judge_fn, "__module__", None) in ("__main__", "__mp_main__")
+
+
+def _start_process(process: Any, without_main: bool) -> None:
+    """`process.start()`, leaving the caller's main module out of the child when `without_main`."""
+    if not without_main:
+        process.start()
+        return
+    _install_preparation_filter()
+    _launching.without_main = True
+    try:
+        process.start()
+    finally:
+        _launching.without_main = False
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -391,9 +443,10 @@ class VerifierPool:
             pass  # it said ready, or finished its chunk, just before the end: keep that
         w.conn.close()
         if not w.ready:
+            hint = ("a judge from the main script makes workers import it, so guard its top level with "
+                    "`if __name__ == '__main__':`; otherwise " if _needs_main(self._judge) else "")
             raise VerifyError(f"a verifier worker exited while starting (exit code {w.process.exitcode}): "
-                              "workers import the main script, so guard its top level with "
-                              "`if __name__ == '__main__':`; otherwise see the worker's error output above")
+                              f"{hint}see the worker's error output above")
         chunk = w.chunk
         if chunk is None:
             return
@@ -419,7 +472,7 @@ class VerifierPool:
                                     args=(child_conn, self._clock, i, self._judge, self._max_memory_mb))
         global _forkserver_owner
         try:
-            process.start()
+            _start_process(process, without_main=not _needs_main(self._judge))
             self._slots[i] = _Worker(process, parent_conn)
         except (OSError, AssertionError, ValueError) as exc:  # e.g. called inside a daemonic process
             raise VerifyError(f"cannot start a verifier worker process: {exc}") from exc

@@ -108,6 +108,26 @@ def test_rewards_batch_matches_the_table_in_order():
     assert rewards(completions, golds) == [1.0 if e else 0.0 for _, _, e in EQUIVALENCE]
 
 
+FALLBACK = [
+    # (completion without a box, gold, equivalent?): the fallback reads what a person would
+    # (issue 16, defect 9a; the old last-number fallback got the first four wrong).
+    ("The answer is 3/4", "\\frac{3}{4}", True),  # was read as 4
+    ("12 apples (see step 3)", "12", True),  # was read as 3
+    ("So she has 12 apples, see step 3.", "12", True),  # a reference without parentheses
+    ("The final answer is $-\\frac{1}{2}$ (from step 4).", "-0.5", True),  # negative LaTeX fraction
+    ("**Final Answer**\n$\\frac{3}{4}$", "0.75", True),  # a header, math mode on the next line
+    ("Answer: 2.5 hours", "5/2", True),  # a decimal with a unit
+    ("so the area is = 2\\sqrt{2}", "\\sqrt{8}", True),  # "= X" at the end, a surd
+    ("The answer is 3/4", "4", False),  # ... and so not the denominator
+    ("12 apples (see step 3)", "3", False),  # ... nor the step number
+]
+
+
+@pytest.mark.parametrize(("completion", "gold", "expected"), FALLBACK)
+def test_fallback_reads_answer_statements(completion, gold, expected):
+    assert is_equivalent(completion, gold) is expected
+
+
 BOXED_ONLY = [
     # (completion, gold, reward with boxed_only=False, reward with boxed_only=True)
     ("The answer is 42", "42", 1.0, 0.0),  # no box: only the fallback finds 42
@@ -369,3 +389,43 @@ def test_forked_child_gets_its_own_pool_and_leaves_the_parents_alone():
     assert queue.get(timeout=120) == [1.0, 0.0]
     child.join(30)
     assert rewards([r"\boxed{1}"], ["1"]) == [1.0]  # the parent's workers still serve
+
+
+# ---------------------------------------------------------------------------------------------------
+# From any script: workers never import the caller's main module (issue 16, defect 9b)
+
+_SCRIPT = ("from expo.verify import is_equivalent, rewards\n"
+           "print(is_equivalent(r'\\boxed{0.5}', r'\\frac{1}{2}'), is_equivalent('7', '8'))\n"
+           "print(sum(rewards([str(i) for i in range(40)], ['3'] * 40)))\n")  # 40 pairs: the parallel path
+
+
+def test_the_verifier_works_from_any_kind_of_script(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"  # a plain script: no `if __name__ == "__main__":` guard
+    script.write_text(_SCRIPT)
+    runs = {
+        "python -c": ([sys.executable, "-c", _SCRIPT], None),
+        "python - < script": ([sys.executable, "-"], _SCRIPT),  # read from stdin: its "file" is <stdin>
+        "script without a main guard": ([sys.executable, str(script)], None),
+    }
+    started = time.monotonic()
+    procs = {name: subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, cwd=tmp_path)
+             for name, (cmd, _) in runs.items()}
+    for name, proc in procs.items():
+        out, err = proc.communicate(runs[name][1] or "", timeout=180)
+        assert proc.returncode == 0, f"{name}: {err[-2000:]}"
+        assert out.split("\n")[:2] == ["True False", "1.0"], f"{name}: {out!r}"
+    assert time.monotonic() - started < 120  # three fresh interpreters, each starting its own workers
+
+
+def test_a_judge_from_the_main_script_still_names_the_guard():
+    from expo.verify_pool import _needs_main
+
+    def local(answer, gold):
+        return 1.0
+
+    local.__module__ = "__main__"
+    assert _needs_main(local) and not _needs_main(stalling_judge)

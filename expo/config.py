@@ -30,35 +30,93 @@ EMBEDDED_MODEL = "builtin:tiny"
 EMBEDDED_PRESET = Path(__file__).parent / "toy" / "defaults.yaml"
 
 
+DataSchema = Literal["auto", "math", "gsm8k", "custom"]
+# ours -> theirs; a list joins several text columns with a space (SVAMP: question = [Body, Question]).
+ColumnMap = dict[str, str | list[str]]
+_OUR_COLUMNS = ("question", "answer", "solution", "level", "subject")
+_JOINABLE = ("question", "solution", "subject")  # text fields; an answer or a level is one cell
+
+
+def _check_columns(columns: ColumnMap, at: str) -> None:
+    for key, theirs in columns.items():
+        _check(key in _OUR_COLUMNS, at, "columns", f"unknown field {key!r} (ours: {', '.join(_OUR_COLUMNS)})")
+        if isinstance(theirs, list):
+            _check(key in _JOINABLE, at, f"columns.{key}",
+                   f"only {', '.join(_JOINABLE)} may join several columns; name one column")
+            _check(bool(theirs), at, f"columns.{key}", "needs at least one column name")
+    _check(not columns or ("question" in columns and ("answer" in columns or "solution" in columns)),
+           at, "columns", "needs 'question' and one of 'answer' or 'solution'")
+
+
+@dataclass
+class DataSourceConfig:
+    """One entry of `data.sources`: a source read with its own schema, and optionally one level for all
+    its rows and its own seeded cap. Unset keys take the data section's value (see `resolve`)."""
+
+    source: str = ""  # required: hub id, folder, file, or builtin:<name>
+    schema: DataSchema | None = None  # unset: "custom" when `columns` is given, else data.schema
+    columns: ColumnMap | None = None  # unset: data.columns
+    level: int | None = None  # 1..5 for every row of this entry (any level column is ignored)
+    max_rows: int | None = None  # a seeded sample (data.seed) of this entry, after its dedupe
+    hub_config: str | None = None  # unset: data.hub_config
+    hub_split: str | None = None  # unset: data.hub_split
+
+    def validate(self, at: str) -> None:
+        _check(bool(self.source.strip()), at, "source",
+               "is required (a hub id, folder, file or builtin:<name>)")
+        _check(self.level is None or 1 <= self.level <= 5, at, "level", "levels are 1..5")
+        _check(self.max_rows is None or self.max_rows > 0, at, "max_rows", "must be positive")
+        if self.columns is not None:
+            _check_columns(self.columns, at)
+
+    def resolve(self, data: DataConfig) -> DataConfig:
+        """This entry as a one-source data section: its own keys over `data`'s. The entry's max_rows
+        replaces data.max_rows (which caps the concatenation); data.levels still filters."""
+        schema = self.schema or ("custom" if self.columns is not None else data.schema)
+        return dataclasses.replace(
+            data, source=self.source, schema=schema,
+            columns=self.columns if self.columns is not None else data.columns,
+            hub_config=self.hub_config if self.hub_config is not None else data.hub_config,
+            hub_split=self.hub_split if self.hub_split is not None else data.hub_split,
+            max_rows=self.max_rows, sources=[])
+
+
 @dataclass
 class DataConfig:
     """Where problems come from and how they are normalised (stage prepare_data)."""
 
     source: str = EMBEDDED_DATA  # hub id, folder, .jsonl/.parquet/.csv file, or builtin:<name>
-    schema: Literal["auto", "math", "gsm8k", "custom"] = "auto"
-    columns: dict[str, str] = field(default_factory=dict)  # ours -> theirs, for schema "custom"
+    # Several sources read one after another and concatenated (a difficulty ladder); replaces `source`.
+    sources: list[DataSourceConfig] = field(default_factory=list)
+    schema: DataSchema = "auto"
+    columns: ColumnMap = field(default_factory=dict)  # ours -> theirs, for schema "custom"
     hub_config: str | None = None  # datasets.load_dataset(name, hub_config)
     hub_split: str = "train"
     levels: list[int] | None = None  # keep only these difficulty levels
     eval_fraction: float = 0.2  # share of rows held out for evaluation
-    max_rows: int | None = None  # cap after dedupe, before the split
+    max_rows: int | None = None  # cap after dedupe, before the split (of the concatenation, with sources)
     seed: int = 0
     builtin_per_level: int = 40  # builtin:needle only: generated problems per level (5 levels)
 
     def validate(self, at: str) -> None:
         _check(0.0 <= self.eval_fraction < 1.0, at, "eval_fraction", "must be in [0, 1)")
         _check(self.builtin_per_level > 0, at, "builtin_per_level", "must be positive")
-        ours = ("question", "answer", "solution", "level", "subject")
-        for key in self.columns:
-            _check(key in ours, at, "columns", f"unknown field {key!r} (ours: {', '.join(ours)})")
-        _check(not self.columns or ("question" in self.columns
-                                    and ("answer" in self.columns or "solution" in self.columns)),
-               at, "columns", "needs 'question' and one of 'answer' or 'solution'")
+        _check_columns(self.columns, at)
         _check(self.max_rows is None or self.max_rows > 0, at, "max_rows", "must be positive")
         _check(self.levels is None or all(1 <= lv <= 5 for lv in self.levels), at, "levels",
                "levels are 1..5")
         _check(self.schema != "custom" or bool(self.columns), at, "columns",
                "schema 'custom' needs a column mapping")
+        # A non-default `source` beside `sources` would be silently ignored: say which keys clash.
+        _check(not self.sources or self.source == EMBEDDED_DATA, at, "sources",
+               f"cannot be combined with '{_join(at, 'source')}' (list every source in "
+               f"'{_join(at, 'sources')}', or give one '{_join(at, 'source')}')")
+        for i, entry in enumerate(self.sources):
+            where = _join(at, f"sources[{i}]")
+            entry.validate(where)
+            resolved = entry.resolve(self)
+            _check(resolved.schema != "custom" or bool(resolved.columns), where, "columns",
+                   "schema 'custom' needs a column mapping (here or in the data section)")
 
 
 @dataclass

@@ -100,3 +100,42 @@ def test_help_explains_every_option(capsys):
                  "--eval-fraction", "--seed", "--max-rows", "--hub-config", "--hub-split", "--no-progress"):
         assert flag in out
     assert "builtin:math-sample" in out and "save_to_disk" in out
+
+
+def _ladder_config(tmp_path):
+    a = write_rows(tmp_path / "a.jsonl", [{"input": f"a {i}?", "target": float(i)} for i in range(10)])
+    b = write_rows(tmp_path / "b.jsonl",
+                   [{"question": f"b {i}?", "answer": f"#### {i}.0"} for i in range(10)])
+    config = tmp_path / "ladder.yaml"
+    config.write_text("data:\n  eval_fraction: 0.2\n  sources:\n"
+                      f"    - {{source: {a}, columns: {{question: input, answer: target}}, level: 1,"
+                      " max_rows: 5}\n"
+                      f"    - {{source: {b}, schema: gsm8k, level: 2}}\n")
+    return config
+
+
+def test_config_with_sources(tmp_path, capsys):
+    rc = expo.cli.main(["data", "--config", str(_ladder_config(tmp_path)), "--output", str(tmp_path / "out"),
+                        "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out.strip().startswith("15 of 20 rows kept (train 12, eval 3, 5 dropped)")
+    assert "data.sources[0]  level 1" in err and "data.sources[1]  level 2" in err
+    stats = read_json(tmp_path / "out" / "stats.json")
+    assert stats["levels"] == {"1": {"train": 4, "eval": 1}, "2": {"train": 8, "eval": 2}}
+    rows = read_jsonl(tmp_path / "out" / "train.jsonl") + read_jsonl(tmp_path / "out" / "eval.jsonl")
+    assert {r["answer"] for r in rows if r["level"] == 2} == {str(i) for i in range(10)}  # "#### 3.0" -> 3
+
+
+def test_source_flag_replaces_the_config_sources(tmp_path):
+    src = write_rows(tmp_path / "m.jsonl", ROWS)
+    rc = expo.cli.main(["data", "--config", str(_ladder_config(tmp_path)), "--source", src,
+                        "--output", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 0
+    assert read_json(tmp_path / "out" / "stats.json")["sources"][0]["key"] == "data.source"
+
+
+def test_source_beside_sources_in_a_config_is_one_line(tmp_path, capsys):
+    config = _ladder_config(tmp_path)
+    config.write_text(config.read_text() + "  source: x.jsonl\n")
+    rc = expo.cli.main(["data", "--config", str(config), "--output", str(tmp_path / "out")])
+    assert "config key 'data.sources': cannot be combined with 'data.source'" in _one_line_error(rc, capsys)

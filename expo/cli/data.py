@@ -2,9 +2,11 @@
 
     expo data --source builtin:math-sample --output out/data --levels 4,5
     expo data --source EleutherAI/hendrycks_math --hub-config algebra --hub-split test --output out/data
+    expo data --config ladder.yaml --output out/data     # data.sources: several files as levels 1-4
 
-Flags override the config file's `data` section, which overrides the defaults. The skip table goes to
-stderr; the last line on stdout names the output folder.
+Flags override the config file's `data` section, which overrides the defaults; `--source` replaces the
+config's `data.sources` too. The skip table goes to stderr; the last line on stdout names the output
+folder.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the problems are: a Hugging Face hub id (owner/name), a folder (its "
                              ".jsonl/.json/.parquet/.csv files, or a datasets.save_to_disk folder), one such "
                              "file, or builtin:needle | builtin:math-sample | builtin:gsm8k-sample "
-                             "(default: the config's data.source, builtin:needle)")
+                             "(default: the config's data.source, builtin:needle; given, it also replaces "
+                             "the config's data.sources list)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="folder for train.jsonl, eval.jsonl and stats.json (created if missing; must "
                              "not be inside a source folder)")
@@ -63,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, metavar="N",
                         help="seed of the split and of the --max-rows sample (default 0)")
     parser.add_argument("--max-rows", type=int, metavar="N",
-                        help="keep a seeded sample of at most N rows (after dedupe, before the split)")
+                        help="keep a seeded sample of at most N rows (after dedupe, before the split; with "
+                             "data.sources, of all entries together: each entry has its own max_rows)")
     parser.add_argument("--hub-config", metavar="NAME", help="hub data set config (load_dataset's name)")
     parser.add_argument("--hub-split", metavar="SPLIT",
                         help="hub split to read, also the split taken from a save_to_disk DatasetDict "
@@ -84,6 +88,8 @@ def data_config(args: argparse.Namespace) -> DataConfig:
     changes = {name: getattr(args, flag) for flag, name in _FLAGS.items() if getattr(args, flag) is not None}
     if args.columns:
         changes["columns"] = dict(args.columns)
+    if args.source is not None:
+        changes["sources"] = []  # one source named on the command line: the config's list is not read
     cfg = dataclasses.replace(cfg, **changes)
     cfg.validate("data")
     return cfg

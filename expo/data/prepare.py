@@ -1,7 +1,12 @@
-"""The data stage: source -> normalised rows -> filter, dedupe, cap -> train/eval split -> files.
+"""The data stage: sources -> normalised rows -> filter, dedupe, cap -> train/eval split -> files.
 
     result = prepare_data(DataConfig(source="builtin:math-sample", levels=[4, 5]), "out/data")
     result.train, result.eval, result.skipped   # sizes and {reason: count}
+
+With `data.sources` (a difficulty ladder: SingleOp, AddSub, MultiArith, GSM8K as levels 1-4) each entry
+is read, normalised, given its level, level-filtered, deduped (also against the rows kept from earlier
+entries) and capped by its own seeded `max_rows`, in order; the concatenation is then capped by
+`data.max_rows` and split, stratified by level. `data.source` is the one-entry case.
 
 Writes `train.jsonl`, `eval.jsonl` and `stats.json` (docs/architecture.md). Everything is read and
 checked before the first byte is written, each file is replaced atomically and `stats.json` goes last,
@@ -13,14 +18,17 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from expo.config import DataConfig
 from expo.data import split as splitting
-from expo.data.normalize import FILTER_REASONS, SKIP_REASONS, Skip, normalise_row, resolve_schema
-from expo.data.sources import Table, load_tables, source_path
+from expo.data.normalize import (FILTER_REASONS, SKIP_REASONS, Schema, Skip, normalise_row, question_key,
+                                 resolve_schema)
+from expo.data.sources import Entry, Table, load_tables, source_entries, source_path
 from expo.errors import DataError
 from expo.io import write_json, write_jsonl
 
@@ -40,34 +48,94 @@ class DataResult:
     digest: dict[str, str]  # sha256 of train.jsonl and eval.jsonl
     schemas: dict[str, str] = field(default_factory=dict)  # table label -> schema used
     levels: dict[str, dict[str, int]] = field(default_factory=dict)  # level -> {"train": n, "eval": n}
+    # one per configured source: {"key", "source", "level", "rows_in", "rows_out", "skipped"}
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def stats(self) -> dict[str, Any]:
         return {"rows_in": self.rows_in, "rows_out": self.rows_out, "train": self.train, "eval": self.eval,
                 "skipped": dict(self.skipped), "digest": dict(self.digest), "schemas": dict(self.schemas),
-                "levels": {k: dict(v) for k, v in self.levels.items()}}
+                "levels": {k: dict(v) for k, v in self.levels.items()},
+                "sources": [{**s, "skipped": dict(s["skipped"])} for s in self.sources]}
 
 
-def _normalise_tables(tables: list[Table], cfg: DataConfig, skipped: Counter[str],
-                      progress: bool) -> tuple[list[dict[str, Any]], int, dict[str, str]]:
-    from tqdm import tqdm
+@dataclass
+class _Loaded:
+    """An entry read and its schemas resolved: every file is checked before any row is normalised."""
 
+    entry: Entry
+    tables: list[Table]
+    schemas: dict[str, Schema]  # table label -> schema (the level column dropped if the entry gives one)
+
+
+@contextmanager
+def _naming(entry: Entry, many: bool) -> Iterator[None]:
+    """With several entries, a DataError says which one it is about (the file alone may be ambiguous)."""
+    try:
+        yield
+    except DataError as exc:
+        if not many:
+            raise
+        raise DataError(f"{entry.key}: {exc}") from None
+
+
+def _load(entry: Entry, many: bool) -> _Loaded:
+    with _naming(entry, many):
+        tables = load_tables(entry.cfg)
+        schemas = {t.label: resolve_schema(entry.cfg, t.columns, t.label) for t in tables}
+    if entry.level is not None:
+        schemas = {label: s.without("level") for label, s in schemas.items()}
+    return _Loaded(entry, tables, schemas)
+
+
+def _normalise_entry(item: _Loaded, counts: Counter[str], bar: Any) -> tuple[list[dict[str, Any]], int]:
+    """Every raw row of one entry -> our rows (with the entry's level) or a counted skip reason."""
     rows: list[dict[str, Any]] = []
     rows_in = 0
-    schemas = {t.label: resolve_schema(cfg, t.columns, t.label) for t in tables}
-    total = sum(len(t.rows) for t in tables)
+    for table in item.tables:
+        schema = item.schemas[table.label]
+        for raw in table.rows:
+            rows_in += 1
+            bar.update()
+            try:
+                row = normalise_row(raw, schema, table.label)
+            except Skip as skip:
+                counts[skip.reason] += 1
+                continue
+            if item.entry.level is not None:
+                row["level"] = item.entry.level
+            rows.append(row)
+    return rows, rows_in
+
+
+def _gather(loaded: list[_Loaded], cfg: DataConfig, skipped: Counter[str],
+            progress: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each entry in order: normalise, level, filter, dedupe against what is kept, cap. Returns the kept
+    rows and one summary per entry; `skipped` gets every entry's counts."""
+    from tqdm import tqdm
+
+    kept: list[dict[str, Any]] = []
+    kept_keys: set[str] = set()
+    summaries = []
+    total = sum(len(t.rows) for item in loaded for t in item.tables)
     # disable=None turns the bar off when stderr is not a terminal (logs, pipelines, tests).
     with tqdm(total=total, desc="rows", unit="row", file=sys.stderr, disable=None if progress else True,
               mininterval=0.5) as bar:
-        for table in tables:
-            schema = schemas[table.label]
-            for raw in table.rows:
-                rows_in += 1
-                bar.update()
-                try:
-                    rows.append(normalise_row(raw, schema, table.label))
-                except Skip as skip:
-                    skipped[skip.reason] += 1
-    return rows, rows_in, {label: s.name for label, s in schemas.items()}
+        for item in loaded:
+            entry, counts = item.entry, Counter[str]()
+            rows, rows_in = _normalise_entry(item, counts, bar)
+            if not rows and len(loaded) > 1:  # a wrong schema or column for one entry, not a level filter
+                raise DataError(f"no usable rows in {entry.key} ({entry.cfg.source}): {_describe(counts)}")
+            rows = splitting.filter_levels(rows, cfg.levels, counts)
+            # Dedupe before the cap, so an entry's max_rows counts distinct questions new to the data set.
+            rows = splitting.dedupe(rows, counts, kept_keys)
+            rows = splitting.cap(rows, entry.cfg.max_rows, cfg.seed, counts)
+            kept.extend(rows)
+            kept_keys.update(question_key(r["question"]) for r in rows)
+            skipped.update(counts)
+            summaries.append({"key": entry.key, "source": entry.cfg.source, "level": entry.level,
+                              "rows_in": rows_in, "rows_out": len(rows),
+                              "skipped": {r: n for r, n in counts.items() if n}})
+    return kept, summaries
 
 
 def _describe(skipped: Counter[str], top: int = 3) -> str:
@@ -76,9 +144,15 @@ def _describe(skipped: Counter[str], top: int = 3) -> str:
 
 
 def check_output_dir(cfg: DataConfig, output_dir: Path) -> None:
-    """Refuse to write where the outputs could replace or be mixed with the source's own files."""
+    """Refuse to write where the outputs could replace or be mixed with a source's own files."""
     if output_dir.exists() and not output_dir.is_dir():
         raise DataError(f"output {str(output_dir)!r} exists and is not a folder")
+    for entry in source_entries(cfg):
+        with _naming(entry, many=bool(cfg.sources)):
+            _check_against(entry.cfg, output_dir)
+
+
+def _check_against(cfg: DataConfig, output_dir: Path) -> None:
     src = source_path(cfg.source)
     if src is None:
         return
@@ -110,21 +184,31 @@ def format_summary(result: DataResult) -> str:
     for reason, n in sorted(result.skipped.items(), key=lambda kv: -kv[1]):
         kind = "filter" if reason in FILTER_REASONS else "skip"
         lines.append(f"  {kind:<6} {labels[reason]:<24} {n:>7}")
+    if len(result.sources) > 1:  # which entry lost what: one line each
+        for s in result.sources:
+            level = "-" if s["level"] is None else s["level"]
+            why = ", ".join(f"{n} {labels[r]}" for r, n in s["skipped"].items())
+            lines.append(f"  {s['key']:<16} level {level}  in {s['rows_in']:>6}  kept {s['rows_out']:>6}  "
+                         f"{s['source']}{f' ({why})' if why else ''}")
     return "\n".join(lines)
 
 
 def prepare_data(cfg: DataConfig, output_dir: str | Path, progress: bool = False) -> DataResult:
-    """Load `cfg.source`, normalise, filter, dedupe, cap and split it; write the data artifact."""
+    """Load `cfg.source` (or each of `cfg.sources`), normalise, filter, dedupe, cap and split; write the
+    data artifact."""
     cfg.validate("data")  # callers may build a DataConfig by hand; bad values fail before any work
     output_dir = Path(output_dir)
     check_output_dir(cfg, output_dir)
+    entries = source_entries(cfg)
+    loaded = [_load(entry, many=bool(cfg.sources)) for entry in entries]
     skipped: Counter[str] = Counter()
-    rows, rows_in, schemas = _normalise_tables(load_tables(cfg), cfg, skipped, progress)
-    rows = splitting.filter_levels(rows, cfg.levels, skipped)
-    rows = splitting.dedupe(rows, skipped)
+    rows, summaries = _gather(loaded, cfg, skipped, progress)
+    rows_in = sum(s["rows_in"] for s in summaries)
+    schemas = {label: s.name for item in loaded for label, s in item.schemas.items()}
     rows = splitting.cap(rows, cfg.max_rows, cfg.seed, skipped)
     if not rows:
-        raise DataError(f"no usable rows in {cfg.source}: {_describe(skipped)}")
+        where = "data.sources" if cfg.sources else cfg.source
+        raise DataError(f"no usable rows in {where}: {_describe(skipped)}")
     train, held = splitting.split(rows, cfg.eval_fraction, cfg.seed)
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +218,7 @@ def prepare_data(cfg: DataConfig, output_dir: str | Path, progress: bool = False
         output_dir=output_dir, rows_in=rows_in, rows_out=len(rows), train=len(train), eval=len(held),
         skipped={r: n for r, n in skipped.items() if n},
         digest={name: _file_digest(output_dir / f"{name}.jsonl") for name in ("train", "eval")},
-        schemas=schemas, levels=_level_counts(train, held))
+        schemas=schemas, levels=_level_counts(train, held), sources=summaries)
     write_json(output_dir / "stats.json", result.stats())  # last: its presence means the rest is whole
     print(format_summary(result), file=sys.stderr)
     return result

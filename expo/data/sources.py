@@ -17,6 +17,7 @@ survive as lone surrogates and the row that holds them is later counted as non-t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -234,6 +235,23 @@ def source_path(source: str) -> Path | None:
     if path.suffix.lower() in FILE_SUFFIXES or source.startswith((".", "/", "~")) or "\\" in source:
         raise DataError(f"data source {source!r} does not exist")
     return None  # an `owner/name` hub id
+
+
+@dataclass
+class Entry:
+    """One configured source: a one-source data section, the level it gives every row, its config key."""
+
+    cfg: DataConfig  # source, schema, columns, hub keys and max_rows of this entry alone
+    level: int | None  # None: rows keep their own level column
+    key: str  # "data.sources[2]" (named in errors and stats), or "data.source"
+
+
+def source_entries(cfg: DataConfig) -> list[Entry]:
+    """`data.sources` resolved against the data section, or `data.source` as the one entry (whose cap is
+    data.max_rows, applied to the whole by the caller, as before `sources` existed)."""
+    if not cfg.sources:
+        return [Entry(dataclasses.replace(cfg, max_rows=None), None, "data.source")]
+    return [Entry(e.resolve(cfg), e.level, f"data.sources[{i}]") for i, e in enumerate(cfg.sources)]
 
 
 def load_tables(cfg: DataConfig) -> list[Table]:

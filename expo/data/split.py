@@ -1,5 +1,8 @@
 """Choosing rows and splitting them: level filter, dedupe, `max_rows` cap, seeded stratified split.
 
+The split is stratified by level, so every level with 2+ rows has questions held out: evaluation by
+level (the ladder's levels 1-4, MATH's 1-5) always has something to measure on each.
+
 Randomness comes from hashing `seed:id`, not from a random generator walking the rows, so a row's fate
 depends only on the seed, its id and its level's size: reordering the source, or adding rows at another
 level, does not reshuffle the rest.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from typing import Any
 
 from expo.data.normalize import question_key
@@ -29,9 +33,10 @@ def filter_levels(rows: list[Row], levels: list[int] | None, skipped: Counter[st
     return kept
 
 
-def dedupe(rows: list[Row], skipped: Counter[str]) -> list[Row]:
-    """Keep the first row of each normalised question."""
-    seen: set[str] = set()
+def dedupe(rows: list[Row], skipped: Counter[str], already: Collection[str] = ()) -> list[Row]:
+    """Keep the first row of each normalised question; questions in `already` (kept from an earlier
+    source) are duplicates too."""
+    seen: set[str] = set(already)
     kept = []
     for row in rows:
         key = question_key(row["question"])

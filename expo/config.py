@@ -160,9 +160,14 @@ class PromptConfig:
     """Solve and answer-conditioned prompts; they differ only by the hint sentence."""
 
     solve_template: str = "{question}"
-    # The one sentence the explanation prompt adds: states the answer, asks for reasoning ending in a box.
-    hint_template: str = ("The correct answer is {answer}. Give the reasoning that reaches it, "
-                          "ending with the final answer in \\boxed{}.")
+    # What the explanation prompt adds: the answer, then how to write the explanation. Two short sentences,
+    # because the explanation is trained under the plain solve prompt: it must read as an ordinary
+    # solution (no "since the answer is 42", which the filter rejects), and a chat model told only to
+    # "give the reasoning" writes long commentary that runs past the token limit. It asks for the box
+    # MATH-style solve prompts ask for; the filter still reads an unboxed answer as the rewards do.
+    hint_template: str = ("The correct answer is {answer}. Write a concise step-by-step solution that "
+                          "reaches it without mentioning that you were told the answer, and end with the "
+                          "final answer in \\boxed{}.")
     hint_position: Literal["before", "after"] = "before"  # where the hint sits relative to the question
     use_chat_template: bool = True  # when the tokenizer has one
 
@@ -181,7 +186,15 @@ class ExplainConfig:
     mode: Literal["online", "offline"] = "online"
     regenerate_every: int = 10  # online: steps between regenerations (K)
     solve_rate_samples: int = 4  # unconditioned samples per question for the solve-rate baseline
-    min_reasoning_chars: int = 5  # fewer non-space characters before the \boxed{} = restating the hint
+    # Fewer non-space characters of reasoning before the final answer = restating the hint. Answer
+    # boilerplate ("**Final Answer**", "Therefore, the answer is", `$`) does not count (expo.explain).
+    min_reasoning_chars: int = 5
+    # True: an explanation needs a \boxed{} answer (else `no_answer`). False: its answer is found as the
+    # rewards find one (expo.verify.extract_answer: a box, `#### n`, "The answer is 3/4", a final "= x").
+    require_boxed: bool = False
+    # New tokens for the answer-conditioned samples; None = generation.max_new_tokens. The solve-rate
+    # samples always use generation.max_new_tokens (they measure the policy as its rollouts sample it).
+    max_new_tokens: int | None = None
     # Explanation cache: empty means <output>/cache; a relative folder is shared across runs inside the
     # workspace ($EXPO_WORKSPACE, the run folder locally). Never absolute and never "..": a config
     # must not make the pipeline write outside its run folder.
@@ -198,6 +211,8 @@ class ExplainConfig:
                                       and ".." not in Path(self.cache_dir).parts), at, "cache_dir",
                "must be a relative folder without '..' (it lives inside the run's workspace)")
         _check(self.min_reasoning_chars >= 0, at, "min_reasoning_chars", "must be >= 0")
+        _check(self.max_new_tokens is None or self.max_new_tokens > 0, at, "max_new_tokens",
+               "must be positive, or null for generation.max_new_tokens")
 
 
 ALGORITHMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo")

@@ -1,21 +1,29 @@
 r"""The self-explanation sampler: answer-conditioned samples, verified, filtered, cached (stage 3).
 
 What: for each question, `samples_per_question` explanations `c ~ pi(.|q, a*)` from `explain_prompt`,
-each judged:
-- `no_boxed_answer`: no final `\boxed{}` (the hint asks for one);
+each judged, in this order:
+- `truncated`: cut at the token limit (`explain.max_new_tokens`, default generation.max_new_tokens)
+  before a boxed final answer: what reads as its answer is a step of unfinished work;
+- `no_answer`: no final answer found by `expo.verify.extract_answer`, the extraction the rewards use (a
+  box, `#### n`, "The answer is 3/4", a final "= x", the last number); with `explain.require_boxed`,
+  only a `\boxed{}` counts (VerifyOptions.boxed_only), for recipes whose solve prompt demands a box;
 - `wrong_answer` / `unverifiable`: its final answer does not verify against the gold answer
   (`expo.verify.rewards`: 0.0 / None);
-- `no_reasoning`: fewer than `min_reasoning_chars` non-space characters before the box: it restates
-  the hint instead of deriving the answer;
-- `refers_to_hint`: it says it was given the answer (`HINT_PHRASES`), which makes no sense under the
-  solve prompt the explanation is trained under;
+- `no_reasoning`: fewer than `min_reasoning_chars` non-space characters before that answer once answer
+  boilerplate ("**Final Answer**", "Therefore, the answer is", `$`, markdown) is taken out: it
+  restates the hint instead of deriving the answer;
+- `refers_to_hint`: it treats the answer as given (`HINT_PATTERNS`: "since the answer is 42", "we are
+  told the answer", "the expected answer", "the hint", or opening with "The correct answer is 42."),
+  which makes no sense under the solve prompt the explanation is trained under; ordinary conclusions
+  ("Therefore, the correct answer is 5") and the problem's own givens ("as stated in the problem") are
+  not that;
 - `duplicate` / `over_keep_limit`: it passed, but is the same text as a kept one, or `keep_per_question`
   were already kept.
 Every sample becomes one record `{id, question, answer, level, explanation, logprob, accepted,
 reject_reason, passed, sample, num_tokens, truncated}`; `accepted` marks the ones kept (at most m per
 question), `passed` every sample that passed the filters. Statistics: acceptance (passed / samples)
 by level beside the unconditioned solve rate by level, from `solve_rate_samples` samples of the plain
-solve prompt with the same model and sampling settings.
+solve prompt with the same model and sampling settings (and `generation.max_new_tokens`).
 
 Why a cache: online ExPO regenerates every K steps and a re-run of the pipeline repeats the stage;
 samples are stored under (model fingerprint, prompt digest, sampling settings, question id), so work
@@ -39,10 +47,10 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from expo.answers import UnbalancedBraces, last_boxed_span
 from expo.config import ExplainConfig, ExpoConfig, GenerationConfig, PromptConfig
 from expo.errors import DataError
 from expo.io import read_jsonl, write_json, write_jsonl
@@ -50,46 +58,84 @@ from expo.prompts import explain_prompt, solve_prompt
 
 log = logging.getLogger(__name__)
 
-# Wording that refers to having been given the answer. Matched case-insensitively on word boundaries
-# anywhere in the explanation; each one is tested in tests/test_explain.py.
-HINT_PHRASES = (
-    "the correct answer is",
-    "the answer is given",
-    "given answer",
-    "as given",
-    "as stated",
-    "we are told the answer",
-    "we were told the answer",
-    "we are given the answer",
-    "provided answer",
-    "answer provided",
-    "hint",
+# Wording that treats the answer as given rather than found. Matched case-insensitively anywhere in the
+# explanation; tests/test_explain.py has a case for each pattern and for the ordinary phrases that
+# must not match. Each pattern is a fixed run of words (no nested repetition): linear-time search.
+_QUALIFIED = r"(?:the\s+|this\s+|that\s+)?(?:final\s+|correct\s+)?answer"
+_VALUE_NEXT = r"\s*(?:[$\\(\-\u2212]|\d)"  # a value follows: "is 42", "is $\frac12$"; not "is positive"
+HINT_PATTERNS = (
+    # the answer as a premise: "Since the answer is 42", "Given that the answer is 42", "We know it is"
+    rf"\b(?:since|because|as|given(?:\s+that)?|knowing(?:\s+that)?|we\s+know(?:\s+that)?)\s+{_QUALIFIED}"
+    rf"\s+(?:is|was|of|=){_VALUE_NEXT}",
+    # having been given or told it: "We are given that the answer is 42", "Given the answer 42"
+    rf"\b(?:we|i)\s+(?:are|were|have\s+been|was|am)\s+(?:given|told|provided|shown)(?:\s+that)?"
+    rf"\s+{_QUALIFIED}\b",
+    rf"\b(?:given|told|provided)(?:\s+that)?\s+{_QUALIFIED}\b",
+    # an answer someone supplied: "The expected answer is 42", "the stated answer of 42"
+    r"\b(?:given|stated|expected|provided|supplied|known|target|desired|intended|suggested|claimed|hinted)"
+    r"\s+(?:final\s+)?answer\b",
+    r"\banswer\s+(?:that\s+)?(?:is\s+|was\s+|has\s+been\s+|we\s+(?:are|were)\s+|you\s+)?"
+    r"(?:given|stated|provided|supplied|told|expected|gave)\b(?!\s+by\b)",
+    # working toward a known answer: "To reach the stated answer of 42", "show why the answer is 42"
+    r"\bto\s+(?:reach|arrive\s+at|get\s+to|obtain|get|match)\s+(?:the|this|that)\s+(?:[a-z]{1,20}\s+)?answer"
+    rf"(?:\s+of\b|{_VALUE_NEXT})",
+    rf"\b(?:show|prove|justify|explain)\s+(?:why\s+|that\s+|how\s+)?{_QUALIFIED}\s+is\b",
+    # someone said what the answer is: "the problem states that the answer is", "you told me"
+    rf"\b(?:problem|question|prompt|task|you)\s+(?:says|said|states|stated|tells\s+us|told\s+us|gives|gave)"
+    rf"(?:\s+that)?\s+{_QUALIFIED}\b",
+    r"\byou\s+(?:told|gave|showed)\s+me\b",
+    # opening with the answer, as the hint does ("The correct answer is 42. ..."): a solution finds its
+    # answer at the end; one that starts from it takes it as given
+    rf"\A[\s*#]*(?:the\s+)?(?:final\s+|correct\s+)?answer(?:\s+is|\s*[:=])[\s*]*{_VALUE_NEXT}",
+    # the hint itself ("hints" and "thinking" are other words)
+    r"\bhint\b",
 )
-_HINT_RE = re.compile("|".join(rf"\b{re.escape(p)}\b" for p in HINT_PHRASES), re.IGNORECASE)
+_HINT_RE = re.compile("|".join(f"(?:{p})" for p in HINT_PATTERNS), re.IGNORECASE)
+
+# Answer boilerplate that is not reasoning: "Therefore, the final answer is:", "**Final Answer**",
+# math-mode and markdown marks. Removed before counting reasoning characters; what is left ("2+3=5",
+# the toy's "374:yes") counts as before.
+_BOILERPLATE = re.compile(
+    r"\b(?:therefore|thus|hence|so|finally|in\s+conclusion|in\s+summary|overall)\b\s*,?"
+    r"|\b(?:(?:the|our|my)\s+)?(?:final\s+|correct\s+)?answer\b"
+    r"(?:\s+(?:is|would\s+be|will\s+be|equals)\b)?\s*[:=]?"
+    r"|\\[\[\]()]|[*#$`]",
+    re.IGNORECASE)
 CACHE_FILE = "explanations-cache.jsonl"
 
 Rewards = Callable[[Sequence[str], Sequence[str]], list[float | None]]
 
 
 def hint_phrase(text: str) -> str | None:
-    """The first phrase of `HINT_PHRASES` in `text` (lower case), or None."""
+    """The first wording in `text` that treats the answer as given (lower case, spaces collapsed), or None."""
     match = _HINT_RE.search(text)
-    return match.group(0).lower() if match else None
+    return " ".join(match.group(0).lower().split()) if match else None
 
 
-def judge_text(text: str, reward: float | None, min_reasoning_chars: int) -> str | None:
-    """Why a verified-or-not explanation is rejected, or None when it passes the filters."""
-    try:
-        box = last_boxed_span(text)
-    except UnbalancedBraces:
-        box = None
-    if box is None:
-        return "no_boxed_answer"
+def reasoning_chars(text: str) -> int:
+    """Non-space characters of `text` that are not answer boilerplate (see `_BOILERPLATE`)."""
+    return len("".join(_BOILERPLATE.sub(" ", text).split()))
+
+
+def judge_text(text: str, reward: float | None, min_reasoning_chars: int, *, truncated: bool = False,
+               require_boxed: bool = False) -> str | None:
+    """Why an explanation is rejected (see the module docstring for the order), or None when it passes.
+
+    `reward` is the verifier's judgement of the same text; the answer's position comes from the same
+    extraction (`expo.verify.locate_answer`), so an answer the reward accepts is an answer here too.
+    """
+    from expo.verify import VerifyOptions, locate_answer
+
+    found = locate_answer(text, VerifyOptions(boxed_only=require_boxed))
+    if truncated and (found is None or found.kind != "boxed"):
+        return "truncated"
+    if found is None:
+        return "no_answer"
     if reward is None:
         return "unverifiable"
     if reward < 1.0:
         return "wrong_answer"
-    if len("".join(text[: box.start].split())) < min_reasoning_chars:
+    if reasoning_chars(text[: found.start]) < min_reasoning_chars:
         return "no_reasoning"
     if hint_phrase(text):
         return "refers_to_hint"
@@ -164,7 +210,9 @@ def sample_explanations(generator: Any, rows: list[dict[str, Any]], cfg: Explain
     """Sample, verify and filter explanations of `rows` (data-stage rows); returns (records, stats).
 
     `generation` gives top_p / max_new_tokens / seed / batch size (default: the generator's own
-    config); `reward_fn` defaults to `expo.verify.rewards`.
+    config; pass the run's own `cfg.generation` when the generator was made by `generator_config`):
+    explanations get `cfg.max_new_tokens` new tokens when set, solve-rate samples always
+    `generation.max_new_tokens`. `reward_fn` defaults to `expo.verify.rewards`.
     """
     generation = generation or getattr(generator, "cfg", None) or GenerationConfig()
     if reward_fn is None:
@@ -224,9 +272,17 @@ class _Sampler:
             return explain_prompt(row["question"], str(row["answer"]), self.tokenizer, self.prompts)
         return solve_prompt(row["question"], self.tokenizer, self.prompts)
 
+    def max_new_tokens(self, kind: str) -> int:
+        """The explanation budget (explain.max_new_tokens) or, for solves and when unset, the rollouts'."""
+        if kind == "explain" and self.cfg.max_new_tokens is not None:
+            return self.cfg.max_new_tokens
+        return self.generation.max_new_tokens
+
     def samples(self, rows: list[dict[str, Any]], kind: str, n: int, seed_offset: int) -> list[list[dict]]:
+        # The budget in use is part of the key; unset, the key is what it was before the knob existed.
+        max_new_tokens = self.max_new_tokens(kind)
         settings = {"kind": kind, "n": n, "temperature": self.cfg.temperature, "top_p": self.generation.top_p,
-                    "max_new_tokens": self.generation.max_new_tokens, "seed": self.generation.seed,
+                    "max_new_tokens": max_new_tokens, "seed": self.generation.seed,
                     "max_prompt_tokens": self.generation.max_prompt_tokens,
                     "overlong_prompt": self.generation.overlong_prompt}
         prompts = [self.prompt(row, kind) for row in rows]
@@ -238,7 +294,7 @@ class _Sampler:
         if todo:
             started = time.perf_counter()
             outs = self.generator.generate([prompts[i] for i in todo], n=n, temperature=self.cfg.temperature,
-                                           max_new_tokens=self.generation.max_new_tokens,
+                                           max_new_tokens=max_new_tokens,
                                            seed=self.generation.seed + seed_offset)
             self.seconds += time.perf_counter() - started
             for i, completions in zip(todo, outs):
@@ -268,7 +324,8 @@ def _judge(rows: list[dict[str, Any]], samples: list[list[dict]], cfg: ExplainCo
     for row, per in zip(rows, samples):
         kept: list[str] = []
         for k, sample in enumerate(per):
-            reason = judge_text(sample["text"], next(scores), cfg.min_reasoning_chars)
+            reason = judge_text(sample["text"], next(scores), cfg.min_reasoning_chars,
+                                truncated=bool(sample["truncated"]), require_boxed=cfg.require_boxed)
             passed = reason is None
             if passed and sample["text"] in kept:
                 reason = "duplicate"
@@ -355,6 +412,14 @@ def _advance(bar: Any, done: int, records: list[dict[str, Any]], sampler: _Sampl
 # The stage.
 
 
+def generator_config(generation: GenerationConfig, explain: ExplainConfig) -> GenerationConfig:
+    """`generation` with room for the longer of the two budgets: an engine sized by its config (vLLM's
+    max_model_len) must fit explanations of `explain.max_new_tokens`. Each generate call still passes
+    its own budget, so solve samples keep `generation.max_new_tokens`."""
+    budget = max(generation.max_new_tokens, explain.max_new_tokens or 0)
+    return generation if budget == generation.max_new_tokens else replace(generation, max_new_tokens=budget)
+
+
 def cache_root(cache_dir: str, output_dir: Path) -> Path:
     """`<output>/cache` by default; a configured folder lives in the workspace shared by runs."""
     if not cache_dir:
@@ -374,7 +439,7 @@ def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str 
         raise DataError(f"data folder {str(data_dir)!r} has no train.jsonl (run the data stage first)")
     rows = read_jsonl(train_file)
     model, tokenizer = load_model(model_dir, cfg.model)
-    generator = make_generator(model, tokenizer, cfg.generation)
+    generator = make_generator(model, tokenizer, generator_config(cfg.generation, cfg.explain))
     output_dir = Path(output_dir)
     cache = ExplanationCache(cache_root(cfg.explain.cache_dir, output_dir) / CACHE_FILE)
     started = time.perf_counter()

@@ -9,11 +9,13 @@ import pytest
 from expo.answers import last_boxed
 from expo.config import ExplainConfig, ExpoConfig, GenerationConfig, PromptConfig
 from expo.explain import (
-    HINT_PHRASES,
+    HINT_PATTERNS,
     ExplanationCache,
     generate_explanations,
+    generator_config,
     hint_phrase,
     judge_text,
+    reasoning_chars,
     sample_explanations,
 )
 from expo.generation import Completion
@@ -26,13 +28,13 @@ HINT = "The correct answer is"  # start of the default hint sentence: marks an e
 TEXTS = {
     "q1": (["2+3=5 so \\boxed{5}",  # kept
             "\\boxed{5}",  # no_reasoning
-            "The correct answer is 5, so 2+3=5 \\boxed{5}",  # refers_to_hint
+            "The correct answer is 5, so 2+3=5 \\boxed{5}",  # refers_to_hint (opens with the answer)
             "2+3=6 \\boxed{6}"],  # wrong_answer
            ["\\boxed{5}", "\\boxed{4}"]),  # solved 1 of 2
     "q2": (["3+4=7 \\boxed{7}",  # kept
             "3+4=7 \\boxed{7}",  # duplicate (passed)
             "4+3=7 \\boxed{7}",  # kept
-            "no box here"],  # no_boxed_answer
+            "no box here"],  # no_answer
            ["\\boxed{1}", "\\boxed{2}"]),  # solved 0 of 2
     "q3": (["1+8=9 \\boxed{9}", "2+7=9 \\boxed{9}",  # kept, kept
             "3+6=9 \\boxed{9}", "4+5=9 \\boxed{9}"],  # over_keep_limit x2 (passed)
@@ -52,11 +54,13 @@ class FakeGenerator:
     def __init__(self) -> None:
         self.calls = 0
         self.prompts: list[str] = []
+        self.budgets: list[tuple[str, int | None]] = []  # (explain / solve, max_new_tokens) per call
         self.cfg = GenerationConfig(batch_size=32)
 
     def generate(self, prompts, n=1, temperature=1.0, max_new_tokens=None, seed=None):
         self.calls += 1
         self.prompts.extend(prompts)
+        self.budgets.append(("explain" if HINT in prompts[0] else "solve", max_new_tokens))
         out = []
         for prompt in prompts:
             question = next(q for q in TEXTS if q in prompt)
@@ -89,7 +93,7 @@ def test_every_sample_is_a_record_with_its_reason():
         ("a", 0, None, True, True), ("a", 1, "no_reasoning", False, False),
         ("a", 2, "refers_to_hint", False, False), ("a", 3, "wrong_answer", False, False),
         ("b", 0, None, True, True), ("b", 1, "duplicate", False, True),
-        ("b", 2, None, True, True), ("b", 3, "no_boxed_answer", False, False),
+        ("b", 2, None, True, True), ("b", 3, "no_answer", False, False),
         ("c", 0, None, True, True), ("c", 1, None, True, True),
         ("c", 2, "over_keep_limit", False, True), ("c", 3, "over_keep_limit", False, True),
     ]
@@ -112,7 +116,7 @@ def test_acceptance_and_solve_rate_by_level_by_hand():
     # overall: 8 of 12 passed, 5 kept, 3 of 6 solved.
     assert stats["acceptance_rate"] == pytest.approx(8 / 12) and stats["kept"] == 5
     assert stats["solve_rate"] == 0.5
-    assert stats["reject_reasons"] == {"duplicate": 1, "no_boxed_answer": 1, "no_reasoning": 1,
+    assert stats["reject_reasons"] == {"duplicate": 1, "no_answer": 1, "no_reasoning": 1,
                                        "over_keep_limit": 2, "refers_to_hint": 1, "wrong_answer": 1}
 
 
@@ -125,33 +129,115 @@ def test_unverifiable_gold_and_unknown_level():
     assert stats["by_level"]["unknown"]["solve_rate"] == 0.0
 
 
-@pytest.mark.parametrize("phrase", HINT_PHRASES)
-def test_each_hint_phrase_is_rejected(phrase):
-    text = f"Since 2+3=5, {phrase} 5. \\boxed{{5}}"
-    assert hint_phrase(text) == phrase
-    assert judge_text(text, 1.0, min_reasoning_chars=5) == "refers_to_hint"
-    assert judge_text(text.replace(phrase, phrase.upper()), 1.0, 5) == "refers_to_hint"
+JUDGE = [
+    # (explanation, reason with reward 1.0 and min_reasoning_chars 5). Issue 16, defect 5: the old filter
+    # accepted the first seven and rejected the three ordinary ones after them.
+    # -- the answer treated as given: refers_to_hint
+    ("Since the answer is 42, we check 6*7 = 42. \\boxed{42}", "refers_to_hint"),  # a premise
+    ("We are given that the answer is 42, and 6*7 = 42. \\boxed{42}", "refers_to_hint"),  # told it
+    ("Given the answer 42, note 6*7 = 42. \\boxed{42}", "refers_to_hint"),
+    ("The expected answer is 42: 6*7 = 42. \\boxed{42}", "refers_to_hint"),  # someone expects it
+    ("To reach the stated answer of 42, multiply 6*7. \\boxed{42}", "refers_to_hint"),  # working toward it
+    # -- answer boilerplate is not reasoning: no_reasoning
+    ("The answer is \\boxed{42}.", "no_reasoning"),  # the statement alone
+    ("**Final Answer**\n\\boxed{42}", "no_reasoning"),  # a markdown header alone
+    # -- ordinary solutions: accepted
+    ("2 + 3 = 5. Therefore, the correct answer is $\\boxed{5}$.", None),  # an ordinary conclusion
+    ("As stated in the problem, 2 + 3 = 5, so \\boxed{5}", None),  # the problem's own givens
+    ("Using the information given in the problem, 2+3=5. \\boxed{5}", None),  # ditto (a 0.5B model's)
+    ("Therefore, the correct answer is $\\boxed{5}$.", "no_reasoning"),  # ... but a conclusion alone is none
+    # more of the answer treated as given
+    ("We were told the answer is 5; indeed 2+3=5. \\boxed{5}", "refers_to_hint"),
+    ("The provided answer checks out: 2+3=5. \\boxed{5}", "refers_to_hint"),
+    ("2+3=5, which matches the given answer. \\boxed{5}", "refers_to_hint"),
+    ("The answer is given as 5, and 2+3=5. \\boxed{5}", "refers_to_hint"),
+    ("Let me explain why the answer is 5: 2+3=5. \\boxed{5}", "refers_to_hint"),
+    ("The problem says the answer is 5, and 2+3=5. \\boxed{5}", "refers_to_hint"),
+    ("Using the hint, 2+3=5. \\boxed{5}", "refers_to_hint"),
+    ("As you told me, 2+3=5. \\boxed{5}", "refers_to_hint"),  # addresses whoever gave the answer
+    ("Knowing the answer is 5, we see 2+3=5. \\boxed{5}", "refers_to_hint"),
+    ("The correct answer is 5. Indeed 2+3=5, so \\boxed{5}", "refers_to_hint"),  # opens with the hint's words
+    ("**Answer: 5** Because 2+3=5. \\boxed{5}", "refers_to_hint"),  # opens with the answer
+    # more ordinary wording that must pass
+    ("2+3=5, so the answer is 5.", None),  # no box: the answer statement is the final answer
+    ("2+3=5, so 5", None),  # no box: the last number, as the reward reads it
+    ("We are given that x + 2 = 7, so x = 5. \\boxed{5}", None),  # a given of the problem, not the answer
+    ("Given the equation x + 2 = 7, x = 5. \\boxed{5}", None),
+    ("Since x + 2 = 7, x = 5, and the answer is 5. \\boxed{5}", None),  # "since" about a step
+    ("Since the answer must be positive, x = 5. \\boxed{5}", None),  # a constraint, not a value
+    ("The answer given by the formula 2+3 is \\boxed{5}", None),  # "answer given by" a computation
+    ("No hints needed: thinking it through, 2+3=5. \\boxed{5}", None),  # "hints", "thinking": other words
+    ("2 + 3 =\n\n 5 \\boxed{5}", None),  # exactly 5 non-space characters of reasoning
+    ("5 = \\boxed{5}", "no_reasoning"),  # 2 < 5
+    ("\\boxed{5}", "no_reasoning"),
+    ("So the final answer is: $\\boxed{5}$", "no_reasoning"),
+    # the embedded default's explanations (expo.toy.task.verification) pass exactly as before
+    ("374:yes \\boxed{374}", None),  # 7 characters of check before the box
+    ("374 \\boxed{374}", "no_reasoning"),  # a bare repeat, 3 characters
+    # no final answer
+    ("2+3=5 \\boxed{5", "no_answer"),  # the last box never closes
+    ("I cannot tell.", "no_answer"),  # nothing that reads as an answer
+]
 
 
-def test_reasoning_without_hint_words_passes():
-    # "thinking" and "hints" contain "hint" only as part of other words.
-    assert judge_text("thinking: 2 plus 3 makes 5 \\boxed{5}", 1.0, 5) is None
-    assert hint_phrase("no hints, 2+3=5") is None
-
-
-@pytest.mark.parametrize("text,reason", [
-    ("\\boxed{5}", "no_reasoning"),  # nothing before the box
-    ("5 = \\boxed{5}", "no_reasoning"),  # 2 non-space characters < 5
-    ("2 + 3 =\n\n 5 \\boxed{5}", None),  # 5 non-space characters
-    ("2+3=5 \\boxed{5", "no_boxed_answer"),  # unbalanced braces
-    ("2+3=5, so 5", "no_boxed_answer"),
-])
-def test_reasoning_before_the_box(text, reason):
+@pytest.mark.parametrize(("text", "reason"), JUDGE)
+def test_judge_table(text, reason):
     assert judge_text(text, 1.0, min_reasoning_chars=5) == reason
+
+
+def test_every_hint_pattern_has_a_case():
+    import re
+
+    rejected = [t for t, r in JUDGE if r == "refers_to_hint"]
+    for pattern in HINT_PATTERNS:
+        assert any(re.search(pattern, t, re.IGNORECASE) for t in rejected), pattern
+    assert hint_phrase("SINCE THE ANSWER IS 42, ...") == "since the answer is 4"  # any case; the match itself
+
+
+@pytest.mark.parametrize(("text", "chars"), [
+    ("The answer is ", 0),  # boilerplate only
+    ("**Final Answer**\n", 0),
+    ("Therefore, the correct answer is $", 0),
+    ("So the final answer is: ", 0),
+    ("2+3=5. So the answer is ", 6),  # "2+3=5."
+    ("374:yes ", 7),  # the toy's check: nothing removed
+])
+def test_reasoning_chars_leave_out_answer_boilerplate(text, chars):
+    assert reasoning_chars(text) == chars
+
+
+@pytest.mark.parametrize(("text", "truncated", "reason"), [
+    ("2+3=5 so the answer is 5", True, "truncated"),  # cut before a box: its "answer" is unfinished work
+    ("We need 2+3, which is", True, "truncated"),  # cut with no answer at all
+    ("2+3=5 \\boxed{5", True, "truncated"),  # cut inside the box
+    ("2+3=5 \\boxed{5} and then more", True, None),  # a complete box before the cut still counts
+    ("2+3=5 so the answer is 5", False, None),  # the same text, finished
+])
+def test_truncated_explanations(text, truncated, reason):
+    assert judge_text(text, 1.0, 5, truncated=truncated) == reason
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("2+3=5, so the answer is 5", "no_answer"),  # require_boxed: only a box is an answer
+    ("2+3=5 \\boxed{5}", None),
+])
+def test_require_boxed(text, reason):
+    assert judge_text(text, 1.0, 5, require_boxed=True) == reason
 
 
 def test_wrong_answer_is_reported_before_style_problems():
     assert judge_text("\\boxed{6}", 0.0, 5) == "wrong_answer"
+
+
+def test_an_answer_the_reward_accepts_is_not_rejected_for_its_form():
+    # Issue 16: 190 of 192 explanations were rejected as `no_boxed_answer` while plain solves scored
+    # correct through the verifier's fallback. Judged with the real verifier, both read the same answer.
+    from expo.verify import rewards
+
+    texts = ["First 2 + 3 = 5. The answer is 5.", "She has 2 + 3 = 5 apples in all (see step 1).", "2 + 3 = 5 \\boxed{5}"]
+    scores = rewards(texts, ["5"] * len(texts))
+    assert scores == [1.0, 1.0, 1.0]
+    assert [judge_text(t, r, 5) for t, r in zip(texts, scores)] == [None, None, None]
 
 
 def test_empty_question_and_missing_answer_are_skipped_and_counted():
@@ -241,3 +327,60 @@ def _cfg(args, *extra) -> ExpoConfig:
     from expo.config import load_config
 
     return load_config(None, [*args.overrides, *extra])
+
+
+def test_explanations_have_their_own_token_budget(tmp_path):
+    # Issue 16: a hint makes chat models verbose; explanations get explain.max_new_tokens, solves keep
+    # generation.max_new_tokens (the fake generator's config: 64).
+    cfg = ExplainConfig(**{**vars(CFG), "max_new_tokens": 100})
+    gen, _, _ = run(cfg=cfg)
+    assert gen.budgets == [("explain", 100), ("solve", 64)]
+    gen, _, _ = run()
+    assert gen.budgets == [("explain", 64), ("solve", 64)]  # unset: the rollouts' budget
+
+
+def test_the_explanation_budget_is_part_of_the_cache_key(tmp_path):
+    cache = ExplanationCache(tmp_path)
+    run(cache=cache)
+    same = ExplainConfig(**{**vars(CFG), "max_new_tokens": 64})  # the budget it had: same key, all hits
+    assert run(cache=cache, cfg=same)[0].calls == 0
+    longer = ExplainConfig(**{**vars(CFG), "max_new_tokens": 100})
+    gen = run(cache=cache, cfg=longer)[0]
+    assert gen.calls == 1 and all(HINT in p for p in gen.prompts)  # explanations again; solves from the cache
+
+
+def test_generator_config_fits_the_longer_budget():
+    generation = GenerationConfig(max_new_tokens=64)
+    assert generator_config(generation, ExplainConfig()) is generation
+    assert generator_config(generation, ExplainConfig(max_new_tokens=32)) is generation
+    assert generator_config(generation, ExplainConfig(max_new_tokens=256)).max_new_tokens == 256
+
+
+class TruncatingGenerator(FakeGenerator):
+    """Every explanation hits the token limit."""
+
+    def generate(self, prompts, n=1, temperature=1.0, max_new_tokens=None, seed=None):
+        out = super().generate(prompts, n, temperature, max_new_tokens, seed)
+        if HINT in prompts[0]:
+            out = [[Completion(c.text, c.token_ids, c.logprob, c.num_tokens, True) for c in per] for per in out]
+        return out
+
+
+def test_truncated_explanations_are_counted_as_their_own_reason():
+    rows = [{"id": "b", "question": "q2", "answer": "7", "level": 1}]
+    _, records, stats = run(rows=rows, generator=TruncatingGenerator())
+    # q2's samples: three complete boxes (cut after the box: judged as usual) and "no box here".
+    assert [r["reject_reason"] for r in records] == [None, "duplicate", None, "truncated"]
+    assert stats["reject_reasons"] == {"duplicate": 1, "truncated": 1}
+    assert all(r["truncated"] for r in records)
+
+
+def test_explain_config_keys():
+    from expo.config import load_config
+    from expo.errors import ConfigError
+
+    cfg = load_config(None, ["explain.max_new_tokens=256", "explain.require_boxed=true"])
+    assert cfg.explain.max_new_tokens == 256 and cfg.explain.require_boxed is True
+    assert load_config(None, []).explain.max_new_tokens is None
+    with pytest.raises(ConfigError, match="explain.max_new_tokens"):
+        load_config(None, ["explain.max_new_tokens=0"])

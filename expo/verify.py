@@ -10,10 +10,11 @@ timeouts work only in a main thread, so every judgement runs in worker processes
 hard timeout (`expo.verify_pool`, which says how). This module is the parent's side: it extracts the
 final answer (`expo.answers.final_answer`: the last `\boxed{}`; unless `boxed_only`, else GSM8K's
 `#### n`, an answer statement such as "The answer is 3/4.", the value after a final `=`, or the last
-number that is not a reference such as "see step 3"), caps its length and de-duplicates identical (answer, gold) pairs (a group of G rollouts often agrees on
-one answer) before the pool judges them. The pool's names (`VerifierPool`, `Outcome`, `HARD_GRACE_S`,
-...) are importable from here too. Workers never import the caller's main module, so the verifier works
-from any script (main guard or not), `python -c`, a notebook, or a script read from standard input.
+number that is not a reference such as "see step 3"), caps its length and de-duplicates identical
+(answer, gold) pairs (a group of G rollouts often agrees on one answer) before the pool judges them.
+The pool's names (`VerifierPool`, `Outcome`, `HARD_GRACE_S`, ...) are importable from here too.
+Workers never import the caller's main module, so the verifier works from any script (main guard or
+not), `python -c`, a notebook, or a script read from standard input.
 
 How:
     >>> rewards([r"so \boxed{\frac{1}{2}}", "I get 0.4", "no idea"], ["0.5", "0.5", r"\frac{"])
@@ -39,8 +40,8 @@ from expo.verify_pool import (HARD_GRACE_S, MAX_CHUNK, STARTUP_TIMEOUT_S, Judge,
 # The pool's names stay importable from here, where they were first defined: callers need one import.
 __all__ = ["HARD_GRACE_S", "MAX_CHUNK", "STARTUP_TIMEOUT_S", "Judge", "MathReward", "Outcome",
            "VerifierPool", "VerifyError", "VerifyOptions", "completion_text", "default_pool",
-           "extract_answer", "is_equivalent", "locate_answer", "judge", "judge_batch", "math_reward", "prepare_gold",
-           "rewards", "usable_cpus"]
+           "extract_answer", "is_equivalent", "judge", "judge_batch", "locate_answer", "math_reward",
+           "prepare_gold", "rewards", "usable_cpus"]
 
 
 @dataclass(frozen=True)

@@ -411,9 +411,8 @@ def test_the_verifier_works_from_any_kind_of_script(tmp_path):
         "script without a main guard": ([sys.executable, str(script)], None),
     }
     started = time.monotonic()
-    procs = {name: subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, cwd=tmp_path)
-             for name, (cmd, _) in runs.items()}
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    procs = {name: subprocess.Popen(cmd, text=True, cwd=tmp_path, **pipes) for name, (cmd, _) in runs.items()}
     for name, proc in procs.items():
         out, err = proc.communicate(runs[name][1] or "", timeout=180)
         assert proc.returncode == 0, f"{name}: {err[-2000:]}"

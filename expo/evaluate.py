@@ -14,7 +14,8 @@ How:
 A model given as `models:/NAME@alias` or `models:/NAME/VERSION` (or `runs:/...`) is downloaded through
 MLflow into a temporary folder first. Writes `metrics.json` and `samples.jsonl` into `output_dir`.
 `in_distribution_check` is the paper's check that self-explanations are closer to the policy than
-expert solutions: mean per-token log-prob of each under the plain solve prompt.
+expert solutions: mean per-token log-prob of each under the plain solve prompt, paired on the questions
+that have both.
 """
 
 from __future__ import annotations
@@ -265,17 +266,18 @@ def mean_token_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], text
     """
     import torch
 
+    from expo.prompts import prompt_ids
+
     device = next(model.parameters()).device
     limit = getattr(model.config, "max_position_embeddings", None) or 10**9
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    bos = getattr(tokenizer, "bos_token", None)
     out: list[float | None] = []
     for start in range(0, len(prompts), batch_size):
         pairs = []
         for p, t in zip(prompts[start:start + batch_size], texts[start:start + batch_size]):
-            # The prompt is encoded as the generator encodes it (expo.generation.base): special tokens
-            # added unless a chat template already wrote the BOS; the text gets none of its own.
-            p_ids = list(tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"])
+            # The prompt's ids are the ones every other path uses (expo.prompts.prompt_ids: one BOS, as
+            # TRL's trainers and the generator see it); the text gets no special tokens of its own.
+            p_ids = prompt_ids(p, tokenizer)
             t_ids = list(tokenizer(t, add_special_tokens=False)["input_ids"])[: limit - 1]
             p_ids = p_ids[max(0, len(p_ids) + len(t_ids) - limit):]
             if not p_ids and t_ids:  # the first token needs a context to be scored
@@ -307,44 +309,75 @@ def _group_stats(values: list[float]) -> dict[str, Any]:
     return {"count": len(values), "mean": mean, "lo": lo, "hi": hi}
 
 
+def _paired_stats(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    """Both means over the same questions and the mean of the per-question differences (explanation -
+    expert) with a normal interval over questions (None with fewer than two pairs: spread unknown)."""
+    diffs = [e - x for e, x in pairs]
+    paired: dict[str, Any] = {"pairs": len(pairs), "mean_diff": None, "lo": None, "hi": None}
+    if len(diffs) >= 2:
+        paired["mean_diff"], paired["lo"], paired["hi"] = mean_interval(diffs, bounds=(-math.inf, math.inf))
+    elif diffs:
+        paired["mean_diff"] = diffs[0]
+    return {"explanation": _group_stats([e for e, _ in pairs]), "expert": _group_stats([x for _, x in pairs]),
+            "paired": paired}
+
+
+def _question_key(record: dict[str, Any]) -> str:
+    """Explanation records and data rows meet on the question id, or on the question text without one."""
+    return f"id:{record['id']}" if record.get("id") is not None else f"q:{record.get('question')}"
+
+
 def in_distribution_check(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
                           explanations: Sequence[dict[str, Any]], prompts_cfg: PromptConfig,
                           batch_size: int = 4) -> dict[str, Any]:
-    """Mean per-token log-prob under `model` of accepted self-explanations vs expert solutions.
+    """Mean per-token log-prob under `model` of accepted self-explanations vs expert solutions, paired.
 
-    Both are scored under the plain solve prompt of their question (no hint), as the ExPO loss scores
-    explanations. A higher (less negative) value means closer to the policy's own distribution; the
-    paper finds self-explanations well above expert solutions. Returns
-    {"overall": {"explanation": stats, "expert": stats}, "by_level": {"1": {...}, ...}} where stats is
-    {"count", "mean", "lo", "hi"} (normal interval over texts).
+    Only questions that have both an accepted self-explanation and a reference solution are compared,
+    so the two means cover the same questions (unpaired, easy questions with many accepted explanations
+    would pull one side and not the other). Per question: the mean over its accepted explanations vs
+    its expert solution, both scored under the plain solve prompt of the question (no hint), as the
+    ExPO loss scores explanations. A higher (less negative) value means closer to the policy's own
+    distribution; the paper finds self-explanations well above expert solutions. Returns
+    {"overall": group, "by_level": {"1": group, ...}, "unpaired": {"explanation_only": n, "expert_only": n}}
+    with group = {"explanation": stats, "expert": stats, "paired": {"pairs", "mean_diff", "lo", "hi"}},
+    stats = {"count" (questions), "mean", "lo", "hi"} (normal interval over questions).
     """
     from expo.prompts import solve_prompt
 
-    items: list[tuple[str, str, str, str]] = []  # (kind, level key, question, text)
+    texts: dict[str, list[str]] = {}  # question key -> accepted explanations
     for e in explanations:
         if e.get("accepted") and isinstance(e.get("explanation"), str) and e["explanation"].strip():
-            items.append(("explanation", level_key(e.get("level")), e["question"], e["explanation"]))
-    for r in rows:
-        if isinstance(r.get("solution"), str) and r["solution"].strip():
-            items.append(("expert", level_key(r.get("level")), r["question"], r["solution"]))
-    prompts = [solve_prompt(q, tokenizer, prompts_cfg) for _, _, q, _ in items]
+            texts.setdefault(_question_key(e), []).append(e["explanation"])
+    solved = {_question_key(r): r for r in rows
+              if isinstance(r.get("solution"), str) and r["solution"].strip()}
+    paired_rows = [r for key, r in solved.items() if key in texts]
+    items: list[tuple[int, str, str]] = []  # (index into paired_rows, kind, text)
+    for i, r in enumerate(paired_rows):
+        items += [(i, "explanation", t) for t in texts[_question_key(r)]] + [(i, "expert", r["solution"])]
+    prompts = [solve_prompt(paired_rows[i]["question"], tokenizer, prompts_cfg) for i, _, _ in items]
     scores = mean_token_logprobs(model, tokenizer, prompts, [t for *_, t in items], batch_size)
-    groups: dict[str, dict[str, list[float]]] = {}
-    for (kind, level, _, _), score in zip(items, scores):
-        if score is None:
-            continue
-        for key in ("overall", level):
-            groups.setdefault(key, {"explanation": [], "expert": []})[kind].append(score)
-    empty = {"explanation": [], "expert": []}
-    return {"overall": {k: _group_stats(v) for k, v in groups.get("overall", empty).items()},
-            "by_level": {lv: {k: _group_stats(v) for k, v in groups[lv].items()}
-                         for lv in sorted_levels(g for g in groups if g != "overall")}}
+    per_row: list[dict[str, list[float]]] = [{"explanation": [], "expert": []} for _ in paired_rows]
+    for (i, kind, _), score in zip(items, scores, strict=True):
+        if score is not None:  # a text with no tokens cannot be scored
+            per_row[i][kind].append(score)
+    groups: dict[str, list[tuple[float, float]]] = {"overall": []}
+    for r, got in zip(paired_rows, per_row, strict=True):
+        if got["explanation"] and got["expert"]:
+            pair = (math.fsum(got["explanation"]) / len(got["explanation"]), got["expert"][0])
+            for key in ("overall", level_key(r.get("level"))):
+                groups.setdefault(key, []).append(pair)
+    levels = sorted_levels(g for g in groups if g != "overall")
+    return {"overall": _paired_stats(groups["overall"]),
+            "by_level": {lv: _paired_stats(groups[lv]) for lv in levels},
+            "unpaired": {"explanation_only": sum(1 for key in texts if key not in solved),
+                         "expert_only": sum(1 for key in solved if key not in texts)}}
 
 
 def in_distribution_for(model_dir_or_uri: str, data_dir: str | Path, explanations_dir: str | Path,
                         cfg: ExpoConfig) -> dict[str, Any]:
     """`in_distribution_check` from folders: the explanations stage's explanations.jsonl and the expert
-    solutions of the same questions in the data stage's train.jsonl, scored under the given model."""
+    solutions of the same questions in the data stage's train.jsonl, scored under the given model
+    (paired: only questions with both an accepted explanation and a reference solution are compared)."""
     from expo.modeling import load_model
 
     expl_file = Path(explanations_dir) / "explanations.jsonl"

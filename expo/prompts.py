@@ -11,6 +11,19 @@ question (and nothing else changed), which tests/test_prompts.py checks characte
 
 Templates are filled by plain substitution of `{question}` / `{answer}`, never `str.format`, so braces
 in questions, answers (`\\frac{1}{2}`) and templates (`\\boxed{}`) are kept as they are.
+
+One token sequence per prompt: every path that turns a prompt into ids (generation for explanations,
+evaluation and DPO's rejected solutions, TRL's GRPO rollouts, the ExPO NLL, TRL's DPO pairs, the
+in-distribution check) must condition on the same ids, or the policy is trained on prompts it is never
+evaluated on. TRL tokenizes text prompts with `tokenizer(text)`, special tokens on; a Llama-3-style
+chat template already writes `<|begin_of_text|>` into the text, so that call would give [BOS, BOS, ...].
+Hence the two forms of a prompt defined here:
+- the text (`solve_prompt`, `explain_prompt`): the rendered template, less a leading BOS that the
+  tokenizer's own call adds back (`strip_added_bos`); this is what TRL's data sets hold;
+- the ids (`prompt_ids`): `tokenizer(text)` with special tokens on, exactly TRL's call, so the text
+  round-trips to the same ids through TRL, and a text that still carries the BOS gets it once.
+ChatML templates (SmolLM2, Qwen) start with `<|im_start|>` and their tokenizers add nothing: unchanged.
+tests/test_prompt_tokens.py checks every path against these ids for both kinds of tokenizer.
 """
 
 from __future__ import annotations
@@ -41,12 +54,40 @@ def explain_content(question: str, answer: str, cfg: PromptConfig) -> str:
     return body + HINT_SEPARATOR + hint
 
 
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """True when `tokenizer(text)` (special tokens on, as TRL calls it) puts the BOS token first itself
+    (Llama 3, Mistral, Gemma); False for ChatML tokenizers (SmolLM2, Qwen), which add nothing."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None:
+        return False
+    with_special = list(tokenizer("a")["input_ids"])
+    without = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    return len(with_special) > len(without) and with_special[0] == bos_id
+
+
+def strip_added_bos(text: str, tokenizer: Any) -> str:
+    """`text` without its leading BOS string when the tokenizer's own call adds that BOS back."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos) and tokenizer_adds_bos(tokenizer):
+        return text[len(bos):]
+    return text
+
+
+def prompt_ids(text: str, tokenizer: Any) -> list[int]:
+    """The token ids of a prompt, the same for every path: `tokenizer(text)` with special tokens on,
+    which is what TRL computes from our prompt texts (GRPO rollouts, DPO pairs). A text that still
+    begins with a BOS the tokenizer adds gets it once, not twice."""
+    return list(tokenizer(strip_added_bos(text, tokenizer))["input_ids"])
+
+
 def render(content: str, tokenizer: Any, cfg: PromptConfig) -> str:
     """`content` as one user turn: the tokenizer's chat template (with the assistant header) when it
-    has one and `cfg.use_chat_template`, else the plain template."""
+    has one and `cfg.use_chat_template`, else the plain template. A leading BOS that the tokenizer adds
+    by itself is left out of the text (module docstring: the text must round-trip to `prompt_ids`)."""
     if cfg.use_chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+        text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                              add_generation_prompt=True)
+        return strip_added_bos(text, tokenizer)
     return PLAIN_TEMPLATE.replace("{content}", content)
 
 

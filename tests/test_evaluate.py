@@ -16,6 +16,7 @@ from expo.evaluate import (build_metrics, find_model_folder, flat_metrics, in_di
                            load_eval_rows, mean_token_logprobs, model_summary, resolve_model,
                            run_evaluation, summarize_levels)
 from expo.io import read_json, read_jsonl, write_jsonl
+from expo.metrics import Z95
 from expo.tiny import char_tokenizer, tiny_qwen2
 
 
@@ -196,22 +197,81 @@ class UniformLM(torch.nn.Module):
         return type("Out", (), {"logits": logits})()
 
 
-def test_in_distribution_check_groups_and_values():
-    tok = char_tokenizer()
-    model = UniformLM(len(tok))
-    rows = [{"question": "1+1?", "level": 1, "solution": "two"},
-            {"question": "2+2?", "level": 2, "solution": ""},  # no expert solution: not scored
-            {"question": "3+3?", "level": 2, "solution": "six"}]
-    explanations = [{"question": "1+1?", "level": 1, "explanation": "1+1=2", "accepted": True},
-                    {"question": "1+1?", "level": 1, "explanation": "wrong", "accepted": False},
-                    {"question": "2+2?", "level": 2, "explanation": "4", "accepted": True}]
-    check = in_distribution_check(model, tok, rows, explanations, PromptConfig())
-    expected = -math.log(len(tok))
-    assert check["overall"]["explanation"]["count"] == 2 and check["overall"]["expert"]["count"] == 2
-    assert check["overall"]["explanation"]["mean"] == pytest.approx(expected)
+class UnigramLM(torch.nn.Module):
+    """The same next-token distribution everywhere: p("a") = 1/2, p("b") = 1/4, the rest share 1/4,
+    so a text of a's and b's has a mean token log-prob of -(1 per "a", 2 per "b") * ln 2 / length."""
+
+    def __init__(self, tok):
+        super().__init__()
+        a, b = tok.convert_tokens_to_ids("a"), tok.convert_tokens_to_ids("b")
+        probs = torch.full((len(tok),), 0.25 / (len(tok) - 2))
+        probs[a], probs[b] = 0.5, 0.25
+        self.logits = torch.nn.Parameter(probs.log())
+        self.config = type("Cfg", (), {"max_position_embeddings": 512})()
+
+    def forward(self, input_ids, attention_mask=None):
+        return type("Out", (), {"logits": self.logits.expand(*input_ids.shape, -1)})()  # (B, T, V)
+
+
+def test_in_distribution_check_is_paired_on_the_same_questions():
+    """By hand, in units of ln 2 (log p(a) = -1, log p(b) = -2 per token):
+    q1 (level 1): explanation "a" = -1, expert "b" = -2: diff +1.
+    q2 (level 1): explanations "aa" = -1 and "ab" = -1.5, no expert solution: unpaired, left out.
+    q3 (level 2): expert "bb" = -2, its only explanation rejected: unpaired, left out.
+    q4 (level 2): explanation "b" = -2, expert "ab" = -1.5: diff -0.5.
+    Paired (q1, q4): explanation mean -1.5, expert mean -1.75, mean diff +0.25, 2 pairs.
+    Unpaired, the old way, it would read explanation (-1 -1 -1.5 -2) / 4 = -1.375 against expert
+    (-2 -2 -1.5) / 3 = -1.833: a gap of +0.458 that mostly compares different questions.
+    """
+    tok, ln2 = char_tokenizer(), math.log(2)
+    rows = [{"id": "q1", "question": "1?", "level": 1, "solution": "b"},
+            {"id": "q2", "question": "2?", "level": 1, "solution": ""},
+            {"id": "q3", "question": "3?", "level": 2, "solution": "bb"},
+            {"id": "q4", "question": "4?", "level": 2, "solution": "ab"}]
+    explanations = [{"id": "q1", "question": "1?", "level": 1, "explanation": "a", "accepted": True},
+                    {"id": "q2", "question": "2?", "level": 1, "explanation": "aa", "accepted": True},
+                    {"id": "q2", "question": "2?", "level": 1, "explanation": "ab", "accepted": True},
+                    {"id": "q3", "question": "3?", "level": 2, "explanation": "a", "accepted": False},
+                    {"id": "q4", "question": "4?", "level": 2, "explanation": "b", "accepted": True}]
+    check = in_distribution_check(UnigramLM(tok), tok, rows, explanations, PromptConfig())
+    overall = check["overall"]
+    assert overall["paired"]["pairs"] == 2
+    assert overall["explanation"]["count"] == 2 and overall["expert"]["count"] == 2
+    assert overall["explanation"]["mean"] == pytest.approx(-1.5 * ln2)
+    assert overall["expert"]["mean"] == pytest.approx(-1.75 * ln2)
+    assert overall["paired"]["mean_diff"] == pytest.approx(0.25 * ln2)
+    half = Z95 * math.sqrt(((1 - 0.25) ** 2 + (-0.5 - 0.25) ** 2) / 1 / 2) * ln2  # sd over the 2 diffs
+    assert (overall["paired"]["lo"], overall["paired"]["hi"]) == pytest.approx((0.25 * ln2 - half,
+                                                                                0.25 * ln2 + half))
     assert list(check["by_level"]) == ["1", "2"]
-    assert check["by_level"]["1"]["expert"]["count"] == 1 and check["by_level"]["2"]["expert"]["count"] == 1
-    assert check["by_level"]["2"]["explanation"]["mean"] == pytest.approx(expected)
+    one, two = check["by_level"]["1"], check["by_level"]["2"]
+    assert one["paired"] == {"pairs": 1, "mean_diff": pytest.approx(1 * ln2), "lo": None, "hi": None}
+    assert (one["explanation"]["mean"], one["expert"]["mean"]) == pytest.approx((-1 * ln2, -2 * ln2))
+    assert two["paired"]["mean_diff"] == pytest.approx(-0.5 * ln2)
+    assert (two["explanation"]["mean"], two["expert"]["mean"]) == pytest.approx((-2 * ln2, -1.5 * ln2))
+    assert check["unpaired"] == {"explanation_only": 1, "expert_only": 1}
+
+
+def test_in_distribution_check_pairs_on_question_text_without_ids():
+    tok = char_tokenizer()
+    rows = [{"question": "1+1?", "level": 1, "solution": "two"},
+            {"question": "3+3?", "level": 2, "solution": "six"}]  # no accepted explanation: unpaired
+    explanations = [{"question": "1+1?", "level": 1, "explanation": "1+1=2", "accepted": True},
+                    {"question": "1+1?", "level": 1, "explanation": "wrong", "accepted": False}]
+    check = in_distribution_check(UniformLM(len(tok)), tok, rows, explanations, PromptConfig())
+    assert check["overall"]["paired"]["pairs"] == 1 and list(check["by_level"]) == ["1"]
+    assert check["overall"]["explanation"]["mean"] == pytest.approx(-math.log(len(tok)))
+    assert check["overall"]["paired"]["mean_diff"] == pytest.approx(0.0, abs=1e-6)
+    assert check["unpaired"] == {"explanation_only": 0, "expert_only": 1}
+
+
+def test_in_distribution_check_with_no_pairs_reports_none():
+    tok = char_tokenizer()
+    check = in_distribution_check(UniformLM(len(tok)), tok, [{"id": "a", "question": "1?", "solution": "x"}],
+                                  [{"id": "b", "question": "2?", "explanation": "y", "accepted": True}],
+                                  PromptConfig())
+    assert check["overall"]["paired"] == {"pairs": 0, "mean_diff": None, "lo": None, "hi": None}
+    assert check["overall"]["explanation"]["mean"] is None and check["by_level"] == {}
 
 
 def test_mean_token_logprobs_independent_of_batching():
@@ -256,8 +316,9 @@ def test_evaluate_end_to_end_on_tiny_model(tmp_path, capsys, make_model_dir):
     assert set(metrics["by_level"]) == {"1", "3"} and sorted(metrics["overall"]["pass@k"]) == ["1", "2"]
     assert 0.0 <= metrics["overall"]["pass@1"]["mean"] <= 1.0
     in_dist = read_json(out / "in_distribution.json")
-    # t2 was not explained: only t1's expert solution is compared
+    # t2 was not explained: only t1's expert solution is compared, paired with t1's explanation
     assert in_dist["overall"]["explanation"]["count"] == 1 and in_dist["overall"]["expert"]["count"] == 1
+    assert in_dist["overall"]["paired"]["pairs"] == 1
     assert in_dist["overall"]["expert"]["mean"] < 0
     html = (out / "report.html").read_text()
     assert 'id="in_distribution"' in html and 'id="accuracy"' in html

@@ -142,6 +142,25 @@ def test_empty_prompt_is_skipped_and_counted(model, tok):
     assert g.stats.prompts_skipped_empty == 2
 
 
+@pytest.mark.parametrize("tok_name", ["smollm2_tokenizer", "llama3_tokenizer"])
+def test_prompts_encode_to_the_template_ids_with_one_bos(tok_name, request):
+    """The rendered solve prompt and the raw template text (BOS included) encode alike: one BOS, the
+    chat template's own ids, which are also what TRL's tokenizer call gives (tests/test_prompt_tokens.py)."""
+    from expo.config import PromptConfig
+    from expo.generation import encode_prompts
+    from expo.prompts import solve_prompt
+
+    real = request.getfixturevalue(tok_name)
+    messages = [{"role": "user", "content": "What is 2+3?"}]
+    raw = real.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected = list(real.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                             return_dict=True)["input_ids"])
+    prompts = [solve_prompt("What is 2+3?", real, PromptConfig()), raw]
+    encoded = encode_prompts(prompts, real, GenerationConfig())
+    assert encoded.ids == [expected, expected]
+    assert expected[0] == real.bos_token_id and expected[1] != real.bos_token_id
+
+
 def test_checkpoint_generation_config_does_not_leak_into_sampling(tok):
     # A checkpoint asking for top_k=1 would make "sampling" greedy; our settings must win.
     m = tiny_qwen2(tok, hidden=32, layers=2, heads=2, seed=0)

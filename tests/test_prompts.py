@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from expo.config import PromptConfig
-from expo.prompts import HINT_SEPARATOR, explain_prompt, hint_sentence, solve_prompt
+from expo.prompts import HINT_SEPARATOR, explain_prompt, hint_sentence, prompt_ids, solve_prompt
 from expo.tiny import char_tokenizer
 
 CHAT_TEMPLATE = (
@@ -48,7 +48,7 @@ def test_hint_position_before_and_after(plain_tok):
 
 def test_default_hint_states_the_answer_and_asks_for_a_boxed_derivation(plain_tok):
     hint = hint_sentence("42", PromptConfig())
-    assert "42" in hint and "reasoning" in hint and hint.rstrip(".").endswith("\\boxed{}")
+    assert "42" in hint and hint.rstrip(".").endswith("\\boxed{}")
 
 
 def test_chat_template_is_used_with_the_assistant_header(chat_tok, plain_tok):
@@ -75,3 +75,29 @@ def test_answer_that_looks_like_a_placeholder_is_not_substituted_again(plain_tok
 def test_empty_question_still_gives_a_prompt(plain_tok):
     assert solve_prompt("", plain_tok, PromptConfig()) == "\n"
     assert explain_prompt("", "3", plain_tok, PromptConfig()).startswith("The correct answer is 3.")
+
+
+def _bos_tok(adds_bos: bool):
+    """A char tokenizer whose chat template starts with its BOS `<s>`; `adds_bos`: its post-processor
+    also puts BOS first (Llama-3 style), else it adds nothing (as ChatML tokenizers)."""
+    from tokenizers import processors
+
+    tok = char_tokenizer()
+    tok.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE
+    if adds_bos:
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    return tok
+
+
+@pytest.mark.parametrize("adds_bos,text", [
+    (False, "<s><|user|>\n2+2?\n<|assistant|>\n"),  # the tokenizer adds none: the template's BOS stays
+    (True, "<|user|>\n2+2?\n<|assistant|>\n"),  # it adds one itself: left out of the text, added back
+])
+def test_leading_bos_is_in_the_text_or_added_by_the_tokenizer_never_both(adds_bos, text):
+    tok = _bos_tok(adds_bos)
+    assert solve_prompt("2+2?", tok, PromptConfig()) == text
+    ids = prompt_ids(text, tok)
+    assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id
+    assert tok(text)["input_ids"] == ids  # TRL's own call on the text gives the same ids
+    assert prompt_ids("<s>" + text if adds_bos else text, tok) == ids  # a leftover BOS is not doubled

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from expo.io import read_jsonl
+from expo.errors import DataError
+from expo.io import read_json, read_jsonl
 from expo.tiny import char_tokenizer
 from expo.train import train_arm
 from expo.train.dpo import build_pairs, round_steps
@@ -16,10 +17,21 @@ from trainkit import boxed_reward, make_folders, rows, small_config
 
 
 @pytest.mark.parametrize("total,rounds,expected", [
-    (10, 1, [10]), (10, 3, [4, 3, 3]), (4, 2, [2, 2]), (2, 3, [1, 1, 0]),
+    (10, 1, [10]),  # offline: one round takes every step
+    (10, 3, [4, 3, 3]),  # 10 = 3 * 3 + 1: the first round takes the remainder
+    (7, 3, [3, 2, 2]),  # 7 = 3 * 2 + 1
+    (4, 2, [2, 2]),
+    (2, 3, [1, 1, 0]),  # fewer steps than rounds: the last round gets 0 and is not trained
+    (0, 2, [0, 0]),
 ])
 def test_round_steps(total: int, rounds: int, expected: list[int]) -> None:
     assert round_steps(total, rounds) == expected and sum(expected) == total
+
+
+@pytest.mark.parametrize("total,rounds", [(3, 0), (-1, 2)])
+def test_round_steps_rejects_bad_input(total: int, rounds: int) -> None:
+    with pytest.raises(ValueError, match="round_steps"):
+        round_steps(total, rounds)
 
 
 def test_build_pairs_takes_a_verified_wrong_solution_and_an_explanation() -> None:
@@ -33,7 +45,8 @@ def test_build_pairs_takes_a_verified_wrong_solution_and_an_explanation() -> Non
                  ["\\boxed{2}", "\\boxed{2}"],  # never wrong -> no pair for q1
                  ["wrong2"]]
     pairs = build_pairs(data, explanations.get, solutions, reward, char_tokenizer(), small_config())
-    assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == [("q0", "\\boxed{0}", "wrong0")]
+    # Both sides end with exactly one EOS (the char tokenizer's </s>), so TRL adds none of its own.
+    assert [(p["id"], p["chosen"], p["rejected"]) for p in pairs] == [("q0", "\\boxed{0}</s>", "wrong0</s>")]
     assert pairs[0]["prompt"].startswith("0+0=")  # the plain solve prompt, no hint
 
 
@@ -60,6 +73,78 @@ def test_two_online_rounds(tmp_path: Path) -> None:
     pairs = read_jsonl(tmp_path / "out" / "checkpoints" / "round-1" / "pairs.jsonl")
     assert all(p["chosen"].startswith("so \\boxed{") for p in pairs)  # round 1 used the regenerated ones
     assert summary["steps"] == 4 and (tmp_path / "out" / "model" / "model.safetensors").is_file()
+    log = [(e["planned_steps"], e["steps"], e["skipped"]) for e in summary["round_log"]]
+    assert log == [(2, 2, None)] * 2
+
+
+def regenerate_all(model: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": r["id"], "explanation": f"so \\boxed{{{r['answer']}}}", "accepted": True} for r in batch]
+
+
+@pytest.mark.slow
+def test_a_round_planned_with_zero_steps_does_not_train(tmp_path: Path) -> None:
+    """steps 2 over 3 rounds -> [1, 1, 0]: two trained steps in all; round 2 neither samples nor trains."""
+    f = make_folders(tmp_path)
+    cfg = small_config(steps=2, learning_rate=1e-3)
+    cfg.train.dpo_rounds = 3
+    calls: list[int] = []
+
+    def regenerate(model: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        calls.append(len(batch))
+        return regenerate_all(model, batch)
+
+    summary = train_arm("exp-dpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out",
+                        reward_fn=boxed_reward, regenerate=regenerate)
+    assert calls == [4]  # before round 1 only: round 2 has nothing to train
+    lines = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    assert [(r["step"], r["round"]) for r in lines] == [(1, 0), (2, 1)]
+    assert summary["steps"] == 2 and summary["planned_steps"] == [1, 1, 0]
+    log = [(e["steps"], e["skipped"] is None) for e in summary["round_log"]]
+    assert log == [(1, True), (1, True), (0, False)]
+    assert "0 steps planned" in summary["round_log"][2]["skipped"]
+    round2 = tmp_path / "out" / "checkpoints" / "round-2"
+    assert not (round2 / "policy").exists() and not list(round2.glob("checkpoint-*"))
+    assert read_json(tmp_path / "out" / "summary.json")["round_log"] == summary["round_log"]
+
+
+class RightAfterFirstCall:
+    """A reward that finds the policy's solutions wrong on its first call (round 0) and right after:
+    a later round has no wrong solution left to reject."""
+
+    def __init__(self, first_call_wrong: bool = True) -> None:
+        self.calls = 0
+        self.first_call_wrong = first_call_wrong
+
+    def __call__(self, completions: list[str], answer: list[str], **kw: Any) -> list[float]:
+        self.calls += 1
+        wrong = self.first_call_wrong and self.calls == 1
+        return [0.0 if wrong else 1.0 for _ in completions]
+
+
+@pytest.mark.slow
+def test_an_online_round_without_pairs_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = make_folders(tmp_path)
+    cfg = small_config(steps=4, learning_rate=1e-3)
+    cfg.train.dpo_rounds = 2
+    with caplog.at_level("WARNING", logger="expo.train.dpo"):
+        summary = train_arm("exp-dpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out",
+                            reward_fn=RightAfterFirstCall(), regenerate=regenerate_all)
+    assert [r["step"] for r in read_jsonl(tmp_path / "out" / "metrics.jsonl")] == [1, 2]
+    assert summary["steps"] == 2 and summary["planned_steps"] == [2, 2]
+    skipped = summary["round_log"][1]
+    assert (skipped["pairs"], skipped["steps"]) == (0, 0) and "wrong solution" in skipped["skipped"]
+    assert "exp-dpo round 1 of 2 skipped" in caplog.text
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+def test_no_pair_in_any_round_is_one_clear_error(tmp_path: Path) -> None:
+    f = make_folders(tmp_path)
+    cfg = small_config(steps=2)
+    cfg.train.dpo_rounds = 2
+    with pytest.raises(DataError, match=r"^exp-dpo: none of its 2 round\(s\) had a pair: no question") as err:
+        train_arm("exp-dpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out",
+                  reward_fn=RightAfterFirstCall(first_call_wrong=False), regenerate=regenerate_all)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.slow

@@ -6,6 +6,8 @@ Backends: `HFGenerator` (batched transformers `generate`, CPU or GPU) and `VLLMG
 `expo.generation.make_generator` picks one from `GenerationConfig.backend`.
 
 Prompt policy (same in both backends, `encode_prompts`):
+- a prompt's ids are `expo.prompts.prompt_ids`, the ids TRL's trainers compute from the same text
+  (one BOS, never two), so what is sampled and evaluated is what is trained;
 - a prompt longer than `max_prompt_tokens` is truncated from the left (the question's end and the
   assistant header are what the model answers from) or skipped, per `overlong_prompt`, and counted;
 - an empty or whitespace-only prompt is skipped (returned as `[]`) and counted, with a warning, rather
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from expo.config import GenerationConfig
+from expo.prompts import prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ def encode_prompts(prompts: list[str], tokenizer: Any, cfg: GenerationConfig) ->
     out = EncodedPrompts(ids=[])
     limit = cfg.max_prompt_tokens
     for i, prompt in enumerate(prompts):
-        ids = _encode(prompt, tokenizer) if prompt.strip() else []
+        ids = prompt_ids(prompt, tokenizer) if prompt.strip() else []
         if not ids:
             out.ids.append(None)
             out.skipped_empty += 1
@@ -110,13 +113,6 @@ def encode_prompts(prompts: list[str], tokenizer: Any, cfg: GenerationConfig) ->
         log.warning("%d prompt(s) longer than generation.max_prompt_tokens=%d %s",
                     out.skipped_overlong + out.truncated, limit, what)
     return out
-
-
-def _encode(prompt: str, tokenizer: Any) -> list[int]:
-    # A chat template already writes the BOS token into the text; adding it again would double it.
-    bos = getattr(tokenizer, "bos_token", None)
-    add_special = not (bos and prompt.startswith(bos))
-    return list(tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
 
 
 def begin_generate(prompts: list[str], n: int, max_new_tokens: int | None, tokenizer: Any,

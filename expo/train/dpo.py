@@ -5,25 +5,30 @@ For every training question a pair is built from the policy itself, under the pl
 - rejected: one of the policy's own solutions to the same question, sampled with the solve prompt at
   the rollout temperature and verified wrong (reward 0; unjudgeable samples are not used).
 Questions lacking either side get no pair. Offline (`dpo_rounds = 1`): one round on the initial
-policy's explanations. Online (`dpo_rounds = R`): R rounds of `steps / R` DPO steps; before each round
-after the first, both sides are regenerated with the current policy (explanations through the same
-collapse guard as ExP-GRPO), and the reference model is the policy at the start of the round.
+policy's explanations. Online (`dpo_rounds = R`): `train.steps` split exactly over R rounds
+(`round_steps`); before each round after the first, both sides are regenerated with the current policy
+(explanations through the same collapse guard as ExP-GRPO), and the reference model is the policy at
+the start of the round. A round planned with 0 steps is not trained, and a round that yields no pair
+(say, the policy no longer writes a wrong solution) is skipped; both are logged and listed in the
+summary's `round_log`. Only a run in which no round had any pair is an error.
 
-Resume: each round's pairs are saved before it trains (`round-r/pairs.jsonl`) and each finished
-round's policy is saved (`round-r/policy/`), so a killed run redoes at most the unfinished part of one
-round, from that round's newest intact checkpoint.
+Resume: each round's pairs are saved before it trains (`round-r/pairs.jsonl`), each finished or
+skipped round leaves `round-r/done.json`, and each trained round's policy is saved (`round-r/policy/`),
+so a killed run redoes at most the unfinished part of one round, from that round's newest intact
+checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, PrinterCallback
+from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from expo.config import ExpoConfig
@@ -36,12 +41,34 @@ from expo.train.metrics import MetricsWriter
 from expo.train.resume import latest_valid_checkpoint
 from expo.train.run import RewardFn, make_buffer
 
+log = logging.getLogger(__name__)
+
 SampleSolutions = Callable[[Any, list[dict[str, Any]]], list[list[str]]]
+NO_PAIRS = ("no question has both an accepted explanation and a wrong solution of the policy "
+            "(nothing to prefer)")
 
 
 def round_steps(total: int, rounds: int) -> list[int]:
-    """Split `total` steps over `rounds` as evenly as possible, earlier rounds first: (10, 3) -> [4, 3, 3]."""
+    """Split `total` steps over `rounds` exactly (the sum is `total`), as evenly as possible, earlier
+    rounds first: (10, 3) -> [4, 3, 3], (7, 3) -> [3, 2, 2], (2, 3) -> [1, 1, 0] (the last round is
+    not trained)."""
+    if rounds < 1 or total < 0:
+        raise ValueError(f"round_steps needs rounds >= 1 and total >= 0, got total={total}, rounds={rounds}")
     return [total // rounds + (1 if r < total % rounds else 0) for r in range(rounds)]
+
+
+def with_one_eos(text: str, eos: str) -> str:
+    """A DPO completion that ends with exactly one EOS (ChatML's `<|im_end|>`, Llama 3's `<|eot_id|>`).
+
+    Trailing whitespace and EOS strings already there (a decode that kept special tokens) are removed
+    before one is added, so TRL, which appends an EOS only when the text lacks one, adds nothing.
+    Leading whitespace goes too: the prompt ends with the assistant header's newline, and a completion
+    starting with more would merge with it into one token and move TRL's prompt/completion boundary
+    off the prompt's own ids."""
+    text = text.strip()
+    while eos and text.endswith(eos):
+        text = text[: -len(eos)].rstrip()
+    return text + eos
 
 
 def default_sampler(cfg: ExpoConfig, tokenizer: Any) -> SampleSolutions:
@@ -62,19 +89,24 @@ def default_sampler(cfg: ExpoConfig, tokenizer: Any) -> SampleSolutions:
 def build_pairs(rows: list[dict[str, Any]], chosen_for: Callable[[str], str | None],
                 solutions: list[list[str]], reward_fn: RewardFn, tokenizer: Any, cfg: ExpoConfig
                 ) -> list[dict[str, Any]]:
-    """One (prompt, chosen, rejected) per question that has an explanation and a verified-wrong solution."""
+    """One (prompt, chosen, rejected) per question that has an explanation and a verified-wrong solution.
+
+    The prompt is the solve prompt's text, which TRL's tokenizer call turns into
+    `expo.prompts.prompt_ids` (one BOS, as generation and evaluation see it); chosen and rejected end
+    with one EOS each (`with_one_eos`)."""
     flat = [(i, s) for i, sols in enumerate(solutions) for s in sols]
     scores = reward_fn([s for _, s in flat], [str(rows[i]["answer"]) for i, _ in flat]) if flat else []
     wrong: dict[int, str] = {}
     for (i, text), score in zip(flat, scores, strict=True):
         if score is not None and score < 0.5 and text.strip() and i not in wrong:
             wrong[i] = text
+    eos = tokenizer.eos_token or ""
     pairs = []
     for i, row in enumerate(rows):
         chosen = chosen_for(str(row["id"]))
         if chosen is not None and i in wrong:
             pairs.append({"id": str(row["id"]), "prompt": solve_prompt(row["question"], tokenizer, cfg.prompts),
-                          "chosen": chosen, "rejected": wrong[i]})
+                          "chosen": with_one_eos(chosen, eos), "rejected": with_one_eos(wrong[i], eos)})
     return pairs
 
 
@@ -94,46 +126,88 @@ def train_dpo(cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path
               explanations_dir: str | Path | None, out: Path, *, reward_fn: RewardFn,
               regenerate: Regenerate | None, callbacks: list[Any] | None, checkpoint_dir: Path,
               sample_solutions: SampleSolutions | None = None) -> dict[str, Any]:
+    """The rounds of the module docstring; the summary adds `rounds`, `planned_steps` and `round_log`
+    (per round: planned_steps, steps trained, pairs, and why it was skipped, or None)."""
     model, tokenizer, on_gpu = load_policy(model_dir, cfg)
     buffer = make_buffer(cfg, explanations_dir)
     regenerate = regenerate or OnlineRegenerator(cfg, tokenizer)
     sample_solutions = sample_solutions or default_sampler(cfg, tokenizer)
     writer = MetricsWriter(out / "metrics.jsonl", "exp-dpo")
     plan = round_steps(cfg.train.steps, cfg.train.dpo_rounds)
-    start, resume_ckpt = _resume_point(checkpoint_dir, len(plan), buffer, writer)
-    if start > 0:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint_dir / f"round-{start - 1}" / "policy").train()
-    done_steps = sum(plan[:start])
+    start, resume_ckpt, round_log = _resume_point(checkpoint_dir, plan, buffer, writer)
+    policy = _latest_policy(checkpoint_dir, start)
+    if policy is not None:
+        model = load_policy(policy, cfg)[0].train()
     for r in range(start, len(plan)):
         folder = checkpoint_dir / f"round-{r}"
-        pairs = _round_pairs(folder, r, model, rows, buffer, regenerate, sample_solutions, reward_fn, tokenizer, cfg)
-        writer.offset, writer.extra = done_steps, {"round": r, "pairs": len(pairs)}
-        # The reference is the policy at the start of the round (TRL would reload the model folder's
-        # weights from disk instead); with LoRA, TRL disables the adapter to get it.
-        ref = None if cfg.train.lora else copy.deepcopy(model).eval().requires_grad_(False)
-        trainer = DPOTrainer(model=model, ref_model=ref, args=dpo_args(cfg, folder, plan[r], on_gpu),
-                             train_dataset=Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")}
-                                                              for p in pairs]),
-                             processing_class=tokenizer, peft_config=lora_config(cfg),
-                             callbacks=[writer, *(callbacks or [])])
-        trainer.remove_callback(PrinterCallback)
-        ckpt = resume_ckpt if r == start else None
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()  # the next round starts (and takes its reference) from here
-        model.save_pretrained(folder / "policy", safe_serialization=True)
-        write_json(folder / "done.json", {"round": r, "buffer": buffer.state_dict(), "metrics": writer.rows})
-        done_steps += plan[r]
-    summary = finish("exp-dpo", cfg, model, done_steps, buffer, tokenizer, model_dir, out, writer, resume_ckpt)
-    summary["rounds"] = len(plan)
+        entry: dict[str, Any] = {"round": r, "planned_steps": plan[r], "steps": 0, "pairs": 0,
+                                 "skipped": None}
+        if plan[r] == 0:
+            entry["skipped"] = "0 steps planned (train.steps < train.dpo_rounds)"
+        else:
+            pairs = _round_pairs(folder, r, model, rows, buffer, regenerate, sample_solutions, reward_fn,
+                                 tokenizer, cfg)
+            entry["pairs"] = len(pairs)
+            if pairs:
+                done_steps = sum(e["steps"] for e in round_log)
+                model = _train_round(model, tokenizer, pairs, cfg, folder, r, plan[r], on_gpu, writer,
+                                     done_steps, callbacks, resume_ckpt if r == start else None)
+                entry["steps"] = plan[r]
+            else:
+                entry["skipped"] = NO_PAIRS
+        if entry["skipped"]:
+            log.warning("exp-dpo round %d of %d skipped: %s", r, len(plan), entry["skipped"])
+        round_log.append(entry)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "done.json", {"round": r, "buffer": buffer.state_dict(), "metrics": writer.rows,
+                                          "entry": entry})
+    tried = [e for e in round_log if e["planned_steps"] > 0]
+    if tried and not any(e["steps"] for e in tried):  # a round with steps planned trains iff it had pairs
+        raise DataError(f"exp-dpo: none of its {len(tried)} round(s) had a pair: {NO_PAIRS}")
+    steps = sum(e["steps"] for e in round_log)
+    summary = finish("exp-dpo", cfg, model, steps, buffer, tokenizer, model_dir, out, writer, resume_ckpt)
+    summary.update(rounds=len(plan), planned_steps=plan, round_log=round_log)
+    write_json(out / "summary.json", summary)  # finish wrote it without the rounds
     return summary
+
+
+def _train_round(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], cfg: ExpoConfig, folder: Path,
+                 r: int, steps: int, on_gpu: bool, writer: MetricsWriter, done_steps: int,
+                 callbacks: list[Any] | None, resume_ckpt: Path | None) -> Any:
+    """`steps` DPO steps on `pairs` (after `done_steps` steps of earlier rounds); saves the policy at
+    the end of the round into `folder/policy` and returns it."""
+    writer.offset, writer.extra = done_steps, {"round": r, "pairs": len(pairs)}
+    # The reference is the policy at the start of the round (TRL would reload the model folder's
+    # weights from disk instead); with LoRA, TRL disables the adapter to get it.
+    ref = None if cfg.train.lora else copy.deepcopy(model).eval().requires_grad_(False)
+    trainer = DPOTrainer(model=model, ref_model=ref, args=dpo_args(cfg, folder, steps, on_gpu),
+                         train_dataset=Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")}
+                                                          for p in pairs]),
+                         processing_class=tokenizer, peft_config=lora_config(cfg),
+                         callbacks=[writer, *(callbacks or [])])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train(resume_from_checkpoint=str(resume_ckpt) if resume_ckpt else None)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()  # the next round starts (and takes its reference) from here
+    model.save_pretrained(folder / "policy", safe_serialization=True)
+    tokenizer.save_pretrained(folder / "policy")  # a whole model folder: a resumed run loads it as one
+    return model
+
+
+def _latest_policy(root: Path, start: int) -> Path | None:
+    """The policy of the newest trained round before `start` (skipped rounds save none); None: the
+    initial model."""
+    for r in range(start - 1, -1, -1):
+        if (root / f"round-{r}" / "policy" / "config.json").is_file():
+            return root / f"round-{r}" / "policy"
+    return None
 
 
 def _round_pairs(folder: Path, r: int, model: Any, rows: list[dict[str, Any]], buffer: Any,
                  regenerate: Regenerate, sample_solutions: SampleSolutions, reward_fn: RewardFn,
                  tokenizer: Any, cfg: ExpoConfig) -> list[dict[str, Any]]:
-    """This round's pairs: read back when a killed run saved them, else sampled from the policy."""
+    """This round's pairs, possibly none: read back when a killed run saved them, else sampled."""
     saved = folder / "pairs.jsonl"
     if saved.is_file():
         return read_jsonl(saved)
@@ -144,28 +218,32 @@ def _round_pairs(folder: Path, r: int, model: Any, rows: list[dict[str, Any]], b
         solutions = sample_solutions(model, rows)
     model.train()
     pairs = build_pairs(rows, buffer.pick, solutions, reward_fn, tokenizer, cfg)
-    if not pairs:
-        raise DataError(f"exp-dpo round {r}: no question has both an accepted explanation and a wrong "
-                        "solution of the policy (nothing to prefer)")
-    write_jsonl(saved, pairs)
+    if pairs:
+        write_jsonl(saved, pairs)
     return pairs
 
 
-def _resume_point(root: Path, rounds: int, buffer: Any, writer: MetricsWriter) -> tuple[int, Path | None]:
-    """(first unfinished round, its newest intact checkpoint or None); restores buffer and metrics."""
+def _resume_point(root: Path, plan: list[int], buffer: Any, writer: MetricsWriter
+                  ) -> tuple[int, Path | None, list[dict[str, Any]]]:
+    """(first unfinished round, its newest intact checkpoint or None, the finished rounds' `round_log`
+    entries); restores buffer and metrics."""
+    rounds = len(plan)
     start = 0
     while start < rounds and (root / f"round-{start}" / "done.json").is_file():
         start += 1
     writer.rows = []
-    if start > 0:
-        state = read_json(root / f"round-{start - 1}" / "done.json")
-        buffer.load_state_dict(state["buffer"])
-        writer.rows = state["metrics"]
+    states = [read_json(root / f"round-{r}" / "done.json") for r in range(start)]
+    if states:
+        buffer.load_state_dict(states[-1]["buffer"])
+        writer.rows = states[-1]["metrics"]
     ckpt = latest_valid_checkpoint(root / f"round-{start}", extra_files=()) if start < rounds else None
     if ckpt is not None and (ckpt / "metrics.jsonl").is_file():
         writer.rows = read_jsonl(ckpt / "metrics.jsonl")  # cumulative: earlier rounds included
     write_jsonl(writer.path, writer.rows)
-    return start, ckpt
+    # A done.json without its entry was written before rounds could be skipped: that round trained.
+    trained = {"pairs": None, "skipped": None}
+    return start, ckpt, [s.get("entry") or {**trained, "round": r, "planned_steps": plan[r], "steps": plan[r]}
+                         for r, s in enumerate(states)]
 
 
-__all__ = ["round_steps", "build_pairs", "default_sampler", "dpo_args", "train_dpo"]
+__all__ = ["round_steps", "with_one_eos", "build_pairs", "default_sampler", "dpo_args", "train_dpo"]

@@ -230,8 +230,14 @@ class TrainConfig:
     kl_beta: float = 0.0  # TRL's KL coefficient to the reference policy
     steps: int = 50
     learning_rate: float = 1e-4
+    # One optimizer step = prompts_per_step x num_generations rollouts: the GLOBAL batch, split evenly over
+    # the training processes (cluster.train_nodes x cluster.gpus_train; prompts_per_step must divide by
+    # them), each going through its share in micro-batches of rollouts_per_micro_batch rollouts (one
+    # forward/backward each, accumulated). E.g. 32 prompts x 8 = 256 rollouts on 8 GPUs = 32 per GPU
+    # = 4 micro-batches of 8. None: a process's whole share in one forward (no accumulation).
     prompts_per_step: int = 4
     num_generations: int = 8  # G rollouts per prompt
+    rollouts_per_micro_batch: int | None = None
     temperature: float = 1.0  # rollout temperature
     max_grad_norm: float = 1.0
     dpo_beta: float = 0.1
@@ -256,6 +262,12 @@ class TrainConfig:
         _check(self.prompts_per_step > 0, at, "prompts_per_step", "must be positive")
         _check(self.num_generations >= 2, at, "num_generations",
                "GRPO needs at least 2 rollouts per prompt for a group advantage")
+        micro = self.rollouts_per_micro_batch
+        _check(micro is None or micro > 0, at, "rollouts_per_micro_batch", "must be positive (or null)")
+        _check(micro is None or (self.prompts_per_step * self.num_generations) % micro == 0, at,
+               "rollouts_per_micro_batch", f"{micro} does not divide the step's "
+               f"{self.prompts_per_step * self.num_generations} rollouts "
+               "(prompts_per_step x num_generations)")
         _check(self.dpo_rounds >= 1, at, "dpo_rounds", "must be >= 1")
         _check(self.checkpoint_every > 0, at, "checkpoint_every", "must be positive")
         _check(0.0 <= self.acceptance_floor <= 1.0, at, "acceptance_floor", "must be in [0, 1]")

@@ -177,8 +177,8 @@ def generate_explanations(config: str, data_dir: str, model_dir: str, output_dir
 def train(config: str, arm: str, data_dir: str, model_dir: str, explanations_dir: str,
           output_dir: str) -> dict[str, float]:
     from expo import tracking
+    from expo.cluster.pod import train_in_pod
     from expo.cpu import share_cpu_threads
-    from expo.train import train_arm
 
     share_cpu_threads()  # the arms train side by side under kfp.local
     cfg = load_stage_config(config)
@@ -190,9 +190,10 @@ def train(config: str, arm: str, data_dir: str, model_dir: str, explanations_dir
             launch_trainjob(cfg, arm, data_dir, model_dir, explanations_dir, output_dir)
             summary = read_json(Path(output_dir) / "summary.json")
         else:
+            # One node: one process per visible GPU of this pod (torchrun), or in this process.
             resume_from = checkpoint_dir(config, arm, data_dir, model_dir, explanations_dir)
-            summary = train_arm(arm, cfg, data_dir, model_dir, explanations_dir, output_dir,
-                                checkpoint_dir=resume_from)
+            summary = train_in_pod(arm, cfg, data_dir, model_dir, explanations_dir, output_dir,
+                                   checkpoint_dir=resume_from)
         steps_file = Path(output_dir) / "metrics.jsonl"
         if steps_file.is_file():
             tracking.log_metrics_series(read_jsonl(steps_file))

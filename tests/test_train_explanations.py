@@ -37,6 +37,23 @@ def test_collapse_guard_keeps_the_buffer_below_the_floor() -> None:
     assert buf.pick("a") == "fresh" and buf.pick("b") == "initial-b"  # b never starves
 
 
+def test_initial_explanations_survive_many_rounds() -> None:
+    """Capacity 2, seeded with the initial policy's "initial": after 3 healthy online rounds the seed is
+    still held (the docstring's promise; before the fix it was trimmed away in round 2), beside the 2
+    newest online ones, and round robin serves the newest round."""
+    buf = ExplanationBuffer(capacity=2, acceptance_floor=0.5)
+    buf.seed([rec("a", "initial")], samples=1)
+    for step, text in ((10, "r1"), (20, "r2"), (30, "r3")):
+        assert buf.add_round([rec("a", text)], step).used
+    held = [item["text"] for item in buf.state_dict()["items"]["a"]]
+    assert held == ["initial", "r2", "r3"]  # r1, the oldest online one, made room
+    assert buf.pick("a") == "r3"
+    again = ExplanationBuffer()
+    again.load_state_dict(json.loads(json.dumps(buf.state_dict())))
+    again.add_round([rec("a", "r4")], 40)  # the seed flag survives a checkpoint
+    assert [item["text"] for item in again.state_dict()["items"]["a"]] == ["initial", "r3", "r4"]
+
+
 def test_buffer_state_round_trips_through_json() -> None:
     buf = ExplanationBuffer(capacity=3, acceptance_floor=0.4)
     buf.seed([rec("a", "x"), rec("a", "y")], samples=4)
@@ -93,3 +110,34 @@ def test_online_regenerator_samples_and_verifies_with_the_live_policy(tmp_path: 
     assert sorted(r["id"] for r in records) == ["q0", "q0", "q1", "q1"]
     assert all(isinstance(r["accepted"], bool) and "explanation" in r for r in records)
     assert not any(r["accepted"] for r in records)  # a random model does not explain "\boxed{2}"
+
+
+def test_online_regenerator_draws_explanations_only_and_no_fingerprint_without_cache(monkeypatch: Any
+                                                                                      ) -> None:
+    """No cache: no full-weight fingerprint each round (it keys a cache nobody gave it). Solve-rate
+    samples only feed the explanations stage's statistics: a round asks for none."""
+    import expo.explain
+    import expo.generation
+    import expo.modeling
+    from expo.train.explanations import OnlineRegenerator
+
+    fingerprints: list[Any] = []
+    seen: list[Any] = []
+    monkeypatch.setattr(expo.modeling, "state_fingerprint", lambda model: fingerprints.append(model) or "fp")
+    monkeypatch.setattr(expo.generation, "make_generator", lambda *a, **k: "generator")
+
+    def fake_sample(generator: Any, rows: Any, cfg: Any, prompts: Any, tok: Any, cache: Any, key: str,
+                    **kw: Any) -> Any:
+        seen.append((cfg.solve_rate_samples, cache, key))
+        return [rec(r["id"], "x") for r in rows], {}
+
+    monkeypatch.setattr(expo.explain, "sample_explanations", fake_sample)
+    cfg = small_config()
+    assert cfg.explain.solve_rate_samples > 0  # the stage's default draws them
+    records = OnlineRegenerator(cfg, tokenizer=None)("model", [{"id": "q0"}])
+    assert records == [rec("q0", "x")]
+    assert fingerprints == [] and seen == [(0, None, "")]
+    assert cfg.explain.solve_rate_samples > 0  # the caller's config is left as it was
+    cache = object()
+    OnlineRegenerator(cfg, tokenizer=None, cache=cache)("model", [{"id": "q0"}])
+    assert fingerprints == ["model"] and seen[-1] == (0, cache, "fp")  # with a cache, keyed by the weights

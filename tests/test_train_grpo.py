@@ -1,5 +1,6 @@
-"""ExpoGRPOTrainer's loss on a tiny model: zero gradient where GRPO is blind, the exact ExPO gradient,
-a finite-difference check of the combined loss (float64), and the exact token ids the NLL scores."""
+"""ExpoGRPOTrainer's loss on a tiny model: zero gradient where GRPO is blind, the exact ExPO gradient
+(whole and split over micro-batches), a finite-difference check of the combined loss (float64), the
+exact token ids the NLL scores, and the mapping to TRL's batch and precision settings."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def make_trainer(tmp_path: Path, arm: str, reward: Any, double: bool = False, **
         model = model.double()
     trainer = build_trainer(arm, cfg, rows(), model, tok, False, folders["explanations"],
                             tmp_path / "out" / "checkpoints", reward, None, [])
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); these tests call the seams
+    # set by Trainer.train(); these tests call the seams
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
     return trainer, cfg
 
 
@@ -133,23 +135,20 @@ def test_explanation_is_scored_under_the_solve_prompt_without_hint(tmp_path: Pat
     trainer, cfg = make_trainer(tmp_path, "exp-grpo", zero_reward, expo_beta=0.1)
     _, inputs, batch = step_loss(trainer)
     tok, G = trainer.processing_class, trainer.num_generations
-    fed = trainer._nll_batch
+    (fed,) = trainer._nll_plan.chunks  # one micro-batch: every row of the step
     by_id = {r["id"]: r for r in rows()}
     for i in range(2):
         row = by_id[batch[i * G]["id"]]
         prompt_ids = tok(solve_prompt(row["question"], tok, cfg.prompts))["input_ids"]
         text_ids = tok(explanation(row), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        n = len(prompt_ids) + len(text_ids)
-        assert fed["input_ids"][i, :n].tolist() == prompt_ids + text_ids
-        assert fed["target_mask"][i].tolist() == [0] * len(prompt_ids) + [1] * len(text_ids) + \
-            [0] * (fed["input_ids"].shape[1] - n)
+        assert fed[i] == (prompt_ids, text_ids)  # scored: exactly the text, after exactly the prompt
         # The conditioning is token-for-token what the rollouts of this group were conditioned on ...
         rollout = inputs["prompt_ids"][i * G][inputs["prompt_mask"][i * G].bool()].tolist()
         assert rollout == prompt_ids
         # ... and not the answer-conditioned prompt that produced the explanation.
         hinted = tok(explain_prompt(row["question"], row["answer"], tok, cfg.prompts))["input_ids"]
         assert hinted != prompt_ids
-        assert "correct answer" not in tok.decode(fed["input_ids"][i, :len(prompt_ids)])
+        assert "correct answer" not in tok.decode(fed[i][0])
 
 
 def test_expo_on_unsolved_skips_solved_groups(tmp_path: Path) -> None:
@@ -161,7 +160,156 @@ def test_expo_on_unsolved_skips_solved_groups(tmp_path: Path) -> None:
     assert trainer._step_stats["unsolved_groups"] == 1.0
     assert trainer._step_stats["explanations_used"] == 1.0
     tok = trainer.processing_class
-    assert "1+1=" in tok.decode(trainer._nll_batch["input_ids"][0])  # q1's explanation only
+    ((prompt_ids, _),) = trainer._nll_plan.chunks[0]
+    assert "1+1=" in tok.decode(prompt_ids)  # q1's explanation only
+
+
+def test_expo_on_unsolved_without_rewards_is_an_error(tmp_path: Path) -> None:
+    """Without this step's rewards, 'unsolved' cannot be decided: an error, not a silent 'all'."""
+    from expo.errors import ExpoError
+
+    trainer, _ = make_trainer(tmp_path, "exp-grpo", zero_reward, expo_beta=0.1, expo_on="unsolved")
+    with pytest.raises(ExpoError, match="expo_on 'unsolved'"):
+        trainer._nll_rows(generation_batch(trainer), None)
+    trainer.nll_term.on = "all"
+    assert len(trainer._nll_rows(generation_batch(trainer), None)) == 2  # 'all' needs no rewards
+
+
+def test_micro_batches_add_up_to_the_whole_steps_term(tmp_path: Path) -> None:
+    """2 prompts x 4 rollouts in micro-batches of 2: 4 forward/backward passes, one optimizer step.
+    Through TRL's own _prepare_inputs (generate once, split in 4), the micro-batches' losses and
+    gradients add up to beta x the token-mean NLL of the step's 2 explanations (GRPO part 0 here),
+    exactly what one big batch gives; the step logs one line of loss metrics."""
+    beta = 0.3
+    trainer, cfg = make_trainer(tmp_path, "exp-grpo", zero_reward, expo_beta=beta, rollouts_per_micro_batch=2)
+    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps,
+            trainer.args.steps_per_generation) == (2, 4, 4)
+    torch.manual_seed(0)
+    batch = generation_batch(trainer)
+    model = trainer.model
+    model.zero_grad()
+    total = 0.0
+    for k in range(4):
+        trainer._step = k  # TRL's micro-step counter (Trainer.training_step advances it)
+        inputs = trainer._prepare_inputs(batch)
+        assert inputs["completion_ids"].shape[0] == 2  # one micro-batch of rollouts
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        total += loss.item()
+    got = grads(model)
+    assert [len(c) for c in trainer._nll_plan.chunks] == [1, 1, 0, 0]  # the 2 explanations, spread
+    by_id = {r["id"]: r for r in rows()}
+    questions = [batch[0]["id"], batch[trainer.num_generations]["id"]]
+    model.zero_grad()
+    tok = trainer.processing_class
+    nll = manual_nll(model, tok, [solve_prompt(by_id[q]["question"], tok, cfg.prompts) for q in questions],
+                     [explanation(by_id[q]) for q in questions])
+    (beta * nll).backward()
+    want = grads(model)
+    assert total == pytest.approx(beta * nll.item(), rel=1e-5)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-7, msg=name)
+    logged = trainer._metrics["train"]
+    assert len(logged["expo_nll"]) == 1 and logged["expo_nll"][0] == pytest.approx(nll.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("prompts,G,micro,world,want", [
+    (32, 8, 8, 8, (32, 8, 4)),  # a recipe: 256 rollouts / 8 GPUs = 32 each = 4 micro-batches of 8
+    (32, 8, None, 8, (32, 32, 1)),  # no micro-batch size: a process's whole share at once
+    (2, 4, 2, 1, (8, 2, 4)),  # one process, 4 micro-batches
+    (64, 8, 16, 16, (32, 16, 2)),  # 2 nodes x 8 GPUs
+])
+def test_batch_plan_splits_the_global_batch(prompts: int, G: int, micro: int | None, world: int,
+                                            want: tuple[int, int, int]) -> None:
+    from expo.config import TrainConfig
+    from expo.train.family import batch_plan
+
+    tc = TrainConfig(prompts_per_step=prompts, num_generations=G, rollouts_per_micro_batch=micro)
+    plan = batch_plan(tc, world)
+    assert (plan.per_process, plan.micro, plan.accumulation) == want
+    assert plan.per_process * world == prompts * G  # the configured batch is the global one
+
+
+@pytest.mark.parametrize("prompts,G,micro,world,key", [
+    (4, 8, None, 8, "train.prompts_per_step"),  # 4 prompts cannot give each of 8 processes whole groups
+    (32, 8, 24, 8, "train.rollouts_per_micro_batch"),  # 32 per process do not split into 24s
+    (32, 8, 64, 8, "train.rollouts_per_micro_batch"),  # a micro-batch larger than a process's share
+])
+def test_batch_plan_refuses_uneven_splits(prompts: int, G: int, micro: int | None, world: int,
+                                          key: str) -> None:
+    from expo.config import TrainConfig
+    from expo.errors import ConfigError
+    from expo.train.family import batch_plan
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        batch_plan(TrainConfig(prompts_per_step=prompts, num_generations=G, rollouts_per_micro_batch=micro),
+                   world)
+
+
+def test_grpo_args_follow_the_world_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 2 processes each gets half the prompts: per device x processes x steps per generation is
+    the configured global batch. The world size comes from $WORLD_SIZE (torchrun and accelerate set it)."""
+    from expo.train.family import grpo_args
+    from expo.train.run import world_size
+
+    cfg = small_config(rollouts_per_micro_batch=2)  # 2 prompts x 4 rollouts = 8
+    args = grpo_args(cfg, tmp_path, on_gpu=False, world=2)  # not via the env: TRL would init torch.distributed
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (2, 2)
+    assert args.per_device_train_batch_size * 2 * args.steps_per_generation == 8
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert world_size() == 8
+    monkeypatch.delenv("WORLD_SIZE")
+    assert world_size() == 1
+
+
+@pytest.mark.parametrize("dtype,on_gpu,bf16_ok,want", [
+    ("bfloat16", True, True, {"bf16": True, "fp16": False}),  # the recipes: bf16 compute on fp32 weights
+    ("auto", True, True, {"bf16": True, "fp16": False}),
+    ("auto", True, False, {"bf16": False, "fp16": False}),  # an old GPU: fp32
+    ("float16", True, False, {"bf16": False, "fp16": True}),
+    ("float32", True, True, {"bf16": False, "fp16": False}),  # asked for fp32 compute
+    ("bfloat16", False, False, {"bf16": False, "fp16": False}),  # CPU: fp32 throughout
+])
+def test_mixed_precision_flags(dtype: str, on_gpu: bool, bf16_ok: bool, want: dict[str, bool]) -> None:
+    from expo.train.family import mixed_precision
+
+    assert mixed_precision(dtype, on_gpu, bf16_ok) == want
+
+
+def test_bf16_on_a_gpu_without_bf16_is_a_config_error() -> None:
+    from expo.errors import ConfigError
+    from expo.train.family import mixed_precision
+
+    with pytest.raises(ConfigError, match="model.dtype"):
+        mixed_precision("bfloat16", True, False)
+
+
+def test_grpo_args_set_bf16_autocast_on_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What grpo_args hands TRL for a bf16 recipe on a bf16 GPU (TRL's own GPU checks are bypassed)."""
+    from expo.train import family
+
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr(family, "GRPOConfig", lambda **kw: captured.update(kw) or kw)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cfg = small_config()
+    cfg.model.dtype = "bfloat16"
+    family.grpo_args(cfg, tmp_path, on_gpu=True)
+    assert captured["bf16"] is True and captured["fp16"] is False and captured["use_cpu"] is False
+
+
+@pytest.mark.parametrize("dtype,lora,want", [
+    ("bfloat16", False, torch.float32),  # fp32 master weights under bf16 compute
+    ("float16", False, torch.float32),
+    ("auto", False, torch.float32),
+    ("bfloat16", True, torch.bfloat16),  # LoRA: the frozen base stays bf16 (PEFT's adapter is fp32)
+])
+def test_policy_loaded_for_training_has_master_weights(tmp_path: Path, dtype: str, lora: bool,
+                                                       want: torch.dtype) -> None:
+    folders = make_folders(tmp_path)
+    cfg = small_config(lora=lora)
+    cfg.model.dtype = dtype
+    model, _, _ = load_policy(folders["model"], cfg)
+    assert {p.dtype for p in model.parameters()} == {want}
 
 
 def test_boxed_reward_is_zero_for_random_model(tmp_path: Path) -> None:

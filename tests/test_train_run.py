@@ -132,11 +132,47 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path) ->
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # 1-2 from the checkpoint; 3 lost with the kill, redone
     want = read_jsonl(tmp_path / "whole" / "metrics.jsonl")
     assert [r["expo_weight"] for r in rows] == [r["expo_weight"] for r in want]  # the schedule continued
-    assert rows[-1]["expo_nll"] == pytest.approx(want[-1]["expo_nll"], rel=1e-4)
+    assert rows[-1]["expo_weight"] == 0.0  # linear decay: the last trained step's weight is exactly 0
+    assert rows[-2]["expo_nll"] == pytest.approx(want[-2]["expo_nll"], rel=1e-4)
     a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
     b = load_file(tmp_path / "retry" / "model" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_one_step_at_lr_1e6_moves_the_fp32_master_weights(tmp_path: Path) -> None:
+    """A bf16 recipe trains fp32 master weights: one AdamW step at lr 1e-6 (a change of ~1e-6 per
+    weight) moves nearly every weight that has a gradient. In bf16 (8 bits of mantissa: a step of
+    ~1e-4 near 0.02) almost none of those changes survive, which is what pure-bf16 training did."""
+    f = make_folders(tmp_path)
+    cfg = small_config(steps=1, expo_beta=1.0, learning_rate=1e-6)
+    cfg.model.dtype = "bfloat16"
+    train_arm("exp-grpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out",
+              reward_fn=zero_reward)
+    base = load_file(f["model"] / "model.safetensors")
+    tuned = load_file(tmp_path / "out" / "model" / "model.safetensors")
+    assert {t.dtype for t in tuned.values()} == {torch.float32}
+    moved = sum(int((base[k] != tuned[k]).sum()) for k in base)
+    total = sum(t.numel() for t in base.values())
+    assert moved / total > 0.9, f"only {moved} of {total} weights changed"  # measured: all of them
+    bf16_moved = sum(int((base[k].bfloat16() != tuned[k].bfloat16()).sum()) for k in base)
+    assert bf16_moved / total < 0.1  # the same step at bf16 resolution: ~5 % survive (measured)
+
+
+def test_micro_batched_run_is_the_same_step(tmp_path: Path) -> None:
+    """Micro-batches of 2 rollouts (4 forward/backward passes per step) still make one optimizer step
+    per configured step, and the first step's NLL (same weights, same explanations) is the same."""
+    f = make_folders(tmp_path)
+    runs = {}
+    for micro in (None, 2):
+        cfg = small_config(steps=2, expo_beta=0.5, rollouts_per_micro_batch=micro)
+        summary = train_arm("exp-grpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / str(micro),
+                            reward_fn=zero_reward)
+        runs[micro] = (summary, read_jsonl(tmp_path / str(micro) / "metrics.jsonl"))
+    whole, split = runs[None][1], runs[2][1]
+    assert [r["step"] for r in split] == [1, 2] and runs[2][0]["steps"] == 2
+    assert split[0]["expo_nll"] == pytest.approx(whole[0]["expo_nll"], rel=1e-5)
+    assert split[0]["explanations_used"] == whole[0]["explanations_used"] == 2.0
 
 
 def test_lora_with_gradient_checkpointing_saves_merged_weights(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def build_trainjob(
                 "numNodes": cluster.train_nodes,
                 "numProcPerNode": max(gpus, 1),
                 "command": ["/bin/sh", "-c", _launch_script(cluster.train_nodes, gpus), "expo-train"],
-                "args": _worker_args(cfg, arm, data_path, model_path, output_path, explanations_path),
+                "args": worker_args(cfg, arm, data_path, model_path, output_path, explanations_path),
                 "env": _env(cfg),
                 "resourcesPerNode": _resources(cfg),
             },
@@ -116,9 +116,10 @@ def _launch_script(nodes: int, gpus: int) -> str:
     return _LAUNCH.format(nodes=nodes, procs=procs, device_flag=device_flag)
 
 
-def _worker_args(
+def worker_args(
     cfg: ExpoConfig, arm: str, data: str, model: str, output: str, explanations: str | None
 ) -> list[str]:
+    """The arguments of `python -m expo.cluster.worker` (see worker.py) for one arm."""
     # The resolved config travels as JSON in the object itself: visible with `kubectl get -o yaml`,
     # and it holds no credential (those come from the secret in _env).
     args = [

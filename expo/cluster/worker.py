@@ -1,12 +1,14 @@
-"""The process each GPU of a TrainJob runs: rebuild the config, train one arm with expo.train.
+"""The process each GPU runs: rebuild the config, train one arm with expo.train.
 
-`accelerate launch` (started on every node by trainjob.py's command) runs this module once per GPU;
-TRL's trainers inside `train_arm` read the distributed setup accelerate put in the environment, so this
-file does no distribution of its own. Tracking stays with the pipeline task that launched the job, so
-N x G processes do not open N x G MLflow runs.
+Two launchers start it once per GPU: `accelerate launch` on every node of a TrainJob (trainjob.py's
+command), and `torchrun --standalone` inside the train step's own pod when one node has several GPUs
+(pod.py). TRL's trainers inside `train_arm` read the distributed setup the launcher put in the
+environment, so this file does no distribution of its own; rank 0 alone writes the output folder.
+Tracking stays with the pipeline task that launched it, so N x G processes do not open N x G MLflow runs.
 
     python -m expo.cluster.worker --config-json '{...}' --arm grpo --data /workspace/j/data \
-        --model /workspace/j/model --output /workspace/j/output [--explanations /workspace/j/explanations]
+        --model /workspace/j/model --output /workspace/j/output [--explanations /workspace/j/explanations] \
+        [--checkpoint-dir DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--explanations", default=None)
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="where checkpoints live and a retry resumes from (default: OUTPUT/checkpoints)")
     return parser.parse_args(argv)
 
 
@@ -49,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config_json(args.config_json)
         from expo.train import train_arm  # heavy (torch, TRL): only once the arguments are sound
 
-        train_arm(args.arm, cfg, args.data, args.model, args.explanations, args.output)
+        if args.checkpoint_dir is None:
+            train_arm(args.arm, cfg, args.data, args.model, args.explanations, args.output)
+        else:
+            train_arm(args.arm, cfg, args.data, args.model, args.explanations, args.output,
+                      checkpoint_dir=args.checkpoint_dir)
     except ExpoError as exc:
         print(f"expo worker: error: {exc}", file=sys.stderr)
         return 2

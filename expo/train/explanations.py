@@ -3,8 +3,9 @@
 Offline, the buffer is filled once from the explanations stage (rows with `accepted: true`). Online,
 the trainer also calls a `regenerate(model, rows) -> records` callable every K steps for the
 questions of the batch; each round's acceptance rate is logged. Collapse guard: the buffer always keeps
-the accepted explanations of the initial policy and of earlier rounds, so a question that once had an
-explanation never loses it. A round whose acceptance falls below `acceptance_floor` is not trusted to
+the accepted explanations of the initial policy (the seed, never trimmed) and the newest `capacity`
+of the online rounds, so a question that once had an explanation never loses it. A round whose
+acceptance falls below `acceptance_floor` is not trusted to
 replace anything: its explanations are not used, and training keeps the older buffered ones. (If the
 policy drifts so far that it no longer explains its own answers, fresh samples are rare and likely
 degenerate; the earlier explanations are still correct derivations of the gold answer.)
@@ -14,6 +15,7 @@ The buffer is plain JSON (state_dict / load_state_dict) so a checkpoint carries 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +46,13 @@ class RoundStats:
 
 
 class ExplanationBuffer:
-    """Accepted explanations per question id, newest last, at most `capacity` per question."""
+    """Accepted explanations per question id, oldest first: the seed's (all kept) plus at most
+    `capacity` from online rounds (the oldest online ones are dropped first)."""
 
     def __init__(self, capacity: int = 4, acceptance_floor: float = 0.5) -> None:
         self.capacity = capacity
         self.acceptance_floor = acceptance_floor
-        self._items: dict[str, list[dict[str, Any]]] = {}  # id -> [{"text", "step"}], oldest first
+        self._items: dict[str, list[dict[str, Any]]] = {}  # id -> [{"text", "step", "seed"}], oldest first
         self._cursor: dict[str, int] = {}  # id -> how many times it was drawn (round robin)
         self.rounds: list[RoundStats] = []
 
@@ -59,8 +62,9 @@ class ExplanationBuffer:
     def questions(self) -> int:
         return len(self._items)
 
-    def add(self, records: Iterable[dict[str, Any]], step: int) -> int:
-        """Add the accepted records (others are ignored); returns how many were added."""
+    def add(self, records: Iterable[dict[str, Any]], step: int, seed: bool = False) -> int:
+        """Add the accepted records (others are ignored); returns how many were added. `seed` marks
+        the initial policy's explanations, which the capacity never trims."""
         added = 0
         for rec in records:
             if not rec.get("accepted") or not str(rec.get("explanation", "")).strip():
@@ -69,14 +73,16 @@ class ExplanationBuffer:
             items = self._items.setdefault(qid, [])
             if any(item["text"] == rec["explanation"] for item in items):
                 continue  # the same text twice would only double its weight
-            items.append({"text": rec["explanation"], "step": step})
-            del items[: max(0, len(items) - self.capacity)]
+            items.append({"text": rec["explanation"], "step": step, "seed": seed})
+            online = [i for i, item in enumerate(items) if not item.get("seed")]
+            for i in reversed(online[: max(0, len(online) - self.capacity)]):
+                del items[i]  # the oldest online explanations beyond capacity; the seed stays
             added += 1
         return added
 
     def seed(self, records: list[dict[str, Any]], samples: int, step: int = 0) -> RoundStats:
         """The initial policy's explanations (the explanations stage): always kept, whatever the acceptance."""
-        self.add(records, step)
+        self.add(records, step, seed=True)
         accepted = sum(1 for rec in records if rec.get("passed", rec.get("accepted")))
         stats = RoundStats(step=step, samples=samples, accepted=accepted, used=True)
         self.rounds.append(stats)
@@ -135,8 +141,11 @@ def load_offline(explanations_dir: str | Path) -> tuple[list[dict[str, Any]], in
 class OnlineRegenerator:
     """`regenerate(model, rows)` for online ExPO: the explanations stage's sampler on the live policy.
 
-    Keyed by the policy's parameter fingerprint, so a resumed run (or a second arm from the same
-    weights) finds the explanations it already sampled in the cache instead of sampling them again.
+    With a `cache` (expo.explain's ExplanationCache), samples are keyed by the policy's parameter
+    fingerprint, so a resumed run (or a second arm from the same weights) finds the explanations it
+    already sampled instead of sampling them again. Without one, no fingerprint is computed (it hashes
+    every weight, every round, for nothing). Only explanations are drawn: the stage's solve-rate
+    samples (`explain.solve_rate_samples`) feed its statistics, which nothing reads here.
     """
 
     def __init__(self, cfg: Any, tokenizer: Any, cache: Any = None) -> None:
@@ -150,8 +159,10 @@ class OnlineRegenerator:
         from expo.modeling import state_fingerprint
 
         generator = make_generator(model, self.tokenizer, self.cfg.generation)
-        records, _stats = sample_explanations(generator, rows, self.cfg.explain, self.cfg.prompts, self.tokenizer,
-                                              self.cache, state_fingerprint(model))
+        explain = dataclasses.replace(self.cfg.explain, solve_rate_samples=0)
+        model_key = state_fingerprint(model) if self.cache is not None else ""
+        records, _stats = sample_explanations(generator, rows, explain, self.cfg.prompts, self.tokenizer,
+                                              self.cache, model_key)
         return records
 
 

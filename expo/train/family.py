@@ -1,12 +1,23 @@
 """The GRPO family (grpo, exp-grpo, grpo-sft): config mapping, trainer assembly, resume, final save.
 
-One optimizer step = `prompts_per_step` prompts x `num_generations` rollouts, generated once and
-used once (TRL's steps_per_generation = num_iterations = gradient_accumulation = 1), so "step" means
-the same thing in our schedule, our logs and TRL's checkpoints.
+One optimizer step = `prompts_per_step` prompts x `num_generations` rollouts: the GLOBAL batch, the
+same whatever the number of processes. It is generated once and used once: each of the W processes
+holds 1/W of the prompts (whole groups), and goes through its share in A micro-batches of
+`train.rollouts_per_micro_batch` rollouts (TRL's per_device_train_batch_size), accumulated into one
+optimizer step (gradient_accumulation_steps = steps_per_generation = A, num_iterations = 1). So
+"step" means the same thing in our schedule, our logs and TRL's checkpoints. For example
+32 prompts x 8 rollouts = 256 per step on 8 GPUs = 32 per GPU = 4 micro-batches of 8.
+
+Precision: the policy is trained with fp32 master weights whenever `model.dtype` is a half dtype (or
+auto), and bf16 / fp16 is the compute dtype (TRL's autocast flags) on a GPU: AdamW updates of
+lr x ~1 are far below bf16's resolution near typical weights, so pure-bf16 weights mostly never move.
+With LoRA the frozen base stays in the half dtype (PEFT keeps the adapter itself in fp32).
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +26,8 @@ from datasets import Dataset
 from transformers import PrinterCallback
 from trl import GRPOConfig
 
-from expo.config import ExpoConfig, ModelConfig
+from expo.config import ExpoConfig, ModelConfig, TrainConfig
+from expo.errors import ConfigError
 from expo.io import write_json
 from expo.modeling import load_model
 from expo.prompts import solve_prompt
@@ -23,17 +35,80 @@ from expo.train.explanations import Regenerate
 from expo.train.grpo import EXPO_STATE_FILE, ExpoGRPOTrainer, NLLTerm
 from expo.train.metrics import MetricsWriter
 from expo.train.resume import latest_valid_checkpoint
-from expo.train.run import RewardFn, beta_of, make_buffer, write_model_card
+from expo.train.run import RewardFn, beta_of, is_main_process, make_buffer, world_size, write_model_card
+
+HALF_DTYPES = ("bfloat16", "float16")
 
 
-def grpo_args(cfg: ExpoConfig, checkpoint_dir: Path, on_gpu: bool) -> GRPOConfig:
-    """Our TrainConfig in TRL's terms. Notes on the choices inline."""
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's rollouts are split: over processes, then into micro-batches."""
+
+    world: int  # training processes (WORLD_SIZE)
+    per_process: int  # rollouts each process generates and trains on per step
+    micro: int  # rollouts per forward/backward (TRL's per_device_train_batch_size)
+    accumulation: int  # micro-batches per optimizer step (gradient_accumulation_steps)
+
+
+def batch_plan(tc: TrainConfig, world: int) -> BatchPlan:
+    """Split the global batch `prompts_per_step x num_generations` over `world` processes and into
+    micro-batches; a split that does not come out even is a config error naming the key.
+
+    >>> tc = TrainConfig(prompts_per_step=32, num_generations=8, rollouts_per_micro_batch=8)
+    >>> batch_plan(tc, 8)
+    BatchPlan(world=8, per_process=32, micro=8, accumulation=4)
+    """
+    p, g = tc.prompts_per_step, tc.num_generations
+    if p % world:
+        raise ConfigError(f"config key 'train.prompts_per_step': {p} prompts do not split evenly over "
+                          f"{world} training processes (each needs whole groups of {g} rollouts); "
+                          f"use a multiple of {world}")
+    per_process = p * g // world
+    micro = tc.rollouts_per_micro_batch or per_process
+    if per_process % micro:
+        raise ConfigError(f"config key 'train.rollouts_per_micro_batch': {micro} does not divide the "
+                          f"{per_process} rollouts each of the {world} processes trains on per step "
+                          f"({p} prompts x {g} rollouts / {world}); use a divisor of {per_process}")
+    return BatchPlan(world=world, per_process=per_process, micro=micro, accumulation=per_process // micro)
+
+
+def mixed_precision(dtype: str, on_gpu: bool, bf16_supported: bool) -> dict[str, bool]:
+    """TRL's `bf16` / `fp16` autocast flags for `model.dtype` (the compute dtype while training).
+
+    CPU: none (fp32 throughout; this project's CPUs have no fast bf16). GPU: the configured half
+    dtype, "auto" = bf16 where supported; the weights themselves stay fp32 (`training_dtype`).
+
+    >>> mixed_precision("bfloat16", True, True), mixed_precision("bfloat16", False, False)
+    ({'bf16': True, 'fp16': False}, {'bf16': False, 'fp16': False})
+    """
+    if not on_gpu or dtype == "float32":
+        return {"bf16": False, "fp16": False}
+    if dtype == "float16":
+        return {"bf16": False, "fp16": True}
+    if dtype == "bfloat16" and not bf16_supported:
+        raise ConfigError("config key 'model.dtype': this GPU does not support bfloat16; "
+                          "use float16 or float32")
+    return {"bf16": bf16_supported, "fp16": False}
+
+
+def training_dtype(cfg: ExpoConfig) -> str:
+    """The dtype the policy's weights are loaded in for training: fp32 master weights, except the
+    frozen base of a LoRA run, which keeps a configured half dtype (its adapter is fp32 anyway)."""
+    if cfg.train.lora and cfg.model.dtype in HALF_DTYPES:
+        return cfg.model.dtype
+    return "float32" if cfg.model.dtype in ("auto", *HALF_DTYPES) else cfg.model.dtype
+
+
+def grpo_args(cfg: ExpoConfig, checkpoint_dir: Path, on_gpu: bool, world: int | None = None) -> GRPOConfig:
+    """Our TrainConfig in TRL's terms (`world`: training processes, default $WORLD_SIZE). Notes inline."""
     tc = cfg.train
+    plan = batch_plan(tc, world if world is not None else world_size())
+    precision = mixed_precision(cfg.model.dtype, on_gpu, on_gpu and torch.cuda.is_bf16_supported())
     return GRPOConfig(
         output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=tc.prompts_per_step * tc.num_generations,  # counted in rollouts
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
+        per_device_train_batch_size=plan.micro,  # counted in rollouts: one forward/backward
+        gradient_accumulation_steps=plan.accumulation,  # ... A of them make one optimizer step
+        steps_per_generation=plan.accumulation,  # generate the step's rollouts once, then split them
         num_generations=tc.num_generations,
         max_completion_length=cfg.generation.max_new_tokens,
         temperature=tc.temperature,
@@ -51,7 +126,7 @@ def grpo_args(cfg: ExpoConfig, checkpoint_dir: Path, on_gpu: bool) -> GRPOConfig
         save_total_limit=3,  # the newest may be damaged by a kill; keep earlier ones to fall back to
         report_to=[],
         use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),  # fp32 master weights, bf16 autocast on GPU
+        **precision,  # autocast over fp32 master weights (see training_dtype)
         gradient_checkpointing=tc.gradient_checkpointing,
         disable_tqdm=True,
     )
@@ -68,10 +143,13 @@ def lora_config(cfg: ExpoConfig) -> Any:
 
 
 def load_policy(model_dir: str | Path, cfg: ExpoConfig) -> tuple[Any, Any, bool]:
-    """(model, tokenizer, on_gpu). With dtype "auto" weights stay fp32 (mixed precision does bf16)."""
+    """(model, tokenizer, on_gpu), the model in training mode with weights in `training_dtype(cfg)`
+    (fp32 master weights for a configured bf16 / fp16: the trainer's autocast computes in it).
+    Under torchrun each process takes its own GPU (LOCAL_RANK)."""
     on_gpu = torch.cuda.is_available()
-    model_cfg = cfg.model if cfg.model.dtype != "auto" else ModelConfig(**{**vars(cfg.model), "dtype": "float32"})
-    model, tokenizer = load_model(model_dir, model_cfg, device="cuda" if on_gpu else "cpu")
+    model_cfg = ModelConfig(**{**vars(cfg.model), "dtype": training_dtype(cfg)})
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if on_gpu else "cpu"
+    model, tokenizer = load_model(model_dir, model_cfg, device=device)
     model.train()
     return model, tokenizer, on_gpu
 
@@ -120,7 +198,7 @@ def train_grpo_family(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], mod
                       regenerate: Regenerate | None, callbacks: list[Any] | None,
                       checkpoint_dir: Path) -> dict[str, Any]:
     model, tokenizer, on_gpu = load_policy(model_dir, cfg)
-    writer = MetricsWriter(out / "metrics.jsonl", arm)
+    writer = MetricsWriter(out / "metrics.jsonl", arm)  # writes its file on the main process only
     trainer = build_trainer(arm, cfg, rows, model, tokenizer, on_gpu, explanations_dir, checkpoint_dir,
                             reward_fn, regenerate, [writer, *(callbacks or [])], metrics_writer=writer)
     resume = latest_valid_checkpoint(checkpoint_dir, extra_files=(EXPO_STATE_FILE,))
@@ -128,19 +206,24 @@ def train_grpo_family(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], mod
         trainer.load_expo_state(str(resume))
     writer.restore(resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    return finish(arm, cfg, trainer.accelerator.unwrap_model(trainer.model), trainer.state.global_step,
-                  trainer.buffer, tokenizer, model_dir, out, writer, resume)
+    summary = finish(arm, cfg, trainer.accelerator.unwrap_model(trainer.model), trainer.state.global_step,
+                     trainer.buffer, tokenizer, model_dir, out, writer, resume)
+    trainer.accelerator.wait_for_everyone()  # no process exits (ending the job) before rank 0 has saved
+    return summary
 
 
 def finish(arm: str, cfg: ExpoConfig, model: Any, steps: int, buffer: Any, tokenizer: Any,
            model_dir: str | Path, out: Path, writer: MetricsWriter, resumed_from: Path | None) -> dict[str, Any]:
-    """Save the final model folder (LoRA merged into plain weights) and the summary."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    """Save the final model folder (LoRA merged into plain weights) and the summary; the files are
+    written by the main process alone (every process returns the summary)."""
     final = out / "model"
-    model.save_pretrained(final, safe_serialization=True)
-    tokenizer.save_pretrained(final)
-    write_model_card(final, model_dir, arm, cfg)
+    main = is_main_process()
+    if main:
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        model.save_pretrained(final, safe_serialization=True)
+        tokenizer.save_pretrained(final)
+        write_model_card(final, model_dir, arm, cfg)
     summary = {
         "arm": arm, "steps": steps, "model_dir": str(final),
         "metrics_path": str(out / "metrics.jsonl"), "resumed_from": str(resumed_from) if resumed_from else None,
@@ -149,8 +232,10 @@ def finish(arm: str, cfg: ExpoConfig, model: Any, steps: int, buffer: Any, token
     }
     if buffer is not None:
         summary["explanation_rounds"] = [vars(r) for r in buffer.rounds]
-    write_json(out / "summary.json", summary)
+    if main:
+        write_json(out / "summary.json", summary)
     return summary
 
 
-__all__ = ["grpo_args", "lora_config", "load_policy", "build_trainer", "train_grpo_family", "finish"]
+__all__ = ["BatchPlan", "batch_plan", "mixed_precision", "training_dtype", "grpo_args", "lora_config",
+           "load_policy", "build_trainer", "train_grpo_family", "finish"]

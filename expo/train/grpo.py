@@ -7,6 +7,11 @@ the clipped policy loss. This subclass adds, per step:
   appended to the very token ids the rollouts were conditioned on (the plain solve prompt, no hint) and
   scored with a token-mean; it is not a rollout and gets no advantage. `on="unsolved"` keeps only the
   questions whose G rollouts were all wrong (where GRPO's gradient is zero).
+- the term under micro-batching and data parallelism: one optimizer step is W processes x A
+  micro-batches (TRL's gradient accumulation). Each process splits its explanations over its A
+  micro-batches and each micro-batch adds `weight * W * nll_sum / n_tokens_of_the_whole_step`; DDP
+  averages the W gradients, so the step's total is exactly `weight * token-mean NLL over every
+  explanation of the step`, whatever W and A are. Only the explanation positions reach the lm_head.
 - online regeneration: every `regenerate_every` steps the questions of the batch get fresh explanations
   from the current policy through `regenerate(model, rows)`; the buffer's collapse guard decides
   whether to use them.
@@ -16,8 +21,8 @@ the clipped policy loss. This subclass adds, per step:
 
 Seams used: `_generate`, `_calculate_rewards`, `_get_per_token_logps_and_entropies` (timed),
 `_generate_single_turn` (shared prefill), `_generate_and_score_completions` (regenerate, build the NLL
-batch), `compute_loss` (add the term), `log` (extra metrics), `_save_checkpoint` (buffer state),
-`_get_train_sampler` (resumable order). Plain GRPO is this class with no term.
+plan), `compute_loss` (add this micro-batch's share of the term), `log` (extra metrics),
+`_save_checkpoint` (buffer state), `_get_train_sampler` (resumable order). Plain GRPO is this class with no term.
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ from trl.models import unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
+from expo.errors import ExpoError
 from expo.generation.base import first_eos
 from expo.generation.shared_prefix import sample_shared_prefix
-from expo.losses import explanation_nll, unsolved_groups
+from expo.losses import micro_batch_share, pack_scored_rows, scored_nll_sum, unsolved_groups
 from expo.train.explanations import ExplanationBuffer, Regenerate
 from expo.train.timing import PhaseTimer
 
@@ -57,6 +63,15 @@ class NLLTerm:
     on: str = "all"  # "all" | "unsolved"
 
 
+@dataclass
+class NLLPlan:
+    """One step's NLL work on this process: its scored rows split over the step's micro-batches."""
+
+    chunks: list[list[tuple[list[int], list[int]]]]  # micro-batch k -> [(prompt ids, text ids)]
+    step_tokens: int  # text tokens of the whole step, over every process (the token-mean's divisor)
+    world: int  # processes whose gradients DDP averages
+
+
 class ExpoGRPOTrainer(GRPOTrainer):
     """GRPOTrainer + an NLL term on self-explanations (or reference solutions), online regeneration, timings."""
 
@@ -71,8 +86,9 @@ class ExpoGRPOTrainer(GRPOTrainer):
         self.rows_by_id = rows_by_id or {}
         self.metrics_writer = metrics_writer  # its lines so far are copied into each checkpoint
         self.timer = PhaseTimer()
-        self._nll_batch: dict[str, torch.Tensor] | None = None
+        self._nll_plan: NLLPlan | None = None
         self._last_rewards: torch.Tensor | None = None
+        self._loss_acc: dict[str, float] = {}  # this step's sums over its micro-batches (for the logs)
         self._step_tokens = 0
         self._step_stats: dict[str, float] = {}
         self._clock = _StepClock()
@@ -145,10 +161,11 @@ class ExpoGRPOTrainer(GRPOTrainer):
         training = self.model.training
         if training:
             self._maybe_regenerate(inputs)
+        self._last_rewards = None  # set by _calculate_rewards below; never a previous step's
         output = super()._generate_and_score_completions(inputs)
         if training:
             self._step_tokens = int(output["prompt_mask"].sum() + output["completion_mask"].sum())
-            self._nll_batch = self._build_nll_batch(inputs, self._last_rewards)
+            self._nll_plan = self._plan_nll(self._nll_rows(inputs, self._last_rewards))
         return output
 
     def _maybe_regenerate(self, inputs: list[dict[str, Any]]) -> None:
@@ -171,15 +188,22 @@ class ExpoGRPOTrainer(GRPOTrainer):
         self._step_stats["explain/regenerated"] = float(len(rows))
         self._step_stats["explain/guard_held"] = 0.0 if stats.used else 1.0
 
-    def _build_nll_batch(self, inputs: list[dict[str, Any]], rewards: torch.Tensor | None
-                         ) -> dict[str, torch.Tensor] | None:
-        """[solve prompt ids; text ids; eos] per selected question, right-padded. None when nothing selected."""
+    def _nll_rows(self, inputs: list[dict[str, Any]], rewards: torch.Tensor | None
+                  ) -> list[tuple[list[int], list[int]]] | None:
+        """(solve prompt ids, text ids) per selected question of this process's generation batch;
+        None when the arm has no NLL term."""
         if self.nll_term is None:
             return None
         G = self.num_generations
-        qids = [str(x["id"]) for x in inputs[::G]]  # rollouts come group by group
+        qids = [str(x["id"]) for x in inputs[::G]]  # rollouts come group by group, whole groups per process
         prompts = [x["prompt"] for x in inputs[::G]]
-        unsolved = unsolved_groups(rewards, G).tolist() if rewards is not None else [True] * len(qids)
+        if rewards is None:
+            if self.nll_term.on == "unsolved":
+                raise ExpoError("train.expo_on 'unsolved': this step computed no rewards, so solved and "
+                                "unsolved groups cannot be told apart (use expo_on: all)")
+            unsolved = [True] * len(qids)
+        else:
+            unsolved = unsolved_groups(rewards, G).tolist()
         self._step_stats["unsolved_groups"] = float(sum(unsolved))
         rows = []
         for qid, prompt, is_unsolved in zip(qids, prompts, unsolved, strict=True):
@@ -189,10 +213,21 @@ class ExpoGRPOTrainer(GRPOTrainer):
             if text is not None:
                 rows.append(self.nll_token_ids(prompt, text))
         self._step_stats["explanations_used"] = float(len(rows))
-        return _pad_right(rows, self.processing_class.pad_token_id, self.accelerator.device) if rows else None
+        return rows
 
-    def nll_token_ids(self, prompt: str, text: str) -> tuple[list[int], int]:
-        """Token ids of one scored row and where the scored part starts.
+    def _plan_nll(self, rows: list[tuple[list[int], list[int]]] | None) -> NLLPlan | None:
+        """Split this process's rows over the step's micro-batches and count the step's text tokens
+        over every process (one all-gather, made by every process, rows or not)."""
+        if rows is None:
+            return None
+        micro = max(int(self.args.steps_per_generation), 1)
+        local = torch.tensor([sum(len(text) for _, text in rows)], device=self.accelerator.device)
+        step_tokens = int(self.accelerator.gather(local).sum().item())
+        return NLLPlan(chunks=[rows[k::micro] for k in range(micro)], step_tokens=step_tokens,
+                       world=self.accelerator.num_processes)
+
+    def nll_token_ids(self, prompt: str, text: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, text ids) of one scored row.
 
         The prompt is tokenized by the same call TRL uses for rollout prompts, so the conditioning is
         token-for-token the solve prompt the policy answers; the text is capped at the rollout length
@@ -203,26 +238,42 @@ class ExpoGRPOTrainer(GRPOTrainer):
             text_ids.append(self.processing_class.eos_token_id)  # a complete answer ends, as rollouts do
         else:
             text_ids = text_ids[: self.max_completion_length]  # cut like an overlong rollout: no EOS
-        return prompt_ids + text_ids, len(prompt_ids)
+        return prompt_ids, text_ids
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> torch.Tensor:
         grpo_loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # already / grad accum
-        mode = "train" if self.model.training else "eval"
+        if not self.model.training:
+            return grpo_loss
+        micro = max(int(self.args.steps_per_generation), 1)
+        k = self._step % micro  # which micro-batch of the step this is (TRL's own buffer index)
+        if k == 0:
+            self._loss_acc = {"grpo": 0.0, "nll_sum": 0.0, "nll_tokens": 0.0}
         weight = self.nll_term.weight_at(self.state.global_step) if self.nll_term else 0.0
-        loss, nll_value = grpo_loss, float("nan")
-        if mode == "train" and self._nll_batch is not None and weight > 0.0:
+        loss = grpo_loss
+        plan = self._nll_plan
+        if plan is not None and weight > 0.0 and plan.step_tokens > 0 and plan.chunks[k]:
             with self.timer.phase("expo_nll"):
-                nll, _ = explanation_nll(model, **self._nll_batch)
-            loss = grpo_loss + weight * nll / self.current_gradient_accumulation_steps
-            nll_value = nll.item()
-        if mode == "train":
-            accum = self.current_gradient_accumulation_steps
-            self._metrics[mode]["grpo_loss"].append(grpo_loss.item() * accum)
-            self._metrics[mode]["expo_term"].append(0.0 if math.isnan(nll_value) else weight * nll_value)
-            self._metrics[mode]["total_loss"].append(loss.item() * accum)
-            self._metrics[mode]["expo_nll"].append(nll_value)  # NaN (dropped by TRL's mean) when unused
-            self._metrics[mode]["expo_weight"].append(weight)
+                # The unwrapped module: processes may run different numbers of NLL forwards, and a DDP
+                # forward can hold a collective (buffer broadcast); the gradient still reaches DDP's hooks.
+                module = self.accelerator.unwrap_model(model)
+                batch = pack_scored_rows(plan.chunks[k], self.processing_class.pad_token_id,
+                                         self.accelerator.device)
+                nll_sum, n_tokens = scored_nll_sum(module, batch)
+            loss = grpo_loss + micro_batch_share(nll_sum, weight, plan.world, plan.step_tokens)
+            self._loss_acc["nll_sum"] += nll_sum.item()
+            self._loss_acc["nll_tokens"] += n_tokens
+        self._loss_acc["grpo"] += grpo_loss.item()  # each micro-batch's is already 1/A of its mean
+        if k == micro - 1:  # the step's last micro-batch: one line of loss metrics per step
+            acc = self._loss_acc
+            nll = acc["nll_sum"] / acc["nll_tokens"] if acc["nll_tokens"] else float("nan")
+            term = 0.0 if math.isnan(nll) else weight * nll
+            metrics = self._metrics["train"]
+            metrics["grpo_loss"].append(acc["grpo"])
+            metrics["expo_term"].append(term)  # this process's explanations (rank 0's in the log)
+            metrics["total_loss"].append(acc["grpo"] + term)
+            metrics["expo_nll"].append(nll)  # NaN (dropped by TRL's mean) when unused
+            metrics["expo_weight"].append(weight)
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -281,17 +332,4 @@ class _StepClock(TrainerCallback):
         self.last_step_s = time.perf_counter() - self._start
 
 
-def _pad_right(rows: list[tuple[list[int], int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (E, T)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (E, T)
-    target_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (E, T): 1 on the scored text
-    for i, (ids, start) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention_mask[i, : len(ids)] = 1
-        target_mask[i, start: len(ids)] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-            "target_mask": target_mask.to(device)}
-
-
-__all__ = ["EXPO_STATE_FILE", "ExpoGRPOTrainer", "NLLTerm"]
+__all__ = ["EXPO_STATE_FILE", "ExpoGRPOTrainer", "NLLPlan", "NLLTerm"]

@@ -3,7 +3,8 @@
 A Trainer callback: each per-step log (it has a `loss`; the end-of-training summary has `train_loss`
 and is skipped) becomes `{"step": N, "arm": ..., <every logged number>}`. Each checkpoint keeps a
 copy of the lines so far; on resume the file restarts from that copy, so it always reads like one
-uninterrupted run (lines of steps after the checkpoint, lost with the kill, are redone).
+uninterrupted run (lines of steps after the checkpoint, lost with the kill, are redone). Under
+several processes every one keeps `rows`, and only the main process (rank 0) writes the file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ class MetricsWriter(TrainerCallback):
         self.extra = dict(extra or {})
         self.offset = 0  # added to the trainer's step (ExP-DPO: steps of the rounds before this one)
         self.rows: list[dict[str, Any]] = []
+        self.writes = int(os.environ.get("RANK", "0")) == 0  # one writer per output folder: rank 0
 
     def restore(self, checkpoint: Path | None) -> None:
         """Start from the lines saved with `checkpoint` (its own copy, so a resume into a fresh output
@@ -44,12 +47,14 @@ class MetricsWriter(TrainerCallback):
         saved = Path(checkpoint) / "metrics.jsonl"
         if saved.is_file():
             self.rows = read_jsonl(saved)
-            write_jsonl(self.path, self.rows)
+            if self.writes:
+                write_jsonl(self.path, self.rows)
         else:
             self.truncate(int(Path(checkpoint).name.split("-")[-1]))
 
     def save_copy(self, folder: str | Path) -> None:
-        write_jsonl(Path(folder) / "metrics.jsonl", self.rows)
+        if self.writes:
+            write_jsonl(Path(folder) / "metrics.jsonl", self.rows)
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Trainers that do not copy the lines themselves (DPO) get the copy here, after the save."""
@@ -61,7 +66,8 @@ class MetricsWriter(TrainerCallback):
         """Keep only lines with step <= last_step (called before resuming from checkpoint `last_step`)."""
         if self.path.is_file():
             kept = [row for row in read_jsonl(self.path) if row.get("step", 0) <= last_step]
-            write_jsonl(self.path, kept)
+            if self.writes:
+                write_jsonl(self.path, kept)
             self.rows = kept
         else:
             self.rows = []
@@ -80,6 +86,8 @@ class MetricsWriter(TrainerCallback):
             f"{k}={row[k]:.4g}" for k in ("total_loss", "loss", "reward_mean", "expo_nll", "time/step")
             if isinstance(row.get(k), (int, float))))
         self.rows.append(row)
+        if not self.writes:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, sort_keys=True) + "\n")

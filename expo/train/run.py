@@ -16,6 +16,7 @@ with constant weight `sft_beta`.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,16 @@ def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | 
                              regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
 
 
+def world_size() -> int:
+    """Training processes of this run: $WORLD_SIZE, which torchrun and accelerate launch set (1 alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a run without a launcher): the one process that writes the output folder."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def default_reward() -> RewardFn:
     """The verifier reward: 1.0 when a completion's final answer is equivalent to the gold one."""
     from expo.verify import math_reward
@@ -143,4 +154,5 @@ def beta_of(arm: str, cfg: ExpoConfig) -> Callable[[int], float]:
     return lambda step: 0.0
 
 
-__all__ = ["train_arm", "validate_arm", "default_reward", "make_buffer", "write_model_card", "beta_of"]
+__all__ = ["train_arm", "validate_arm", "default_reward", "make_buffer", "write_model_card", "beta_of",
+           "world_size", "is_main_process"]

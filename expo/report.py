@@ -357,7 +357,22 @@ def explanation_section(stats: dict[str, Any]) -> list[Block]:
         ax.set(xlabel="level", ylim=(0, 1.05), title="Acceptance vs solve rate")
         ax.legend(fontsize=8)
         blocks.append(("img", Image("explanations.png", _png(fig), "explanation acceptance by level")))
-    return blocks
+    return blocks + reject_reason_section(stats, levels)
+
+
+def reject_reason_section(stats: dict[str, Any], levels: list[str]) -> list[Block]:
+    """Why samples were not kept: one row per reason, overall and by level (when the stats have it)."""
+    overall = stats.get("reject_reasons") or {}
+    if not overall:
+        return []
+    by_level = stats.get("by_level") or {}
+    per_level = [by_level[lv].get("reject_reasons") or {} for lv in levels]
+    show_levels = any(per_level)
+    header = ["reason", "all"] + ([f"level {lv}" for lv in levels] if show_levels else [])
+    rows = [[reason, str(count)] + ([str(p.get(reason, 0)) for p in per_level] if show_levels else [])
+            for reason, count in sorted(overall.items(), key=lambda kv: -kv[1])]
+    return [("p", "Samples not kept, by reason (a sample has one reason: the first filter it fails)."),
+            ("table", Table("reject_reasons", header, rows))]
 
 
 def _lp(s: dict[str, Any] | None) -> str:

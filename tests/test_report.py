@@ -90,9 +90,11 @@ def _rates(questions, samples, passed, with_expl, solve_samples, solved):
             "solve_rate": solved / solve_samples if solve_samples else None}
 
 
-EXPLAIN_STATS = {**_rates(6, 24, 12, 5, 24, 6), "reject_reasons": {"wrong_answer": 12},
-                 "by_level": {"1": _rates(2, 8, 8, 2, 8, 5), "2": _rates(2, 8, 3, 2, 8, 1),
-                              "3": _rates(2, 8, 1, 1, 8, 0)}}
+EXPLAIN_STATS = {**_rates(6, 24, 12, 5, 24, 6), "reject_reasons": {"wrong_answer": 9, "truncated": 3},
+                 "by_level": {"1": _rates(2, 8, 8, 2, 8, 5),
+                              "2": {**_rates(2, 8, 3, 2, 8, 1), "reject_reasons": {"wrong_answer": 5}},
+                              "3": {**_rates(2, 8, 1, 1, 8, 0),
+                                    "reject_reasons": {"wrong_answer": 4, "truncated": 3}}}}
 IN_DIST = {"overall": {"explanation": {"count": 3, "mean": -1.2, "lo": -1.5, "hi": -0.9},
                        "expert": {"count": 2, "mean": -3.4, "lo": -4.0, "hi": -2.8}},
            "by_level": {"1": {"explanation": {"count": 3, "mean": -1.2, "lo": -1.5, "hi": -0.9},
@@ -123,7 +125,9 @@ def test_full_report_renders_with_expected_tables(tmp_path):
 
     rows = page.tables
     assert set(rows) == {"accuracy", "deltas", "pass_at_k", "training", "timing", "explanations",
-                         "in_distribution"}
+                         "reject_reasons", "in_distribution"}
+    # most frequent reason first; levels without a reason count 0
+    assert rows["reject_reasons"] == [["wrong_answer", "9", "0", "5", "4"], ["truncated", "3", "0", "0", "3"]]
     assert [(r[0], r[1]) for r in rows["accuracy"]] == [
         (name, lv) for name in ("base", EVIL) for lv in ("all", "1", "2", "3")]
     # base level 1: pass@1 = (2/4 + 1/4)/2 = 37.5%; greedy 1 of 2 (c >= 2 on q0 only)

@@ -22,8 +22,9 @@ each judged, in this order:
 Every sample becomes one record `{id, question, answer, level, explanation, logprob, accepted,
 reject_reason, passed, sample, num_tokens, truncated}`; `accepted` marks the ones kept (at most m per
 question), `passed` every sample that passed the filters. Statistics: acceptance (passed / samples)
-by level beside the unconditioned solve rate by level, from `solve_rate_samples` samples of the plain
-solve prompt with the same model and sampling settings (and `generation.max_new_tokens`).
+and the reject reasons counted, overall and by level, beside the unconditioned solve rate by level,
+from `solve_rate_samples` samples of the plain solve prompt with the same model and sampling settings
+(and `generation.max_new_tokens`).
 
 Why a cache: online ExPO regenerates every K steps and a re-run of the pipeline repeats the stage;
 samples are stored under (model fingerprint, prompt digest, sampling settings, question id), so work
@@ -369,6 +370,12 @@ def _statistics(records: list[dict[str, Any]], solved: list[tuple[Any, list[floa
         lv["solve_samples"] += len(scores)
         lv["solved"] += sum(1 for s in scores if s == 1.0)
     by_level = {key: _rates(dict(counts), len(with_expl[key])) for key, counts in sorted(levels.items())}
+    reasons_by_level: dict[str, Counter] = defaultdict(Counter)  # why samples failed, per level
+    for rec in records:
+        if rec["reject_reason"]:
+            reasons_by_level[_level_key(rec["level"])][rec["reject_reason"]] += 1
+    for key, level_stats in by_level.items():
+        level_stats["reject_reasons"] = dict(sorted(reasons_by_level[key].items()))
     total = Counter()
     for counts in levels.values():
         total.update(counts)

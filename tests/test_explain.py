@@ -116,6 +116,9 @@ def test_acceptance_and_solve_rate_by_level_by_hand():
     # overall: 8 of 12 passed, 5 kept, 3 of 6 solved.
     assert stats["acceptance_rate"] == pytest.approx(8 / 12) and stats["kept"] == 5
     assert stats["solve_rate"] == 0.5
+    assert level1["reject_reasons"] == {"duplicate": 1, "no_answer": 1, "no_reasoning": 1,
+                                        "refers_to_hint": 1, "wrong_answer": 1}
+    assert level2["reject_reasons"] == {"over_keep_limit": 2}
     assert stats["reject_reasons"] == {"duplicate": 1, "no_answer": 1, "no_reasoning": 1,
                                        "over_keep_limit": 2, "refers_to_hint": 1, "wrong_answer": 1}
 
@@ -234,7 +237,8 @@ def test_an_answer_the_reward_accepts_is_not_rejected_for_its_form():
     # correct through the verifier's fallback. Judged with the real verifier, both read the same answer.
     from expo.verify import rewards
 
-    texts = ["First 2 + 3 = 5. The answer is 5.", "She has 2 + 3 = 5 apples in all (see step 1).", "2 + 3 = 5 \\boxed{5}"]
+    texts = ["First 2 + 3 = 5. The answer is 5.", "She has 2 + 3 = 5 apples in all (see step 1).",
+             "2 + 3 = 5 \\boxed{5}"]
     scores = rewards(texts, ["5"] * len(texts))
     assert scores == [1.0, 1.0, 1.0]
     assert [judge_text(t, r, 5) for t, r in zip(texts, scores)] == [None, None, None]
@@ -362,7 +366,8 @@ class TruncatingGenerator(FakeGenerator):
     def generate(self, prompts, n=1, temperature=1.0, max_new_tokens=None, seed=None):
         out = super().generate(prompts, n, temperature, max_new_tokens, seed)
         if HINT in prompts[0]:
-            out = [[Completion(c.text, c.token_ids, c.logprob, c.num_tokens, True) for c in per] for per in out]
+            out = [[Completion(c.text, c.token_ids, c.logprob, c.num_tokens, True) for c in per]
+                   for per in out]
         return out
 
 
@@ -384,3 +389,18 @@ def test_explain_config_keys():
     assert load_config(None, []).explain.max_new_tokens is None
     with pytest.raises(ConfigError, match="explain.max_new_tokens"):
         load_config(None, ["explain.max_new_tokens=0"])
+
+
+@pytest.mark.parametrize("text", [
+    "since the " * 100_000 + "answer",  # premise openings that never finish
+    "to reach the " + "a" * 1_000_000,  # one endless word where a qualifier may stand
+    "the answer is " * 100_000,  # boilerplate everywhere
+    " " * 1_000_000 + "answer",
+])
+def test_filter_stays_linear_on_hostile_input(text):
+    import time
+
+    t0 = time.perf_counter()
+    judge_text(text, 1.0, 5)
+    reasoning_chars(text)
+    assert time.perf_counter() - t0 < 5.0  # well under a second here; a quadratic scan takes minutes

@@ -216,7 +216,8 @@ def _equation(text: str) -> Found | None:
     if value is None:
         return None
     start, content, end = value[0], value[1], value[2]
-    rest = body[end:].strip(" \t.,;:!$*").split()
+    rest = body[end:].replace("\\]", " ").replace("\\)", " ")  # the end of display math is not a word
+    rest = rest.strip(" \t.,;:!$*").split()
     if len(rest) > 3 or not all(w.strip(".,;:!").isalpha() for w in rest):
         return None  # more than a unit after the value: the line goes on, the `=` is not its end
     return Found(content, start, "equation")

@@ -128,6 +128,7 @@ FINAL_ANSWER = [
     # "= X" at the end of the last line
     ("so x = \\frac{3}{4}", "\\frac{3}{4}", "equation"),  # LaTeX fraction after the last =
     ("= \\sqrt{2}", "\\sqrt{2}", "equation"),  # the last number would be 2
+    ("\\[ x = \\sqrt{2} \\]", "\\sqrt{2}", "equation"),  # in display math
     ("Total = 5 + 7 = 12 apples.", "12", "equation"),  # a unit word may follow
     ("x = 5 (approximately)", "5", "equation"),  # a closing remark is dropped first
     # the last number, references skipped

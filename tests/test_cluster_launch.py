@@ -299,6 +299,19 @@ def test_launch_trainjob_stages_inputs_and_fetches_the_model(tmp_path):
     assert sorted(p.name for p in staged.iterdir()) == ["data", "explanations", "model", "output"]
 
 
+def test_launch_refuses_a_batch_the_jobs_processes_cannot_split(tmp_path):
+    """2 nodes x 8 GPUs = 16 processes; 4 prompts per step cannot give each whole groups: one clear
+    error before anything is staged or created (not 16 tracebacks in the job's pods)."""
+    from expo.cluster import launch_trainjob
+    from expo.errors import ConfigError
+
+    cfg = load_config(None, ["cluster.train_nodes=2", "cluster.gpus_train=8", "train.prompts_per_step=4"])
+    with pytest.raises(ConfigError, match="train.prompts_per_step"):
+        launch_trainjob(cfg, "grpo", tmp_path / "d", tmp_path / "m", None, tmp_path / "o",
+                        api_client=object(), namespace=NS, workspace=tmp_path / "ws", log_sink=None)
+    assert not (tmp_path / "ws").exists()
+
+
 def test_job_names_are_dns_labels_and_unique():
     from expo.cluster import job_name
 

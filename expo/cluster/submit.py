@@ -74,7 +74,11 @@ def launch_trainjob(
     """Stage the inputs on the workspace, run the TrainJob, and copy its output into `output_dir`.
 
     `workspace` is where this pod mounts the shared PVC; the job's pods mount it at /workspace.
+    A global batch that does not split over the job's processes fails here, before anything is staged.
     """
+    from expo.train.family import batch_plan  # heavy (TRL): only once a job is launched
+
+    batch_plan(cfg.train, cfg.cluster.train_nodes * max(cfg.cluster.gpus_train, 1))
     name = job_name(arm)
     workspace = Path(workspace)
     job_dir = workspace / "trainjobs" / name

@@ -154,15 +154,16 @@ class OnlineRegenerator:
         self.cache = cache
 
     def __call__(self, model: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from expo.explain import sample_explanations
+        from expo.explain import generator_config, sample_explanations
         from expo.generation import make_generator
         from expo.modeling import state_fingerprint
 
-        generator = make_generator(model, self.tokenizer, self.cfg.generation)
+        # Sized for the longer explanation budget (vLLM's max_model_len); each call passes its own.
+        generator = make_generator(model, self.tokenizer, generator_config(self.cfg.generation, self.cfg.explain))
         explain = dataclasses.replace(self.cfg.explain, solve_rate_samples=0)
         model_key = state_fingerprint(model) if self.cache is not None else ""
         records, _stats = sample_explanations(generator, rows, explain, self.cfg.prompts, self.tokenizer,
-                                              self.cache, model_key)
+                                              self.cache, model_key, generation=self.cfg.generation)
         return records
 
 

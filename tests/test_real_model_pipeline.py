@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 TINY_BUDGET = [
     "data.eval_fraction=0.5",
-    "generation.max_new_tokens=24", "explain.max_new_tokens=32",
+    "generation.max_new_tokens=24", "explain.max_new_tokens=96",
     "explain.samples_per_question=2", "explain.solve_rate_samples=1",
     "train.arms=[exp-grpo]", "train.steps=2", "train.prompts_per_step=2", "train.num_generations=2",
     "train.checkpoint_every=1", "train.expo_on=all",

@@ -104,10 +104,11 @@ def test_a_failed_process_raises_with_the_workers_own_error_line() -> None:
 
 @pytest.mark.slow
 def test_torchrun_trains_one_step_with_two_cpu_processes(tmp_path: Path) -> None:
-    """The real command, 2 processes on CPU (gloo): one optimizer step over the global batch of
-    2 prompts x 4 rollouts (one prompt per process); rank 0 alone writes the outputs."""
+    """The real command, 2 processes on CPU (gloo, DDP): one optimizer step over the global batch of
+    2 prompts x 4 rollouts (one prompt per process, in 2 micro-batches of 2 rollouts each, the NLL
+    term beside DDP's forward); rank 0 alone writes the outputs."""
     f = make_folders(tmp_path)
-    cfg = small_config(steps=1, expo_beta=0.5)
+    cfg = small_config(steps=1, expo_beta=0.5, rollouts_per_micro_batch=2)
     argv = pod.torchrun_argv(2, cfg, "exp-grpo", f["data"], f["model"], f["explanations"], tmp_path / "out",
                              checkpoint_dir=tmp_path / "ckpt")
     pod.run_processes(argv, pod.torchrun_env())
@@ -115,5 +116,17 @@ def test_torchrun_trains_one_step_with_two_cpu_processes(tmp_path: Path) -> None
     lines = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in lines] == [1]  # one line: written once, by rank 0
     assert lines[0]["explanations_used"] == 1.0  # rank 0's share: one of the step's two prompts
+    assert lines[0]["expo_nll"] > 0 and lines[0]["grad_norm"] > 0
     assert read_json(out / "summary.json")["steps"] == 1
     assert (out / "model" / "model.safetensors").is_file()
+    # Where every group's rewards are equal (the random model's usual case), the step's gradient is the
+    # NLL term's alone: the same from 2 processes as from 1 (global token-mean, DDP's 1/W undone).
+    if lines[0]["frac_reward_zero_std"] == 1.0:
+        from expo.train import train_arm
+
+        from tests.trainkit import zero_reward
+
+        train_arm("exp-grpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "one",
+                  reward_fn=zero_reward)
+        alone = read_jsonl(tmp_path / "one" / "metrics.jsonl")[0]
+        assert lines[0]["grad_norm"] == pytest.approx(alone["grad_norm"], rel=1e-4)

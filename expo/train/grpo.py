@@ -88,7 +88,7 @@ class ExpoGRPOTrainer(GRPOTrainer):
         self.timer = PhaseTimer()
         self._nll_plan: NLLPlan | None = None
         self._last_rewards: torch.Tensor | None = None
-        self._loss_acc: dict[str, float] = {}  # this step's sums over its micro-batches (for the logs)
+        self._loss_acc = _new_loss_acc()  # this step's sums over its micro-batches (for the logs)
         self._step_tokens = 0
         self._step_stats: dict[str, float] = {}
         self._clock = _StepClock()
@@ -248,7 +248,7 @@ class ExpoGRPOTrainer(GRPOTrainer):
         micro = max(int(self.args.steps_per_generation), 1)
         k = self._step % micro  # which micro-batch of the step this is (TRL's own buffer index)
         if k == 0:
-            self._loss_acc = {"grpo": 0.0, "nll_sum": 0.0, "nll_tokens": 0.0}
+            self._loss_acc = _new_loss_acc()
         weight = self.nll_term.weight_at(self.state.global_step) if self.nll_term else 0.0
         loss = grpo_loss
         plan = self._nll_plan
@@ -310,6 +310,10 @@ class ExpoGRPOTrainer(GRPOTrainer):
             state = json.load(fh)
         if self.buffer is not None and state.get("buffer") is not None:
             self.buffer.load_state_dict(state["buffer"])
+
+
+def _new_loss_acc() -> dict[str, float]:
+    return {"grpo": 0.0, "nll_sum": 0.0, "nll_tokens": 0.0}
 
 
 class _EpochSeededRepeatSampler(RepeatSampler):

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from expo.config import ExpoConfig
 from expo.errors import DataError
 from expo.io import read_json, read_jsonl
 from expo.tiny import char_tokenizer
@@ -182,3 +183,15 @@ def test_dpo_kill_in_round_two_and_resume(tmp_path: Path) -> None:
     b = load_file(tmp_path / "cut2" / "model" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_the_dpo_batch_is_global_split_over_processes(tmp_path):
+    from expo.errors import ConfigError
+    from expo.train.dpo import dpo_args
+
+    cfg = ExpoConfig()
+    cfg.train.prompts_per_step = 8
+    assert dpo_args(cfg, tmp_path, steps=1, on_gpu=False, world=4).per_device_train_batch_size == 2
+    assert dpo_args(cfg, tmp_path, steps=1, on_gpu=False).per_device_train_batch_size == 8  # alone
+    with pytest.raises(ConfigError, match="train.prompts_per_step"):
+        dpo_args(cfg, tmp_path, steps=1, on_gpu=False, world=3)

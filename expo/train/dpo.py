@@ -32,14 +32,14 @@ from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from expo.config import ExpoConfig
-from expo.errors import DataError
+from expo.errors import ConfigError, DataError
 from expo.io import read_json, read_jsonl, write_json, write_jsonl
 from expo.prompts import solve_prompt
 from expo.train.explanations import OnlineRegenerator, Regenerate
 from expo.train.family import finish, lora_config, load_policy
 from expo.train.metrics import MetricsWriter
 from expo.train.resume import latest_valid_checkpoint
-from expo.train.run import RewardFn, make_buffer
+from expo.train.run import RewardFn, is_main_process, make_buffer, world_size
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,16 @@ def build_pairs(rows: list[dict[str, Any]], chosen_for: Callable[[str], str | No
     return pairs
 
 
-def dpo_args(cfg: ExpoConfig, folder: Path, steps: int, on_gpu: bool) -> DPOConfig:
+def dpo_args(cfg: ExpoConfig, folder: Path, steps: int, on_gpu: bool, world: int | None = None) -> DPOConfig:
+    """Our TrainConfig in TRL's DPO terms (`world`: training processes, default $WORLD_SIZE)."""
     tc = cfg.train
+    world = world if world is not None else world_size()
+    if tc.prompts_per_step % world:
+        raise ConfigError(f"config key 'train.prompts_per_step': {tc.prompts_per_step} pairs do not split "
+                          f"evenly over {world} training processes; use a multiple of {world}")
     return DPOConfig(
-        output_dir=str(folder), max_steps=steps, per_device_train_batch_size=tc.prompts_per_step,
+        # prompts_per_step pairs is the global batch: each of the W processes takes 1/W of it
+        output_dir=str(folder), max_steps=steps, per_device_train_batch_size=tc.prompts_per_step // world,
         gradient_accumulation_steps=1, learning_rate=tc.learning_rate, lr_scheduler_type="constant",
         beta=tc.dpo_beta, max_grad_norm=tc.max_grad_norm, seed=tc.seed, logging_steps=1,
         save_strategy="steps", save_steps=tc.checkpoint_every, save_total_limit=3, report_to=[],
@@ -158,16 +164,18 @@ def train_dpo(cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path
         if entry["skipped"]:
             log.warning("exp-dpo round %d of %d skipped: %s", r, len(plan), entry["skipped"])
         round_log.append(entry)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "done.json", {"round": r, "buffer": buffer.state_dict(), "metrics": writer.rows,
-                                          "entry": entry})
+        if is_main_process():  # one writer under torchrun: rank 0
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / "done.json", {"round": r, "buffer": buffer.state_dict(), "metrics": writer.rows,
+                                              "entry": entry})
     tried = [e for e in round_log if e["planned_steps"] > 0]
     if tried and not any(e["steps"] for e in tried):  # a round with steps planned trains iff it had pairs
         raise DataError(f"exp-dpo: none of its {len(tried)} round(s) had a pair: {NO_PAIRS}")
     steps = sum(e["steps"] for e in round_log)
     summary = finish("exp-dpo", cfg, model, steps, buffer, tokenizer, model_dir, out, writer, resume_ckpt)
     summary.update(rounds=len(plan), planned_steps=plan, round_log=round_log)
-    write_json(out / "summary.json", summary)  # finish wrote it without the rounds
+    if is_main_process():
+        write_json(out / "summary.json", summary)  # finish wrote it without the rounds
     return summary
 
 
@@ -190,8 +198,9 @@ def _train_round(model: Any, tokenizer: Any, pairs: list[dict[str, Any]], cfg: E
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()  # the next round starts (and takes its reference) from here
-    model.save_pretrained(folder / "policy", safe_serialization=True)
-    tokenizer.save_pretrained(folder / "policy")  # a whole model folder: a resumed run loads it as one
+    if is_main_process():
+        model.save_pretrained(folder / "policy", safe_serialization=True)
+        tokenizer.save_pretrained(folder / "policy")  # a whole model folder: a resumed run loads it as one
     return model
 
 

@@ -160,15 +160,15 @@ class PromptConfig:
     """Solve and answer-conditioned prompts; they differ only by the hint sentence."""
 
     solve_template: str = "{question}"
-    # What the explanation prompt adds: the answer, then how to write the explanation. Two short sentences,
-    # because the explanation is trained under the plain solve prompt: it must read as an ordinary
-    # solution (no "since the answer is 42", which the filter rejects), and a chat model told only to
-    # "give the reasoning" writes long commentary that runs past the token limit. It asks for the box
-    # MATH-style solve prompts ask for; the filter still reads an unboxed answer as the rewards do.
-    hint_template: str = ("The correct answer is {answer}. Write a concise step-by-step solution that "
-                          "reaches it without mentioning that you were told the answer, and end with the "
-                          "final answer in \\boxed{}.")
-    hint_position: Literal["before", "after"] = "before"  # where the hint sits relative to the question
+    # What the explanation prompt adds: the answer stated, and nothing else, right before the model
+    # answers (after the question and the solve template's own instruction, which already asks for the
+    # reasoning and the box). Measured on SmolLM2-135M-Instruct, ladder, 32 questions x 2 samples
+    # (bench/hint_wording.py, docs/real-model.md): acceptance 34 % this way, 23 % with a longer
+    # instruction ("write a concise step-by-step solution that reaches it without mentioning ...") after
+    # the question, 6-9 % with either before it; unconditioned solve rate 3 %. An instruction about how
+    # to explain made the small model write lists of empty steps.
+    hint_template: str = "The correct answer is {answer}."
+    hint_position: Literal["before", "after"] = "after"  # where the hint sits relative to the question
     use_chat_template: bool = True  # when the tokenizer has one
 
     def validate(self, at: str) -> None:

@@ -46,9 +46,10 @@ def test_hint_position_before_and_after(plain_tok):
     assert after.index("Q?") < after.index("7")
 
 
-def test_default_hint_states_the_answer_and_asks_for_a_boxed_derivation(plain_tok):
-    hint = hint_sentence("42", PromptConfig())
-    assert "42" in hint and hint.rstrip(".").endswith("\\boxed{}")
+def test_default_hint_states_the_answer_right_before_the_model_answers(plain_tok):
+    # bench/hint_wording.py: the answer stated after the solve prompt's own instruction, nothing more
+    assert hint_sentence("42", PromptConfig()) == "The correct answer is 42."
+    assert explain_prompt("Q", "42", plain_tok, PromptConfig()) == "Q\n\nThe correct answer is 42.\n"
 
 
 def test_chat_template_is_used_with_the_assistant_header(chat_tok, plain_tok):
@@ -61,7 +62,7 @@ def test_chat_template_is_used_with_the_assistant_header(chat_tok, plain_tok):
 
 def test_braces_in_question_answer_and_templates_are_kept(plain_tok):
     cfg = PromptConfig(solve_template="{question} Answer in \\boxed{}.",
-                       hint_template="It is {answer} {not a field}.")
+                       hint_template="It is {answer} {not a field}.", hint_position="before")
     prompt = explain_prompt("Find {x | x > 0}.", "\\frac{1}{2}", plain_tok, cfg)
     assert prompt == "It is \\frac{1}{2} {not a field}.\n\nFind {x | x > 0}. Answer in \\boxed{}.\n"
 
@@ -69,12 +70,12 @@ def test_braces_in_question_answer_and_templates_are_kept(plain_tok):
 def test_answer_that_looks_like_a_placeholder_is_not_substituted_again(plain_tok):
     # The answer is inserted after the question placeholder is filled; "{question}" in an answer stays.
     prompt = explain_prompt("Q", "{question}", plain_tok, PromptConfig())
-    assert prompt.startswith("The correct answer is {question}.")
+    assert prompt == "Q\n\nThe correct answer is {question}.\n"
 
 
 def test_empty_question_still_gives_a_prompt(plain_tok):
     assert solve_prompt("", plain_tok, PromptConfig()) == "\n"
-    assert explain_prompt("", "3", plain_tok, PromptConfig()).startswith("The correct answer is 3.")
+    assert explain_prompt("", "3", plain_tok, PromptConfig()) == "\n\nThe correct answer is 3.\n"
 
 
 def _bos_tok(adds_bos: bool):

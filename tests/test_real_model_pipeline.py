@@ -69,6 +69,8 @@ def test_the_real_model_runs_every_stage_and_registers(real_run):
             assert 0.0 <= level["pass@1"] <= level["pass@k"] <= 1.0
     assert summary["registered_model_uri"].startswith("models:/smollm2-135m-ladder-expo/")
     assert "registered model:" in proc.stdout
+    report = (run_dir / "report.md").read_text()
+    assert "Self-explanations" in report and "| 4 |" in report  # by-level rows, level 4 included
 
 
 def test_the_real_model_leaves_chat_prompts_explanations_and_an_expo_term(real_run):

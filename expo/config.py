@@ -192,6 +192,12 @@ class ExplainConfig:
     # True: an explanation needs a \boxed{} answer (else `no_answer`). False: its answer is found as the
     # rewards find one (expo.verify.extract_answer: a box, `#### n`, "The answer is 3/4", a final "= x").
     require_boxed: bool = False
+    # True: a sample that passed every other filter is rejected as `not_derived` unless its final answer
+    # is a result of its reasoning (expo.explain.derived). A weak model given the answer often writes
+    # unrelated arithmetic and pastes the answer at the end; real solutions compute it first. Off by
+    # default: it also drops real solutions that do their last step in the answer sentence (about 1 in
+    # 8 on MATH-500, under 1 % on GSM8K; docs/real-model.md, bench/derivation_check.py).
+    require_derivation: bool = False
     # New tokens for the answer-conditioned samples; None = generation.max_new_tokens. The solve-rate
     # samples always use generation.max_new_tokens (they measure the policy as its rollouts sample it).
     max_new_tokens: int | None = None

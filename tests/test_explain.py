@@ -11,10 +11,13 @@ from expo.config import ExplainConfig, ExpoConfig, GenerationConfig, PromptConfi
 from expo.explain import (
     HINT_PATTERNS,
     ExplanationCache,
+    answer_value,
+    derived,
     generate_explanations,
     generator_config,
     hint_phrase,
     judge_text,
+    normalise_latex,
     reasoning_chars,
     sample_explanations,
 )
@@ -404,3 +407,118 @@ def test_filter_stays_linear_on_hostile_input(text):
     judge_text(text, 1.0, 5)
     reasoning_chars(text)
     assert time.perf_counter() - t0 < 5.0  # well under a second here; a quadratic scan takes minutes
+
+
+# --- explain.require_derivation: the final answer must be a result of the reasoning, not pasted after it.
+DERIVATION = [
+    # (explanation, reason with reward 1.0, min_reasoning_chars 5 and require_derivation)
+    # -- pasted: SmolLM2-135M-Instruct given the answer (the ladder run, trimmed): not_derived
+    ("Each room takes 5 hours, so 5 hours * 6 rooms = 25 hours. It will take him 2 * 2 = 4 hours. "
+     "So, the answer is 20.", "not_derived"),  # gold 20, computed nowhere
+    ("3. Calculate: 42 (total allowance) + 26 = 58, so the answer is 29.\n\nThe correct answer is 29.\n"
+     "The answer is 29.", "not_derived"),  # 29 only inside earlier answer statements
+    ("1. Add the blocks.\n2. Count them.\n3. Check.\nSo the answer is 3.", "not_derived"),  # list numbers
+    ("From step 3, 4 + 4 = 8. So the answer is 3.", "not_derived"),  # a reference, not a value
+    ("We solve x^3 + 1 = 9 for x. So the answer is 3.", "not_derived"),  # an exponent
+    ("We count 1 + 1 = 2 units, and the answer is 3 units. So the answer is 3.", "not_derived"),
+    ("We add 5 * 6 = 30 hours. So, the answer = 20.", "not_derived"),  # "answer =" computes nothing
+    ("We have 124 + 6 = 130 apples, so \\boxed{24}", "not_derived"),  # 24 only inside 124
+    # -- computed before it is stated: passes
+    ("13 * 6 = 78. So the answer is 78.", None),
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+     "altogether in April and May.\n#### 72", None),  # GSM8K's calculator notes
+    ("He earns 1,200 + 34 = 1,234 dollars. The answer is 1234.", None),  # same value, other spelling
+    ("Tom pays 2 + 3 = $5.00 in all. The answer is $5.", None),
+    ("Half of 1.5 is 0.75, so \\boxed{\\frac34}", None),  # 0.75 = 3/4
+    ("We get $x = \\dfrac{3}{4}$ after dividing. \\boxed{\\frac34}", None),  # \dfrac{3}{4} = \frac34
+    ("$124 + x + x = 180$, so $x = \\boxed{28}$.", None),  # the answer is itself the right-hand side
+    ("This simplifies to $100 \\cdot 80 = \\boxed{8000}$.", None),
+    ("So $81 + 27 \\equiv 108 \\equiv \\boxed{9} \\pmod{11}$.", None),
+    ("We have $r = \\sqrt{0^2 + 3^2} = 3$ and the angle is $\\frac{\\pi}{2}$. So the polar coordinates are "
+     "$\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$.", None),  # a tuple: each part derived
+    ("Evelyn covered more distance in less time, so $\\boxed{\\text{Evelyn}}$ is our answer.", None),
+    ("By the quadratic formula $x = 1 \\pm \\sqrt{19}$, so \\boxed{1\\pm\\sqrt{19}}", None),  # spaces aside
+    # the embedded toy's format: its check states the value before the box, so it would pass too (the
+    # toy's configs set require_boxed and leave require_derivation off: its numbers cannot change)
+    ("374:yes \\boxed{374}", None),
+    # -- a known false reject: a MATH solution that counts in the answer sentence (bench/derivation_check.py)
+    ("The factors of 24 greater than 1 are 2, 3, 4, 6, 8, 12 and 24, so there are $\\boxed{7}$ of them.",
+     "not_derived"),
+    # -- the other reasons come first
+    ("5 * 6 = 25. So, the answer is 21.", "not_derived"),  # (reward 1.0 given: the verifier is not asked)
+    ("Since the answer is 20, 5 * 6 = 25. So, the answer is 20.", "refers_to_hint"),
+    ("\\boxed{20}", "no_reasoning"),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), DERIVATION)
+def test_derivation_table(text, reason):
+    assert judge_text(text, 1.0, 5, require_derivation=True) == reason
+
+
+def test_derivation_is_off_by_default_and_judged_last():
+    pasted = DERIVATION[0][0]
+    assert judge_text(pasted, 1.0, 5) is None  # the default filters accept the pasted answer
+    assert judge_text(pasted, 0.0, 5, require_derivation=True) == "wrong_answer"  # the verifier first
+
+
+@pytest.mark.parametrize(("answer", "value"), [
+    ("1,234", 1234), ("\\$5.00", 5), ("75\\%", 75), ("\\dfrac{3}{4}", 0.75), ("\\frac34", 0.75),
+    ("30^\\circ", 30), ("864 inches", 864), ("-0.5", -0.5), ("3/4", 0.75),
+    ("2x", None), ("\\sqrt{2}", None), ("(1, 2)", None), ("\\text{Evelyn}", None),
+])
+def test_answer_value(answer, value):
+    assert answer_value(answer) == value
+
+
+@pytest.mark.parametrize(("text", "normal"), [
+    ("\\dfrac{3}{4}", "\\frac{3}{4}"), ("\\frac34", "\\frac{3}{4}"), ("$\\left( 3, 4 \\right)$", "(3,4)"),
+    ("\\text{Evelyn}", "Evelyn"), ("x = \\pi for", "x=\\pi for"), ("11,\\! 111", "11,111"),
+])
+def test_normalise_latex(text, normal):
+    assert normalise_latex(text) == normal
+
+
+def test_derived_reads_the_same_answer_as_the_filter():
+    from expo.verify import locate_answer
+
+    text = "We add 2 + 2 = 4. The answer is 4."
+    found = locate_answer(text)
+    assert found.kind == "statement" and derived(text, found)
+
+
+def test_not_derived_is_counted_by_level(monkeypatch):
+    monkeypatch.setitem(TEXTS, "q1", (["2+3=5 so \\boxed{5}", "2+2=4 so \\boxed{5}",  # kept, not_derived
+                                       "1+1=2, \\boxed{5}", "2+3=6 \\boxed{6}"],  # not_derived, wrong
+                                      ["\\boxed{5}", "\\boxed{4}"]))
+    cfg = ExplainConfig(samples_per_question=4, keep_per_question=2, solve_rate_samples=2,
+                        require_derivation=True)
+    _, records, stats = run(rows=ROWS[:1], cfg=cfg)
+    assert [r["reject_reason"] for r in records] == [None, "not_derived", "not_derived", "wrong_answer"]
+    assert stats["reject_reasons"] == {"not_derived": 2, "wrong_answer": 1}
+    assert stats["by_level"]["1"]["reject_reasons"] == {"not_derived": 2, "wrong_answer": 1}
+
+
+def test_require_derivation_config_key():
+    from expo.config import load_config
+    from expo.errors import ConfigError
+
+    assert load_config(None, []).explain.require_derivation is False
+    assert load_config(None, ["explain.require_derivation=true"]).explain.require_derivation is True
+    with pytest.raises(ConfigError, match="explain.require_derivation"):
+        load_config(None, ["explain.require_derivation=maybe"])
+
+
+@pytest.mark.parametrize("text", [
+    "1 " * 500_000 + "so the answer is 1",  # a value everywhere, every one a candidate
+    "= " * 500_000 + "\\boxed{2}",
+    "\\text{" * 200_000 + "\\boxed{x}",  # an unclosed wrapper the normalisation looks into
+    "(" + "1, " * 300_000 + "2) so \\boxed{(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)}",
+    "answer " * 200_000 + "is 7",
+])
+def test_derivation_stays_linear_on_hostile_input(text):
+    import time
+
+    t0 = time.perf_counter()
+    judge_text(text, 1.0, 5, require_derivation=True)
+    assert time.perf_counter() - t0 < 5.0

@@ -79,7 +79,7 @@ HINT_PATTERNS = (
     rf"\s+{_QUALIFIED}\b",
     rf"\b(?:given|told|provided)(?:\s+that)?\s+{_QUALIFIED}\b",
     # an answer someone supplied: "The expected answer is 42", "the stated answer of 42"
-    r"\b(?:given|stated|expected|provided|supplied|known|target|desired|intended|suggested|claimed|hinted)"
+    r"\b(?:given|stated|expected|provided|supplied|known|target|intended|suggested|claimed|hinted)"
     r"\s+(?:final\s+)?answer\b",
     r"\banswer\s+(?:that\s+)?(?:is\s+|was\s+|has\s+been\s+|we\s+(?:are|were)\s+|you\s+)?"
     r"(?:given|stated|provided|supplied|told|expected|gave)\b(?!\s+by\b)",

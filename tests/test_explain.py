@@ -150,6 +150,7 @@ JUDGE = [
     # -- ordinary solutions: accepted
     ("2 + 3 = 5. Therefore, the correct answer is $\\boxed{5}$.", None),  # an ordinary conclusion
     ("As stated in the problem, 2 + 3 = 5, so \\boxed{5}", None),  # the problem's own givens
+    ("Squaring gives 49, so the desired answer is 49. \\boxed{49}", None),  # MATH-500 solution wording
     ("Using the information given in the problem, 2+3=5. \\boxed{5}", None),  # ditto (a 0.5B model's)
     ("Therefore, the correct answer is $\\boxed{5}$.", "no_reasoning"),  # ... but a conclusion alone is none
     # more of the answer treated as given

@@ -109,6 +109,7 @@ _BOILERPLATE = re.compile(
     r"|\\[\[\]()]|[*#$`]",
     re.IGNORECASE)
 CACHE_FILE = "explanations-cache.jsonl"
+IN_DISTRIBUTION_FILE = "in_distribution.json"
 
 Rewards = Callable[[Sequence[str], Sequence[str]], list[float | None]]
 
@@ -589,7 +590,10 @@ def cache_root(cache_dir: str, output_dir: Path) -> Path:
 def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str | Path,
                           output_dir: str | Path, progress: bool = False) -> dict[str, Any]:
     """Sample explanations of the train split with the model in `model_dir`; write
-    `explanations.jsonl` (every sample) and `stats.json`; return the statistics."""
+    `explanations.jsonl` (every sample), `stats.json` and `in_distribution.json` (the paper's check,
+    scored with the same model: accepted explanations vs expert solutions of the same questions, where
+    the data carry solutions); return the statistics."""
+    from expo.evaluate import in_distribution_check
     from expo.generation import make_generator
     from expo.modeling import fingerprint, load_model
 
@@ -608,4 +612,8 @@ def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str 
     stats["seconds"] = round(time.perf_counter() - started, 3)
     write_jsonl(output_dir / "explanations.jsonl", records)
     write_json(output_dir / "stats.json", stats)
+    started = time.perf_counter()
+    check = in_distribution_check(model, tokenizer, rows, records, cfg.prompts)
+    check["seconds"] = round(time.perf_counter() - started, 3)
+    write_json(output_dir / IN_DISTRIBUTION_FILE, check)
     return stats

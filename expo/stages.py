@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from expo.config import ExpoConfig, from_dict, to_dict
+from expo.explain import IN_DISTRIBUTION_FILE
 from expo.io import read_json, read_jsonl, write_json
 
 # Which config sections each stage reads: its cache key covers these and nothing else.
@@ -227,8 +228,11 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
                 training[meta.get("arm", Path(train_dir).name)] = read_jsonl(steps_file)
         expl_stats_file = Path(explanations_dir) / "stats.json"
         expl_stats = read_json(expl_stats_file) if expl_stats_file.is_file() else None
-        write_report(output_dir, evaluations=evaluations, training=training,
-                            explanation_stats=expl_stats, title=f"ExPO run: {cfg.name}")
+        in_dist_file = Path(explanations_dir) / IN_DISTRIBUTION_FILE
+        in_dist = read_json(in_dist_file) if in_dist_file.is_file() else None
+        write_report(output_dir, evaluations=evaluations, training=training, explanation_stats=expl_stats,
+                     in_distribution=in_dist if in_dist and in_dist["overall"]["paired"]["pairs"] else None,
+                     title=f"ExPO run: {cfg.name}")
         summary = build_summary(evaluations, cfg)
         decision = registration_decision(summary, cfg)
         summary.update(decision)

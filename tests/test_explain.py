@@ -321,6 +321,9 @@ def test_stage_and_cli_on_a_tiny_model(tmp_path, capsys, monkeypatch):
     stats = read_json(out / "stats.json")
     assert len(records) == 6 and stats["samples"] == 6 and set(stats["by_level"]) == {"1", "2"}
     assert all(r["num_tokens"] <= 6 for r in records)
+    # The paper's check is scored beside: these rows carry no reference solution, so no pair
+    in_dist = read_json(out / "in_distribution.json")
+    assert in_dist["overall"]["paired"]["pairs"] == 0 and in_dist["unpaired"]["expert_only"] == 0
     # Same inputs again: everything from the cache in out/cache.
     again = generate_explanations(_cfg(args), data_dir, model_dir, tmp_path / "out2")
     assert again["cache"]["misses"] == 6 and again["cache"]["hits"] == 0  # cache is per output dir

@@ -75,8 +75,8 @@ def main() -> None:
     rows = pick_questions(read_jsonl(out / "data" / "train.jsonl"), args.questions)
     model, tokenizer = load_model(out / "model", cfg.model)
     generator = make_generator(model, tokenizer, cfg.generation)
-    explain = dataclasses.replace(cfg.explain, samples_per_question=args.samples, keep_per_question=args.samples,
-                                  solve_rate_samples=0)
+    explain = dataclasses.replace(cfg.explain, samples_per_question=args.samples,
+                                  keep_per_question=args.samples, solve_rate_samples=0)
     if args.max_new_tokens:
         explain = dataclasses.replace(explain, max_new_tokens=args.max_new_tokens)
 

@@ -71,8 +71,9 @@ def build_llama3_tokenizer():
     tok.post_processor = processors.TemplateProcessing(
         single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
         special_tokens=[("<|begin_of_text|>", bos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                                   pad_token="<|end_of_text|>", additional_special_tokens=LLAMA3_SPECIALS[2:4])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>",
+                                   eos_token="<|eot_id|>", pad_token="<|end_of_text|>",
+                                   additional_special_tokens=LLAMA3_SPECIALS[2:4])
     fast.chat_template = LLAMA3_TEMPLATE
     fast.padding_side = "left"
     return fast

@@ -73,7 +73,7 @@ def test_the_real_model_runs_every_stage_and_registers(real_run):
     assert "Self-explanations" in report and "| 4 |" in report  # by-level rows, level 4 included
 
 
-def test_the_real_model_leaves_chat_prompts_explanations_and_an_expo_term(real_run):
+def test_the_real_model_leaves_explanations_on_every_level_and_an_expo_term(real_run):
     run_dir, _ = real_run
     explanations = [json.loads(line) for p in run_dir.rglob("explanations.jsonl")
                     for line in p.read_text().splitlines()]

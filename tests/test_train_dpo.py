@@ -51,6 +51,10 @@ def test_build_pairs_takes_a_verified_wrong_solution_and_an_explanation() -> Non
     assert pairs[0]["prompt"].startswith("0+0=")  # the plain solve prompt, no hint
 
 
+def regenerate_all(model: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": r["id"], "explanation": f"so \\boxed{{{r['answer']}}}", "accepted": True} for r in batch]
+
+
 @pytest.mark.slow
 def test_two_online_rounds(tmp_path: Path) -> None:
     f = make_folders(tmp_path)
@@ -60,7 +64,7 @@ def test_two_online_rounds(tmp_path: Path) -> None:
 
     def regenerate(model: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         calls.append(len(batch))
-        return [{"id": r["id"], "explanation": f"so \\boxed{{{r['answer']}}}", "accepted": True} for r in batch]
+        return regenerate_all(model, batch)
 
     summary = train_arm("exp-dpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out",
                         reward_fn=boxed_reward, regenerate=regenerate)
@@ -76,10 +80,6 @@ def test_two_online_rounds(tmp_path: Path) -> None:
     assert summary["steps"] == 4 and (tmp_path / "out" / "model" / "model.safetensors").is_file()
     log = [(e["planned_steps"], e["steps"], e["skipped"]) for e in summary["round_log"]]
     assert log == [(2, 2, None)] * 2
-
-
-def regenerate_all(model: Any, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"id": r["id"], "explanation": f"so \\boxed{{{r['answer']}}}", "accepted": True} for r in batch]
 
 
 @pytest.mark.slow

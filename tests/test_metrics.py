@@ -53,6 +53,14 @@ def test_wilson_interval_hand_values(successes, n, lo, hi):
     assert got == pytest.approx((lo, hi), abs=1e-5)
 
 
+@pytest.mark.parametrize("n", range(1, 101))
+def test_wilson_interval_contains_the_proportion_exactly_at_the_ends(n):
+    # 0 of 75 once gave lo = 3.5e-18 > 0: a negative error bar that crashed the report's plot.
+    assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+    lo, hi = wilson_interval(1, n)
+    assert lo <= 1 / n <= hi
+
+
 def test_wilson_interval_without_data_is_uninformative():
     assert wilson_interval(0, 0) == (0.0, 1.0)
 

@@ -10,6 +10,11 @@ reported.
     .venv/bin/python bench/train_step.py [--steps 8] [--hidden 64] [--prompts 2] [--generations 8] [--tokens 16]
 
 Prints a table, then one JSON line: {"grpo_step_s", "expo_step_s", "ratio", "regen_s", ...}. Target ratio <= 1.3.
+
+`--filter-groups` runs the ExP-GRPO trainer with ExPO's dynamic sampling (train.filter_groups): keys
+`filter_groups` and `refill_rounds_mean` (refills cost generation in proportion to the groups dropped;
+with the default string-match reward the random model solves nothing, so every group is all-wrong and
+kept: the ratio is the filter's own cost).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from expo.prompts import solve_prompt
 from expo.tiny import char_tokenizer, tiny_qwen2
 from expo.train.explanations import ExplanationBuffer, OnlineRegenerator
 from expo.train.family import grpo_args
+from expo.train.group_filter import GroupFilter
 from expo.train.grpo import ExpoGRPOTrainer, NLLTerm
 
 
@@ -88,10 +94,27 @@ def run(kind: str, a: argparse.Namespace, out: Path) -> tuple[list[float], Any]:
         buffer.seed([{"id": r["id"], "accepted": True,
                       "explanation": f"{r['question'][8:-1]} is \\boxed{{{r['answer']}}}"} for r in rows], len(rows))
         term = NLLTerm("expo", buffer.pick, lambda s: expo_beta_at(s, cfg.train.steps, 0.04, "constant"))
-        trainer = ExpoGRPOTrainer(**common, nll_term=term, buffer=buffer)
+        # --filter-groups: ExPO's dynamic sampling on (all-wrong groups kept for the term, correct ones
+        # dropped and refilled); the logged group counts come back in the trainer's `filter_logs`.
+        group_filter = GroupFilter(keep_wrong=True, max_rounds=3) if a.filter_groups else None
+        filter_logs = FilterLogs()
+        common["callbacks"].append(filter_logs)
+        trainer = ExpoGRPOTrainer(**common, nll_term=term, buffer=buffer, group_filter=group_filter)
+        trainer.filter_logs = filter_logs
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     return clock.times[1:], trainer
+
+
+class FilterLogs(TrainerCallback):
+    """Dynamic sampling's per-step refill rounds (`filter/refill_rounds`)."""
+
+    def __init__(self) -> None:
+        self.refill_rounds: list[float] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+        if logs and "filter/refill_rounds" in logs:
+            self.refill_rounds.append(float(logs["filter/refill_rounds"]))
 
 
 def regen_cost(a: argparse.Namespace, model: Any, repeats: int = 3) -> float:
@@ -117,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--reward", choices=["boxed", "verify"], default="boxed",
                     help="boxed: string match (isolates trainer cost); verify: the Math-Verify reward")
+    ap.add_argument("--filter-groups", action="store_true",
+                    help="ExP-GRPO with dynamic sampling (train.filter_groups) against plain TRL GRPO")
     a = ap.parse_args(argv)
     grpo_times: list[float] = []
     expo_times: list[float] = []
@@ -135,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<28}{statistics.median(times):>10.3f}{min(times):>10.3f}{max(times):>10.3f}")
     print(f"{'online regeneration (1x)':<28}{regen:>10.3f}   per regeneration of {a.prompts} questions x "
           f"{setup(a)[0].explain.samples_per_question} samples")
-    print(json.dumps({"grpo_step_s": round(grpo_s, 4), "expo_step_s": round(expo_s, 4),
-                      "ratio": round(expo_s / grpo_s, 3), "regen_s": round(regen, 4),
-                      "prompts": a.prompts, "generations": a.generations, "tokens": a.tokens,
-                      "hidden": a.hidden, "timed_steps": len(grpo_times)}))
+    result = {"grpo_step_s": round(grpo_s, 4), "expo_step_s": round(expo_s, 4),
+              "ratio": round(expo_s / grpo_s, 3), "regen_s": round(regen, 4),
+              "prompts": a.prompts, "generations": a.generations, "tokens": a.tokens,
+              "hidden": a.hidden, "timed_steps": len(grpo_times), "filter_groups": a.filter_groups}
+    if a.filter_groups:
+        rounds = expo_trainer.filter_logs.refill_rounds
+        result["refill_rounds_mean"] = round(statistics.mean(rounds), 3) if rounds else None
+    print(json.dumps(result))
     return 0
 
 

@@ -33,6 +33,7 @@ from expo.modeling import load_model
 from expo.prompts import solve_prompt
 from expo.train.explanations import Regenerate
 from expo.train.grpo import EXPO_STATE_FILE, ExpoGRPOTrainer, NLLTerm
+from expo.train.group_filter import GroupFilter
 from expo.train.metrics import MetricsWriter
 from expo.train.resume import latest_valid_checkpoint
 from expo.train.run import RewardFn, beta_of, is_main_process, make_buffer, world_size, write_model_card
@@ -118,7 +119,8 @@ def grpo_args(cfg: ExpoConfig, checkpoint_dir: Path, on_gpu: bool, world: int | 
         max_grad_norm=tc.max_grad_norm,
         max_steps=tc.steps,
         beta=tc.kl_beta,  # TRL's KL coefficient, unrelated to expo_beta
-        loss_type="grpo",  # per-sequence token mean, then mean over the group (the GRPO paper's form)
+        weight_decay=tc.weight_decay,
+        **loss_args(tc),  # loss_type, clipping, reward scaling, masks (the ExPO term is added apart)
         seed=tc.seed,
         logging_steps=1,
         save_strategy="steps",
@@ -135,6 +137,33 @@ def grpo_args(cfg: ExpoConfig, checkpoint_dir: Path, on_gpu: bool, world: int | 
 def lora_config(cfg: ExpoConfig) -> Any:
     """A LoRA adapter on every linear layer (rank lora_r, alpha 2r) when train.lora is on."""
     if not cfg.train.lora:
+def loss_args(tc: TrainConfig) -> dict[str, Any]:
+    """The train section's GRPO loss settings in GRPOConfig's names.
+
+    luspo is a sequence-level loss: TRL asks for sequence-level importance ratios with it (the LUSPO
+    paper's setup), every other type keeps token-level ones. cispo's epsilon_high is a cap on the ratio
+    itself, not a clip range around 1: an unset one is TRL's recommended 5.0, not epsilon (0.2 would
+    scale every token's gradient by 0.2).
+
+    >>> loss_args(TrainConfig(loss_type="cispo"))["epsilon_high"], loss_args(TrainConfig())["epsilon_high"]
+    (5.0, None)
+    """
+    high = tc.epsilon_high if tc.epsilon_high is not None or tc.loss_type != "cispo" else 5.0
+    return {"loss_type": tc.loss_type, "epsilon": tc.epsilon, "epsilon_high": high,
+            "scale_rewards": tc.scale_rewards, "mask_truncated_completions": tc.mask_truncated_completions,
+            "top_entropy_quantile": tc.top_entropy_quantile,
+            "importance_sampling_level": "sequence" if tc.loss_type == "luspo" else "token"}
+
+
+def group_filter(tc: TrainConfig, has_nll_term: bool) -> GroupFilter | None:
+    """Dynamic sampling for this arm (None when train.filter_groups is off): an arm with an NLL term
+    keeps its all-wrong groups for it, plain GRPO drops them as DAPO does."""
+    if not tc.filter_groups:
+        return None
+    return GroupFilter(keep_wrong=has_nll_term, skip_wrong_rollouts=tc.filter_skip_unsolved_rollouts,
+                       max_rounds=tc.filter_max_rounds)
+
+
         return None
     from peft import LoraConfig
 
@@ -178,7 +207,8 @@ def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: 
     trainer = ExpoGRPOTrainer(
         model=model, reward_funcs=[reward_fn], args=grpo_args(cfg, checkpoint_dir, on_gpu), train_dataset=dataset,
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks,
-        nll_term=nll_term(arm, cfg, rows, buffer), buffer=buffer,
+    term = nll_term(arm, cfg, rows, buffer)
+        nll_term=term, buffer=buffer, group_filter=group_filter(cfg.train, term is not None),
         regenerate=regenerate if online else None, regenerate_every=cfg.explain.regenerate_every,
         rows_by_id={str(r["id"]): r for r in rows}, metrics_writer=metrics_writer,
     )
@@ -237,5 +267,5 @@ def finish(arm: str, cfg: ExpoConfig, model: Any, steps: int, buffer: Any, token
     return summary
 
 
-__all__ = ["BatchPlan", "batch_plan", "mixed_precision", "training_dtype", "grpo_args", "lora_config",
-           "load_policy", "build_trainer", "train_grpo_family", "finish"]
+__all__ = ["BatchPlan", "batch_plan", "mixed_precision", "training_dtype", "grpo_args", "loss_args",
+           "group_filter", "lora_config", "load_policy", "build_trainer", "train_grpo_family", "finish"]

@@ -16,12 +16,19 @@ the clipped policy loss. This subclass adds, per step:
   from the current policy through `regenerate(model, rows)`; the buffer's collapse guard decides
   whether to use them.
 - named phase timings and ExPO statistics merged into TRL's per-step logs.
+- dynamic sampling fitted to ExPO (`train.filter_groups`, expo.train.group_filter): all-correct groups
+  dropped, all-wrong ones kept for the NLL term (dropped by plain GRPO), open slots refilled from
+  further prompts for up to `filter_max_rounds` rounds; group counts logged per step (`filter/...`).
+- the loss: TRL's `loss_type` aggregation for the policy term (grpo: mean of per-sequence means; dapo:
+  token sum / the step's active rollout tokens; dr_grpo: token sum / (rollouts x max_completion_length)),
+  and the NLL term normalised apart, by the step's explanation tokens, whatever the loss type.
 - one prefill per distinct prompt instead of G (`expo.generation.shared_prefix`) on the plain
   transformers generation path: the same samples, less work (bench/rollouts.py).
 
 Seams used: `_generate`, `_calculate_rewards`, `_get_per_token_logps_and_entropies` (timed),
-`_generate_single_turn` (shared prefill), `_generate_and_score_completions` (regenerate, build the NLL
-plan), `compute_loss` (add this micro-batch's share of the term), `log` (extra metrics),
+`_generate_single_turn` (shared prefill), `_generate_and_score_completions` (regenerate, dynamic
+sampling, build the NLL plan), `compute_loss` (add this micro-batch's share of the term), `log` (extra
+metrics),
 `_save_checkpoint` (buffer state), `_get_train_sampler` (resumable order). Plain GRPO is this class with no term.
 """
 
@@ -49,6 +56,7 @@ from expo.generation.shared_prefix import sample_shared_prefix
 from expo.losses import micro_batch_share, pack_scored_rows, scored_nll_sum, unsolved_groups
 from expo.train.explanations import ExplanationBuffer, Regenerate
 from expo.train.timing import PhaseTimer
+from expo.train.group_filter import GroupFilter, Selection, group_kinds, select_groups
 
 EXPO_STATE_FILE = "expo_state.json"
 
@@ -78,9 +86,10 @@ class ExpoGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, nll_term: NLLTerm | None = None, buffer: ExplanationBuffer | None = None,
                  regenerate: Regenerate | None = None, regenerate_every: int = 0,
                  rows_by_id: dict[str, dict[str, Any]] | None = None, metrics_writer: Any = None,
-                 **kwargs: Any) -> None:
+                 group_filter: GroupFilter | None = None, **kwargs: Any) -> None:
         self.nll_term = nll_term
         self.buffer = buffer
+        self.group_filter = group_filter  # dynamic sampling (expo.train.group_filter); None = off
         self.regenerate = regenerate
         self.regenerate_every = regenerate_every
         self.rows_by_id = rows_by_id or {}
@@ -162,14 +171,81 @@ class ExpoGRPOTrainer(GRPOTrainer):
         if training:
             self._maybe_regenerate(inputs)
         self._last_rewards = None  # set by _calculate_rewards below; never a previous step's
-        output = super()._generate_and_score_completions(inputs)
+        explained = None
+        if training and self.group_filter is not None:
+            output, inputs, rewards, explained = self._filtered_generation(inputs)
+        else:
+            output = super()._generate_and_score_completions(inputs)
+            rewards = self._last_rewards
         if training:
             self._step_tokens = int(output["prompt_mask"].sum() + output["completion_mask"].sum())
-            self._nll_plan = self._plan_nll(self._nll_rows(inputs, self._last_rewards))
+            self._nll_plan = self._plan_nll(self._nll_rows(inputs, rewards, explained))
         return output
 
     def _maybe_regenerate(self, inputs: list[dict[str, Any]]) -> None:
         """Every K steps (not at step 0: the explanations stage already sampled the initial policy)."""
+    def _filtered_generation(self, inputs: list[dict[str, Any]]
+                             ) -> tuple[dict[str, Any], list[dict[str, Any]], torch.Tensor, list[bool]]:
+        """Dynamic sampling: generate, sort groups by kind, refill open slots from further prompts for
+        up to `max_rounds` rounds, then assemble the step's batch from the chosen groups.
+
+        Returns (TRL's batch dict, the chosen groups' inputs, their rewards, per group whether its
+        question may get the NLL term). Every process runs the same number of rounds with the same
+        prompt count (TRL gathers rewards over processes), the largest any process needs."""
+        gf, G = self.group_filter, self.num_generations
+        capacity = len(inputs) // G
+        outputs, batches, rewards, kinds = [], [], [], []
+        batch = inputs
+        for round_ in range(gf.max_rounds):
+            self._last_rewards = None
+            outputs.append(super()._generate_and_score_completions(batch))
+            if self._last_rewards is None:
+                raise ExpoError("train.filter_groups: this step computed no rewards, so groups cannot be "
+                                "sorted into correct, wrong and mixed")
+            batches.append(batch)
+            rewards.append(self._last_rewards)
+            kinds.append(group_kinds(self._last_rewards.tolist(), G))
+            selection = select_groups(kinds, capacity, gf.keep_wrong, gf.skip_wrong_rollouts)
+            missing = int(self.accelerator.gather(torch.tensor([selection.missing],
+                                                               device=self.accelerator.device)).max().item())
+            if missing == 0 or round_ == gf.max_rounds - 1:
+                break
+            seen = {str(x["id"]) for b in batches for x in b}
+            batch = self._refill_inputs(missing, round_ + 1, seen)
+        selection = select_groups(kinds, capacity, gf.keep_wrong, gf.skip_wrong_rollouts, final=True)
+        self._log_selection(selection, len(outputs))
+        output = assemble_slots(outputs, selection, G, self._tokenizer.pad_token_id)
+        output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
+        rows = [(s.round, slice(s.index * G, (s.index + 1) * G)) for s in selection.slots]
+        chosen = [x for r, group in rows for x in batches[r][group]]
+        chosen_rewards = torch.cat([rewards[r][group] for r, group in rows])
+        return output, chosen, chosen_rewards, [slot.explained for slot in selection.slots]
+
+    def _refill_inputs(self, prompts: int, round_: int, seen: set[str]) -> list[dict[str, Any]]:
+        """`prompts` further training rows not yet in this step, each repeated G times (TRL's layout),
+        drawn by a generator seeded from (seed, step, round, process): a resumed run draws the same."""
+        seed = ((self.args.seed * 1_000_003 + self.state.global_step) * 31 + round_) * 257
+        gen = torch.Generator().manual_seed(seed + self.accelerator.process_index)
+        order = torch.randperm(len(self.train_dataset), generator=gen).tolist()
+        ids = [str(i) for i in self.train_dataset["id"]]  # one column read, not a row read per index
+        fresh = [i for i in order if ids[i] not in seen]
+        picked = (fresh + order)[:prompts]  # a data set smaller than the step reuses questions
+        return [self.train_dataset[i] for i in picked for _ in range(self.num_generations)]
+
+    def _log_selection(self, selection: Selection, rounds: int) -> None:
+        """Per-step group counts, summed over processes: shares of each kind among the generated groups."""
+        local = [selection.counts["correct"], selection.counts["wrong"], selection.counts["mixed"],
+                 selection.dropped, selection.surplus, selection.fillers]
+        mine = torch.tensor(local, dtype=torch.float32, device=self.accelerator.device)
+        total = self.accelerator.gather(mine).view(-1, len(local)).sum(dim=0).tolist()
+        correct, wrong, mixed, dropped, surplus, fillers = total
+        groups = max(correct + wrong + mixed, 1.0)
+        self._step_stats.update({
+            "filter/groups": correct + wrong + mixed, "filter/refill_rounds": float(rounds - 1),
+            "filter/share_correct": correct / groups, "filter/share_wrong": wrong / groups,
+            "filter/share_mixed": mixed / groups, "filter/dropped": dropped, "filter/surplus": surplus,
+            "filter/fillers": fillers})
+
         step = self.state.global_step
         if self.regenerate is None or self.buffer is None or self.regenerate_every <= 0:
             return
@@ -188,10 +264,11 @@ class ExpoGRPOTrainer(GRPOTrainer):
         self._step_stats["explain/regenerated"] = float(len(rows))
         self._step_stats["explain/guard_held"] = 0.0 if stats.used else 1.0
 
-    def _nll_rows(self, inputs: list[dict[str, Any]], rewards: torch.Tensor | None
-                  ) -> list[tuple[list[int], list[int]]] | None:
+    def _nll_rows(self, inputs: list[dict[str, Any]], rewards: torch.Tensor | None,
+                  explained: list[bool] | None = None) -> list[tuple[list[int], list[int]]] | None:
         """(solve prompt ids, text ids) per selected question of this process's generation batch;
-        None when the arm has no NLL term."""
+        None when the arm has no NLL term. `explained` (one per group; dynamic sampling): False for a
+        group whose question gets no term (a filler)."""
         if self.nll_term is None:
             return None
         G = self.num_generations
@@ -206,8 +283,9 @@ class ExpoGRPOTrainer(GRPOTrainer):
             unsolved = unsolved_groups(rewards, G).tolist()
         self._step_stats["unsolved_groups"] = float(sum(unsolved))
         rows = []
-        for qid, prompt, is_unsolved in zip(qids, prompts, unsolved, strict=True):
-            if self.nll_term.on == "unsolved" and not is_unsolved:
+        explained = explained if explained is not None else [True] * len(qids)
+        for qid, prompt, is_unsolved, used in zip(qids, prompts, unsolved, explained, strict=True):
+            if not used or (self.nll_term.on == "unsolved" and not is_unsolved):
                 continue
             text = self.nll_term.text_for(qid)
             if text is not None:
@@ -314,6 +392,51 @@ class ExpoGRPOTrainer(GRPOTrainer):
 
 def _new_loss_acc() -> dict[str, float]:
     return {"grpo": 0.0, "nll_sum": 0.0, "nll_tokens": 0.0}
+# TRL batch keys (text-only rollouts) and how a row is padded when rounds of different widths are joined.
+_LEFT_PADDED = {"prompt_ids": "pad", "prompt_mask": 0}
+_RIGHT_PADDED = {"completion_ids": "pad", "completion_mask": 0, "old_per_token_logps": 0.0,
+                 "sampling_per_token_logps": 0.0, "ref_per_token_logps": 0.0,
+                 "importance_sampling_ratio": 0.0}
+_PER_ROW = ("advantages",)
+_RECOMPUTED = ("num_items_in_batch",)
+
+
+def assemble_slots(outputs: list[dict[str, Any]], selection: Selection, num_generations: int,
+                   pad_id: int) -> dict[str, Any]:
+    """One TRL batch from the selected groups of several generation rounds.
+
+    Rows are taken group by group in slot order; prompts are left-padded and completions right-padded
+    to the widest round; an untrained slot's completion mask is 0 (no loss; and its advantage is 0 by
+    construction: it is a correct or wrong group). `num_items_in_batch` is left to the caller (a
+    gather over processes)."""
+    G = num_generations
+    keys = set().union(*outputs)
+    unknown = keys - set(_LEFT_PADDED) - set(_RIGHT_PADDED) - set(_PER_ROW) - set(_RECOMPUTED)
+    if unknown:
+        raise ExpoError(f"train.filter_groups supports text-only rollouts; this batch also has "
+                        f"{', '.join(sorted(unknown))}")
+    index = [[(s.round, s.index * G + j) for j in range(G)] for s in selection.slots]
+    rows = [pair for group in index for pair in group]
+    out: dict[str, Any] = {}
+    for key in sorted(keys - set(_RECOMPUTED)):
+        parts = [outputs[r][key][i] for r, i in rows]
+        if key in _PER_ROW or parts[0].dim() == 0:
+            out[key] = torch.stack(parts)
+            continue
+        width = max(p.shape[-1] for p in parts)
+        fill = {**_LEFT_PADDED, **_RIGHT_PADDED}[key]
+        fill = pad_id if fill == "pad" else fill
+        padded = []
+        for p in parts:
+            extra = p.new_full((width - p.shape[-1],), fill)
+            padded.append(torch.cat([extra, p]) if key in _LEFT_PADDED else torch.cat([p, extra]))
+        out[key] = torch.stack(padded)
+    trained = torch.tensor([s.trained for s in selection.slots for _ in range(G)],
+                           device=out["completion_mask"].device)
+    out["completion_mask"] = out["completion_mask"] * trained.unsqueeze(1).to(out["completion_mask"].dtype)
+    return out
+
+
 
 
 class _EpochSeededRepeatSampler(RepeatSampler):
@@ -336,4 +459,4 @@ class _StepClock(TrainerCallback):
         self.last_step_s = time.perf_counter() - self._start
 
 
-__all__ = ["EXPO_STATE_FILE", "ExpoGRPOTrainer", "NLLPlan", "NLLTerm"]
+__all__ = ["EXPO_STATE_FILE", "ExpoGRPOTrainer", "NLLPlan", "NLLTerm", "assemble_slots"]

@@ -15,6 +15,7 @@ with constant weight `sft_beta`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -37,7 +38,7 @@ def validate_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str
     """Every check that can fail before training starts; returns the training rows."""
     if arm not in ALGORITHMS:
         raise ConfigError(f"unknown arm {arm!r} (known: {', '.join(ALGORITHMS)})")
-    tc = cfg.train
+    tc = cfg.train.for_arm(arm)
     tc.validate("train")
     cfg.explain.validate("explain")
     if tc.expo_beta_schedule not in SCHEDULES:
@@ -86,6 +87,7 @@ def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | 
     with a fresh output folder still resumes.
     """
     rows = validate_arm(arm, cfg, data_dir, model_dir, explanations_dir)
+    cfg = arm_config(cfg, arm)
     out = Path(output_dir)
     if (out / "model" / "expo_model.json").is_file():
         raise ConfigError(f"output folder {str(out)!r} already holds a trained model; choose a new folder")
@@ -101,6 +103,12 @@ def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | 
 
     return train_grpo_family(arm, cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
                              regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
+
+
+def arm_config(cfg: ExpoConfig, arm: str) -> ExpoConfig:
+    """The config one arm trains with: `train.arm_overrides[arm]` (its own learning rate, loss
+    settings, ...) over the train section, so every later reader of `cfg.train` sees the arm's values."""
+    return dataclasses.replace(cfg, train=cfg.train.for_arm(arm))
 
 
 def world_size() -> int:
@@ -154,5 +162,6 @@ def beta_of(arm: str, cfg: ExpoConfig) -> Callable[[int], float]:
     return lambda step: 0.0
 
 
-__all__ = ["train_arm", "validate_arm", "default_reward", "make_buffer", "write_model_card", "beta_of",
+__all__ = ["train_arm", "validate_arm", "arm_config",
+           "default_reward", "make_buffer", "write_model_card", "beta_of",
            "world_size", "is_main_process"]

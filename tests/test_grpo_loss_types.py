@@ -1,0 +1,272 @@
+"""TRL's loss types combined with the ExPO term, by hand; dynamic sampling inside the trainer; the
+config keys of issue 20 (loss settings, per-arm overrides) as TRL receives them.
+
+The policy part is checked on a fixed batch where every number is chosen: 8 rollouts with completion
+lengths L = 1, 2, 3, 4, 1, 2, 3, 4 and advantages A = 1, 0, 0, -1, 0, 2, 0, 0. Each batch is used once,
+so the importance ratio is exactly 1 and the per-token policy loss is -A_i; the loss types differ only
+in how the tokens are summed:
+  grpo     mean over rollouts of the per-rollout token mean: -(1 - 1 + 2) / 8          = -0.25
+  dapo     sum over tokens / active tokens of the step:      -(1*1 - 1*4 + 2*2) / 20   = -0.05
+  dr_grpo  sum over tokens / (rollouts x max_completion_length 16): -1 / (8 * 16)     = -0.0078125
+  bnpo     sum over tokens / active tokens of the micro-batch (= dapo with one micro-batch)
+The ExPO term adds beta x the token-mean NLL of the step's two explanations, whatever the loss type.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from expo.config import ExpoConfig, load_config
+from expo.errors import ConfigError
+from expo.prompts import solve_prompt
+from expo.train.family import build_trainer, grpo_args, load_policy, loss_args
+from expo.train.run import arm_config
+from trainkit import explanation, make_folders, rows, small_config, zero_reward
+
+LENGTHS = [1, 2, 3, 4, 1, 2, 3, 4]
+ADVANTAGES = [1.0, 0.0, 0.0, -1.0, 0.0, 2.0, 0.0, 0.0]
+POLICY_LOSS = {"grpo": -0.25, "dapo": -0.05, "dr_grpo": -1 / 128, "bnpo": -0.05}
+BETA = 0.5
+
+
+def make_trainer(tmp_path: Path, arm: str, reward: Any, n_rows: int = 4,
+                 **train: Any) -> tuple[Any, ExpoConfig]:
+    folders = make_folders(tmp_path, n=n_rows)
+    cfg = small_config(**train)
+    model, tok, _ = load_policy(folders["model"], cfg)
+    trainer = build_trainer(arm, cfg, rows(n_rows), model, tok, False, folders["explanations"],
+                            tmp_path / "out" / "checkpoints", reward, None, [])
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps  # set by train()
+    return trainer, cfg
+
+
+def generation_batch(trainer: Any, questions: int = 2) -> list[dict[str, Any]]:
+    G = trainer.num_generations
+    return [trainer.train_dataset[i] for i in range(questions) for _ in range(G)]
+
+
+def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def manual_nll(model: torch.nn.Module, tok: Any, prompts: list[str], texts: list[str]) -> torch.Tensor:
+    """Token-mean NLL of each text after its prompt, one unpadded sequence at a time."""
+    total, count = 0.0, 0
+    for prompt, text in zip(prompts, texts, strict=True):
+        p = tok(prompt)["input_ids"]
+        t = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([p + t])
+        logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        token_logps = logps.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)[len(p) - 1:]
+        total = total - token_logps.sum()
+        count += len(t)
+    return total / count
+
+
+def fixed_batch(trainer: Any, generated: dict[str, Any]) -> dict[str, Any]:
+    """The step's prompts with chosen completions: lengths LENGTHS, advantages ADVANTAGES."""
+    tok = trainer.processing_class
+    width = max(LENGTHS)
+    letters = tok("abcd", add_special_tokens=False)["input_ids"]
+    ids = torch.full((8, width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((8, width), dtype=torch.long)
+    for i, n in enumerate(LENGTHS):
+        ids[i, :n] = torch.tensor(letters[:n])
+        mask[i, :n] = 1
+    return {"prompt_ids": generated["prompt_ids"], "prompt_mask": generated["prompt_mask"],
+            "completion_ids": ids, "completion_mask": mask, "advantages": torch.tensor(ADVANTAGES),
+            "num_items_in_batch": mask.sum()}
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "bnpo"])
+@pytest.mark.parametrize("micro", [None, 4])
+def test_loss_type_plus_expo_term_by_hand(tmp_path: Path, loss_type: str, micro: int | None) -> None:
+    trainer, cfg = make_trainer(tmp_path, "exp-grpo", zero_reward, expo_beta=BETA, loss_type=loss_type,
+                                rollouts_per_micro_batch=micro)
+    assert trainer.loss_type == loss_type
+    torch.manual_seed(0)
+    batch = generation_batch(trainer)
+    inputs = fixed_batch(trainer, trainer._generate_and_score_completions(batch))  # builds the NLL plan
+    model, tok = trainer.model, trainer.processing_class
+    model.zero_grad()
+    parts = 1 if micro is None else 8 // micro
+    total = 0.0
+    for k in range(parts):  # the step's micro-batches, as TRL's accumulation feeds them
+        trainer._step = k
+        rows_k = slice(k * 8 // parts, (k + 1) * 8 // parts)
+        part = {key: (v[rows_k] if key != "num_items_in_batch" else v) for key, v in inputs.items()}
+        loss = trainer.compute_loss(model, part)
+        loss.backward()
+        total += loss.item()
+    got = grads(model)
+
+    by_id = {r["id"]: r for r in rows()}
+    questions = [batch[0]["id"], batch[trainer.num_generations]["id"]]
+    model.zero_grad()
+    nll = manual_nll(model, tok, [solve_prompt(by_id[q]["question"], tok, cfg.prompts) for q in questions],
+                     [explanation(by_id[q]) for q in questions])
+    # (bnpo in 2 micro-batches: each its own 10 tokens, halved: 0.3 / 2 - 0.4 / 2 = -0.05, as dapo)
+    assert total == pytest.approx(POLICY_LOSS[loss_type] + BETA * nll.item(), rel=1e-5)
+
+    # The gradient, by hand: the policy part is sum_i w_i (-A_i) sum_t grad log p_it with the loss
+    # type's weight w_i, plus beta x the gradient of the token-mean NLL.
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    width = inputs["completion_ids"].size(1)
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, attn, width)
+    lengths = torch.tensor(LENGTHS, dtype=torch.float32)
+    weight = {"grpo": 1 / (8 * lengths), "dapo": torch.full((8,), 1 / 20),
+              "dr_grpo": torch.full((8,), 1 / 128), "bnpo": torch.full((8,), 1 / 20)}[loss_type]
+    adv = torch.tensor(ADVANTAGES)
+    surrogate = (weight * -adv * (logps * inputs["completion_mask"]).sum(dim=1)).sum()
+    (surrogate + BETA * nll).backward()
+    want = grads(model)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+# -- dynamic sampling in the trainer ------------------------------------------------------------
+
+
+def kind_reward(completions: list[str], answer: list[str], **kw: Any) -> list[float]:
+    """q0 and q3 always right, q1 never, q2 right on every other rollout (a mixed group)."""
+    out = []
+    for i, a in enumerate(answer):
+        out.append({"0": 1.0, "2": 0.0, "4": float(i % 2 == 0), "6": 1.0}[a])
+    return out
+
+
+def test_exp_grpo_keeps_wrong_groups_and_refills_dropped_ones(tmp_path: Path) -> None:
+    """The step's prompts q0 (correct) and q1 (wrong): q0 is dropped, q1 kept for its NLL term; refills
+    draw from q2 (mixed) and q3 (correct) until q2 fills the open slot."""
+    trainer, _ = make_trainer(tmp_path, "exp-grpo", kind_reward, expo_beta=BETA, filter_groups=True,
+                              filter_max_rounds=3)
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(generation_batch(trainer))
+    G = trainer.num_generations
+    assert out["completion_ids"].shape[0] == 2 * G
+    stats = trainer._step_stats
+    assert stats["filter/refill_rounds"] in (1.0, 2.0)  # q2 drawn first, or q3 then q2
+    rounds = int(stats["filter/refill_rounds"]) + 1
+    assert stats["filter/groups"] == 2 + (rounds - 1)
+    assert stats["filter/dropped"] == rounds - 1  # q0, and q3 when it came first
+    assert stats["filter/share_wrong"] == pytest.approx(1 / stats["filter/groups"])
+    assert stats["filter/share_mixed"] == pytest.approx(1 / stats["filter/groups"])
+    assert stats["filter/fillers"] == 0.0
+    tok = trainer.processing_class
+    explained = sorted(tok.decode(p) for p, _ in trainer._nll_plan.chunks[0])
+    assert [("1+1=" in e, "2+2=" in e) for e in explained] == [(True, False), (False, True)]
+    assert torch.equal(out["num_items_in_batch"], out["completion_mask"].sum())
+    # q1's group: zero advantage; q2's: non-zero
+    assert sorted(out["advantages"].abs().view(2, G).sum(dim=1).gt(0).tolist()) == [False, True]
+
+
+def test_grpo_drops_wrong_groups_and_pads_the_last_round_with_fillers(tmp_path: Path) -> None:
+    """Plain GRPO (DAPO's filter): q0 and q1 both dropped; one refill round of 2 prompts draws q2
+    (mixed, kept) and q3 (correct, dropped); the open slot takes q0's group as a filler (no loss)."""
+    trainer, _ = make_trainer(tmp_path, "grpo", kind_reward, filter_groups=True, filter_max_rounds=2)
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(generation_batch(trainer))
+    G = trainer.num_generations
+    stats = trainer._step_stats
+    assert (stats["filter/groups"], stats["filter/refill_rounds"], stats["filter/dropped"],
+            stats["filter/fillers"]) == (4.0, 1.0, 3.0, 1.0)
+    assert (stats["filter/share_correct"], stats["filter/share_wrong"], stats["filter/share_mixed"]) == \
+        (0.5, 0.25, 0.25)
+    per_group_tokens = out["completion_mask"].view(2, G, -1).sum(dim=(1, 2))
+    assert per_group_tokens[1].item() == 0 and per_group_tokens[0].item() > 0  # mixed first, filler last
+    assert out["num_items_in_batch"].item() == per_group_tokens[0].item()
+    assert trainer._nll_plan is None  # no NLL term in this arm
+
+
+def test_skip_unsolved_rollouts_masks_the_wrong_group(tmp_path: Path) -> None:
+    trainer, _ = make_trainer(tmp_path, "exp-grpo", kind_reward, expo_beta=BETA, filter_groups=True,
+                              filter_skip_unsolved_rollouts=True)
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(generation_batch(trainer))
+    G = trainer.num_generations
+    tokens = out["completion_mask"].view(2, G, -1).sum(dim=(1, 2)).tolist()
+    assert tokens[0] == 0 and tokens[1] > 0  # q1 (wrong, slot 0): no loss; q2 (mixed): trained
+    assert len(trainer._nll_plan.chunks[0]) == 2  # q1's explanation still scored
+
+
+def test_a_filtered_step_trains(tmp_path: Path) -> None:
+    """Two optimizer steps through Trainer.train with dynamic sampling on: lines carry the counts."""
+    from expo.train.metrics import MetricsWriter
+
+    trainer, _ = make_trainer(tmp_path, "exp-grpo", kind_reward, steps=2, expo_beta=BETA, filter_groups=True,
+                              rollouts_per_micro_batch=4)
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", "exp-grpo")
+    trainer.add_callback(writer)
+    trainer.train()
+    assert len(writer.rows) == 2
+    for row in writer.rows:
+        assert row["filter/share_correct"] + row["filter/share_wrong"] + row["filter/share_mixed"] == \
+            pytest.approx(1.0)
+        assert row["filter/groups"] >= 2 and "filter/refill_rounds" in row
+
+
+# -- config keys ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("train,want", [
+    ({}, {"loss_type": "dapo", "epsilon": 0.2, "epsilon_high": None, "scale_rewards": "group",
+          "mask_truncated_completions": False, "top_entropy_quantile": 1.0,
+          "importance_sampling_level": "token"}),
+    ({"loss_type": "grpo", "epsilon_high": 0.28, "scale_rewards": "none", "mask_truncated_completions": True},
+     {"loss_type": "grpo", "epsilon_high": 0.28, "scale_rewards": "none",
+      "mask_truncated_completions": True}),
+    ({"loss_type": "cispo"}, {"epsilon_high": 5.0}),  # a ratio cap, not a clip range: TRL's recommendation
+    ({"loss_type": "luspo"}, {"importance_sampling_level": "sequence"}),  # LUSPO's sequence-level ratios
+    ({"top_entropy_quantile": 0.2}, {"top_entropy_quantile": 0.2}),
+])
+def test_loss_settings_reach_trl(tmp_path: Path, train: dict[str, Any], want: dict[str, Any]) -> None:
+    cfg = small_config(**train)
+    args = grpo_args(cfg, tmp_path, on_gpu=False, world=1)
+    for key, value in want.items():
+        assert getattr(args, key) == value, key
+    assert {k: v for k, v in loss_args(cfg.train).items() if k in want} == want
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"])
+def test_every_trl_loss_type_is_accepted(tmp_path: Path, loss_type: str) -> None:
+    cfg = load_config(None, [f"train.loss_type={loss_type}"])
+    assert grpo_args(cfg, tmp_path, on_gpu=False, world=1).loss_type == loss_type
+
+
+def test_arm_overrides_give_each_arm_its_own_optimizer_settings(tmp_path: Path) -> None:
+    cfg = load_config(None, ["train.learning_rate=2.0e-3", "train.arm_overrides.grpo.learning_rate=5.0e-4",
+                             "train.arm_overrides.grpo.loss_type=dr_grpo",
+                             "train.arm_overrides.exp-grpo.weight_decay=0.01"])
+    grpo, expo = arm_config(cfg, "grpo"), arm_config(cfg, "exp-grpo")
+    want = (5.0e-4, "dr_grpo", 0.0)
+    assert (grpo.train.learning_rate, grpo.train.loss_type, grpo.train.weight_decay) == want
+    assert (expo.train.learning_rate, expo.train.loss_type, expo.train.weight_decay) == (2.0e-3, "dapo", 0.01)
+    assert cfg.train.learning_rate == 2.0e-3  # the shared section is unchanged
+    args = grpo_args(grpo, tmp_path, on_gpu=False, world=1)
+    assert (args.learning_rate, args.loss_type) == (5.0e-4, "dr_grpo")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.arm_overrides.gpro.learning_rate=1.0e-3",
+     "config key 'train.arm_overrides': unknown algorithm 'gpro'"),
+    ("train.arm_overrides.grpo.learning_rate=-1",
+     "config key 'train.arm_overrides.grpo.learning_rate': must be positive"),
+    ("train.arm_overrides.grpo.lr=1.0e-3", "unknown config key 'train.arm_overrides.grpo.lr'"),
+    ("train.arm_overrides.grpo.loss_type=ppo",
+     "config key 'train.arm_overrides.grpo.loss_type': 'ppo' is not"),
+    ("train.loss_type=ppo", "config key 'train.loss_type': 'ppo' is not one of"),
+    ("train.scale_rewards=std", "config key 'train.scale_rewards'"),
+    ("train.filter_max_rounds=0", "config key 'train.filter_max_rounds': must be >= 1"),
+    ("train.top_entropy_quantile=1.5", "config key 'train.top_entropy_quantile': must be in [0, 1]"),
+    ("train.epsilon_high=0", "config key 'train.epsilon_high': must be positive"),
+])
+def test_bad_loss_and_override_keys_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -222,26 +222,6 @@ class ExplainConfig:
 
 
 ALGORITHMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo")
-
-
-@dataclass
-class TrainConfig:
-    """ExPO training (stage train). Each arm is one algorithm trained with these settings."""
-
-    arms: list[str] = field(default_factory=lambda: ["grpo", "exp-grpo"])  # from ALGORITHMS
-    expo_beta: float = 0.04  # weight of the self-explanation NLL (not TRL's KL beta)
-    expo_beta_schedule: Literal["constant", "linear", "cosine"] = "constant"
-    expo_on: Literal["all", "unsolved"] = "all"
-    sft_beta: float = 0.04  # grpo-sft: weight of the expert-CoT NLL
-    kl_beta: float = 0.0  # TRL's KL coefficient to the reference policy
-    steps: int = 50
-    learning_rate: float = 1e-4
-    # One optimizer step = prompts_per_step x num_generations rollouts: the GLOBAL batch, split evenly over
-    # the training processes (cluster.train_nodes x cluster.gpus_train; prompts_per_step must divide by
-    # them), each going through its share in micro-batches of rollouts_per_micro_batch rollouts (one
-    # forward/backward each, accumulated). E.g. 32 prompts x 8 = 256 rollouts on 8 GPUs = 32 per GPU
-    # = 4 micro-batches of 8. None: a process's whole share in one forward (no accumulation).
-    prompts_per_step: int = 4
 # Every loss formulation TRL 1.16's GRPOConfig accepts (its `loss_type`; docs/architecture.md).
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
@@ -270,10 +250,48 @@ class ArmOverrides:
 
     def set_keys(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class TrainConfig:
+    """ExPO training (stage train). Each arm is one algorithm trained with these settings."""
+
+    arms: list[str] = field(default_factory=lambda: ["grpo", "exp-grpo"])  # from ALGORITHMS
+    expo_beta: float = 0.04  # weight of the self-explanation NLL (not TRL's KL beta)
+    expo_beta_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    expo_on: Literal["all", "unsolved"] = "all"
+    sft_beta: float = 0.04  # grpo-sft: weight of the expert-CoT NLL
+    kl_beta: float = 0.0  # TRL's KL coefficient to the reference policy
+    steps: int = 50
+    learning_rate: float = 1e-4
+    # One optimizer step = prompts_per_step x num_generations rollouts: the GLOBAL batch, split evenly over
+    # the training processes (cluster.train_nodes x cluster.gpus_train; prompts_per_step must divide by
+    # them), each going through its share in micro-batches of rollouts_per_micro_batch rollouts (one
+    # forward/backward each, accumulated). E.g. 32 prompts x 8 = 256 rollouts on 8 GPUs = 32 per GPU
+    # = 4 micro-batches of 8. None: a process's whole share in one forward (no accumulation).
+    prompts_per_step: int = 4
     num_generations: int = 8  # G rollouts per prompt
     rollouts_per_micro_batch: int | None = None
     temperature: float = 1.0  # rollout temperature
     max_grad_norm: float = 1.0
+    weight_decay: float = 0.0  # AdamW's (HF Trainer's default)
+    # GRPO's loss, passed to TRL (docs/architecture.md, "GRPO loss settings", for each choice).
+    # dapo: token-level loss normalised by the step's active tokens (no length bias; TRL's default);
+    # "grpo" (mean of per-sequence means) rewards long wrong answers and short right ones.
+    loss_type: LossType = "dapo"
+    epsilon: float = 0.2  # PPO clip range; inert while each batch is used once (ratio exactly 1)
+    epsilon_high: float | None = None  # clip-higher (DAPO: 0.28); None = epsilon (cispo: 5.0)
+    scale_rewards: ScaleRewards = "group"  # divide advantages by the group's std ("none": Dr. GRPO)
+    mask_truncated_completions: bool = False  # completions cut at max_new_tokens get no loss
+    top_entropy_quantile: float = 1.0  # policy loss on the top-rho entropy tokens only (1 = all)
+    # Dynamic sampling fitted to ExPO (expo.train.group_filter): all-correct groups are dropped, all-wrong
+    # groups kept for their NLL term (dropped in arms without one, as DAPO does), the step refilled from
+    # further prompts for up to filter_max_rounds generation rounds in all.
+    filter_groups: bool = False
+    filter_max_rounds: int = 3
+    filter_skip_unsolved_rollouts: bool = False  # all-wrong groups: NLL term only, rollouts get no loss
+    # Per-arm optimizer / loss settings over the ones above, e.g. {grpo: {learning_rate: 5.0e-4}}.
+    arm_overrides: dict[str, ArmOverrides] = field(default_factory=dict)
     dpo_beta: float = 0.1
     dpo_rounds: int = 1  # exp-dpo: 1 = offline, >1 = online rounds
     lora: bool = False
@@ -294,24 +312,6 @@ class ArmOverrides:
         _check(self.steps > 0, at, "steps", "must be positive")
         _check(self.learning_rate > 0.0, at, "learning_rate", "must be positive")
         _check(self.prompts_per_step > 0, at, "prompts_per_step", "must be positive")
-    weight_decay: float = 0.0  # AdamW's (HF Trainer's default)
-    # GRPO's loss, passed to TRL (docs/architecture.md, "GRPO loss settings", for each choice).
-    # dapo: token-level loss normalised by the step's active tokens (no length bias; TRL's default);
-    # "grpo" (mean of per-sequence means) rewards long wrong answers and short right ones.
-    loss_type: LossType = "dapo"
-    epsilon: float = 0.2  # PPO clip range; inert while each batch is used once (ratio exactly 1)
-    epsilon_high: float | None = None  # clip-higher (DAPO: 0.28); None = epsilon (cispo: 5.0)
-    scale_rewards: ScaleRewards = "group"  # divide advantages by the group's std ("none": Dr. GRPO)
-    mask_truncated_completions: bool = False  # completions cut at max_new_tokens get no loss
-    top_entropy_quantile: float = 1.0  # policy loss on the top-rho entropy tokens only (1 = all)
-    # Dynamic sampling fitted to ExPO (expo.train.group_filter): all-correct groups are dropped, all-wrong
-    # groups kept for their NLL term (dropped in arms without one, as DAPO does), the step refilled from
-    # further prompts for up to filter_max_rounds generation rounds in all.
-    filter_groups: bool = False
-    filter_max_rounds: int = 3
-    filter_skip_unsolved_rollouts: bool = False  # all-wrong groups: NLL term only, rollouts get no loss
-    # Per-arm optimizer / loss settings over the ones above, e.g. {grpo: {learning_rate: 5.0e-4}}.
-    arm_overrides: dict[str, ArmOverrides] = field(default_factory=dict)
         _check(self.num_generations >= 2, at, "num_generations",
                "GRPO needs at least 2 rollouts per prompt for a group advantage")
         micro = self.rollouts_per_micro_batch
@@ -323,6 +323,22 @@ class ArmOverrides:
         _check(self.dpo_rounds >= 1, at, "dpo_rounds", "must be >= 1")
         _check(self.checkpoint_every > 0, at, "checkpoint_every", "must be positive")
         _check(0.0 <= self.acceptance_floor <= 1.0, at, "acceptance_floor", "must be in [0, 1]")
+        _check(self.weight_decay >= 0.0, at, "weight_decay", "must be >= 0")
+        _check(self.epsilon > 0.0, at, "epsilon", "must be positive")
+        _check(self.epsilon_high is None or self.epsilon_high > 0.0, at, "epsilon_high", "must be positive")
+        _check(0.0 <= self.top_entropy_quantile <= 1.0, at, "top_entropy_quantile", "must be in [0, 1]")
+        _check(self.filter_max_rounds >= 1, at, "filter_max_rounds",
+               "must be >= 1 (generation rounds per step, the first included)")
+        for arm, overrides in self.arm_overrides.items():
+            _check(arm in ALGORITHMS, at, "arm_overrides",
+                   f"unknown algorithm {arm!r} (known: {', '.join(ALGORITHMS)})")
+            overrides.validate(_join(at, f"arm_overrides.{arm}"))
+
+    def for_arm(self, arm: str) -> TrainConfig:
+        """This section with `arm_overrides[arm]` applied (a copy; the section itself is unchanged)."""
+        overrides = self.arm_overrides.get(arm)
+        return dataclasses.replace(self, **overrides.set_keys()) if overrides else self
+
 
 
 @dataclass
@@ -357,21 +373,6 @@ class TrackingConfig:
 
     tracking_uri: str = ""
     experiment: str = "expo"
-        _check(self.weight_decay >= 0.0, at, "weight_decay", "must be >= 0")
-        _check(self.epsilon > 0.0, at, "epsilon", "must be positive")
-        _check(self.epsilon_high is None or self.epsilon_high > 0.0, at, "epsilon_high", "must be positive")
-        _check(0.0 <= self.top_entropy_quantile <= 1.0, at, "top_entropy_quantile", "must be in [0, 1]")
-        _check(self.filter_max_rounds >= 1, at, "filter_max_rounds",
-               "must be >= 1 (generation rounds per step, the first included)")
-        for arm, overrides in self.arm_overrides.items():
-            _check(arm in ALGORITHMS, at, "arm_overrides",
-                   f"unknown algorithm {arm!r} (known: {', '.join(ALGORITHMS)})")
-            overrides.validate(_join(at, f"arm_overrides.{arm}"))
-
-    def for_arm(self, arm: str) -> TrainConfig:
-        """This section with `arm_overrides[arm]` applied (a copy; the section itself is unchanged)."""
-        overrides = self.arm_overrides.get(arm)
-        return dataclasses.replace(self, **overrides.set_keys()) if overrides else self
     retries: int = 3  # extra attempts after a connection error, then TrackingError
     backoff_s: float = 1.0  # wait before retry i is backoff_s * 2**i (capped at 30 s)
 

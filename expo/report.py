@@ -38,12 +38,12 @@ TRAINING_PANELS: list[tuple[str, tuple[str, ...]]] = [
     ("explanation NLL", ("expo_nll", "expo/nll")),
     ("zero-variance group fraction", ("frac_reward_zero_std", "zero_std_fraction")),
     ("explanation acceptance", ("acceptance", "explain/acceptance", "explanation_acceptance")),
-]
-STEP_TIME_KEY = "time/step"  # a step's whole wall time; the other "time/" keys are its phases
     # dynamic sampling (train.filter_groups): shown only for arms that ran with it
     ("groups dropped (dynamic sampling)", ("filter/dropped",)),
     ("refill rounds", ("filter/refill_rounds",)),
     ("all-wrong group share", ("filter/share_wrong",)),
+]
+STEP_TIME_KEY = "time/step"  # a step's whole wall time; the other "time/" keys are its phases
 ACCEPTANCE_KEYS = ("acceptance_rate", "acceptance")  # expo.explain writes acceptance_rate
 SOLVE_RATE_KEYS = ("solve_rate", "unconditioned_solve_rate")
 

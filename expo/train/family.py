@@ -32,8 +32,8 @@ from expo.io import write_json
 from expo.modeling import load_model
 from expo.prompts import solve_prompt
 from expo.train.explanations import Regenerate
-from expo.train.grpo import EXPO_STATE_FILE, ExpoGRPOTrainer, NLLTerm
 from expo.train.group_filter import GroupFilter
+from expo.train.grpo import EXPO_STATE_FILE, ExpoGRPOTrainer, NLLTerm
 from expo.train.metrics import MetricsWriter
 from expo.train.resume import latest_valid_checkpoint
 from expo.train.run import RewardFn, beta_of, is_main_process, make_buffer, world_size, write_model_card
@@ -134,9 +134,6 @@ def grpo_args(cfg: ExpoConfig, checkpoint_dir: Path, on_gpu: bool, world: int | 
     )
 
 
-def lora_config(cfg: ExpoConfig) -> Any:
-    """A LoRA adapter on every linear layer (rank lora_r, alpha 2r) when train.lora is on."""
-    if not cfg.train.lora:
 def loss_args(tc: TrainConfig) -> dict[str, Any]:
     """The train section's GRPO loss settings in GRPOConfig's names.
 
@@ -164,6 +161,9 @@ def group_filter(tc: TrainConfig, has_nll_term: bool) -> GroupFilter | None:
                        max_rounds=tc.filter_max_rounds)
 
 
+def lora_config(cfg: ExpoConfig) -> Any:
+    """A LoRA adapter on every linear layer (rank lora_r, alpha 2r) when train.lora is on."""
+    if not cfg.train.lora:
         return None
     from peft import LoraConfig
 
@@ -204,10 +204,10 @@ def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: 
     online = arm == "exp-grpo" and cfg.explain.mode == "online" and cfg.train.expo_beta > 0
     if online and regenerate is None:
         regenerate = default_regenerate(cfg, tokenizer)
+    term = nll_term(arm, cfg, rows, buffer)
     trainer = ExpoGRPOTrainer(
         model=model, reward_funcs=[reward_fn], args=grpo_args(cfg, checkpoint_dir, on_gpu), train_dataset=dataset,
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks,
-    term = nll_term(arm, cfg, rows, buffer)
         nll_term=term, buffer=buffer, group_filter=group_filter(cfg.train, term is not None),
         regenerate=regenerate if online else None, regenerate_every=cfg.explain.regenerate_every,
         rows_by_id={str(r["id"]): r for r in rows}, metrics_writer=metrics_writer,

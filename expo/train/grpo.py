@@ -55,8 +55,8 @@ from expo.generation.base import first_eos
 from expo.generation.shared_prefix import sample_shared_prefix
 from expo.losses import micro_batch_share, pack_scored_rows, scored_nll_sum, unsolved_groups
 from expo.train.explanations import ExplanationBuffer, Regenerate
-from expo.train.timing import PhaseTimer
 from expo.train.group_filter import GroupFilter, Selection, group_kinds, select_groups
+from expo.train.timing import PhaseTimer
 
 EXPO_STATE_FILE = "expo_state.json"
 
@@ -88,8 +88,8 @@ class ExpoGRPOTrainer(GRPOTrainer):
                  rows_by_id: dict[str, dict[str, Any]] | None = None, metrics_writer: Any = None,
                  group_filter: GroupFilter | None = None, **kwargs: Any) -> None:
         self.nll_term = nll_term
-        self.buffer = buffer
         self.group_filter = group_filter  # dynamic sampling (expo.train.group_filter); None = off
+        self.buffer = buffer
         self.regenerate = regenerate
         self.regenerate_every = regenerate_every
         self.rows_by_id = rows_by_id or {}
@@ -182,8 +182,6 @@ class ExpoGRPOTrainer(GRPOTrainer):
             self._nll_plan = self._plan_nll(self._nll_rows(inputs, rewards, explained))
         return output
 
-    def _maybe_regenerate(self, inputs: list[dict[str, Any]]) -> None:
-        """Every K steps (not at step 0: the explanations stage already sampled the initial policy)."""
     def _filtered_generation(self, inputs: list[dict[str, Any]]
                              ) -> tuple[dict[str, Any], list[dict[str, Any]], torch.Tensor, list[bool]]:
         """Dynamic sampling: generate, sort groups by kind, refill open slots from further prompts for
@@ -246,6 +244,8 @@ class ExpoGRPOTrainer(GRPOTrainer):
             "filter/share_mixed": mixed / groups, "filter/dropped": dropped, "filter/surplus": surplus,
             "filter/fillers": fillers})
 
+    def _maybe_regenerate(self, inputs: list[dict[str, Any]]) -> None:
+        """Every K steps (not at step 0: the explanations stage already sampled the initial policy)."""
         step = self.state.global_step
         if self.regenerate is None or self.buffer is None or self.regenerate_every <= 0:
             return
@@ -390,8 +390,6 @@ class ExpoGRPOTrainer(GRPOTrainer):
             self.buffer.load_state_dict(state["buffer"])
 
 
-def _new_loss_acc() -> dict[str, float]:
-    return {"grpo": 0.0, "nll_sum": 0.0, "nll_tokens": 0.0}
 # TRL batch keys (text-only rollouts) and how a row is padded when rounds of different widths are joined.
 _LEFT_PADDED = {"prompt_ids": "pad", "prompt_mask": 0}
 _RIGHT_PADDED = {"completion_ids": "pad", "completion_mask": 0, "old_per_token_logps": 0.0,
@@ -437,6 +435,8 @@ def assemble_slots(outputs: list[dict[str, Any]], selection: Selection, num_gene
     return out
 
 
+def _new_loss_acc() -> dict[str, float]:
+    return {"grpo": 0.0, "nll_sum": 0.0, "nll_tokens": 0.0}
 
 
 class _EpochSeededRepeatSampler(RepeatSampler):

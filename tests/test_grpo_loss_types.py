@@ -8,7 +8,7 @@ in how the tokens are summed:
   grpo     mean over rollouts of the per-rollout token mean: -(1 - 1 + 2) / 8          = -0.25
   dapo     sum over tokens / active tokens of the step:      -(1*1 - 1*4 + 2*2) / 20   = -0.05
   dr_grpo  sum over tokens / (rollouts x max_completion_length 16): -1 / (8 * 16)     = -0.0078125
-  bnpo     sum over tokens / active tokens of the micro-batch (= dapo with one micro-batch)
+  bnpo     sum over tokens / active tokens of the micro-batch (= dapo in one micro-batch)
 The ExPO term adds beta x the token-mean NLL of the step's two explanations, whatever the loss type.
 """
 
@@ -83,15 +83,29 @@ def fixed_batch(trainer: Any, generated: dict[str, Any]) -> dict[str, Any]:
             "num_items_in_batch": mask.sum()}
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "bnpo"])
-@pytest.mark.parametrize("micro", [None, 4])
-def test_loss_type_plus_expo_term_by_hand(tmp_path: Path, loss_type: str, micro: int | None) -> None:
-    trainer, cfg = make_trainer(tmp_path, "exp-grpo", zero_reward, expo_beta=BETA, loss_type=loss_type,
-                                rollouts_per_micro_batch=micro)
-    assert trainer.loss_type == loss_type
-    torch.manual_seed(0)
-    batch = generation_batch(trainer)
-    inputs = fixed_batch(trainer, trainer._generate_and_score_completions(batch))  # builds the NLL plan
+@pytest.fixture(scope="module")
+def stepped(tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Any]:
+    """One exp-grpo trainer per micro-batch size, with its step's NLL plan built (rewards play no part:
+    the fixed batch below replaces the rollouts). TRL reads `loss_type` at each loss call, so one
+    trainer serves every loss type (test_loss_settings_reach_trl checks the config's way there)."""
+    out = {}
+    for micro in (None, 4):
+        trainer, cfg = make_trainer(tmp_path_factory.mktemp(f"micro{micro}"), "exp-grpo", zero_reward,
+                                    expo_beta=BETA, rollouts_per_micro_batch=micro)
+        torch.manual_seed(0)
+        batch = generation_batch(trainer)
+        generated = trainer._generate_and_score_completions(batch)  # builds the step's NLL plan
+        out[micro] = (trainer, cfg, batch, fixed_batch(trainer, generated))
+    return out
+
+
+@pytest.mark.parametrize("loss_type,micro", [
+    ("grpo", None), ("dapo", None), ("dr_grpo", None), ("bnpo", None),
+    ("grpo", 4), ("dapo", 4), ("dr_grpo", 4),  # two micro-batches of 4 rollouts, one optimizer step
+])
+def test_loss_type_plus_expo_term_by_hand(stepped: dict[Any, Any], loss_type: str, micro: int | None) -> None:
+    trainer, cfg, batch, inputs = stepped[micro]
+    trainer.loss_type = loss_type
     model, tok = trainer.model, trainer.processing_class
     model.zero_grad()
     parts = 1 if micro is None else 8 // micro
@@ -110,7 +124,6 @@ def test_loss_type_plus_expo_term_by_hand(tmp_path: Path, loss_type: str, micro:
     model.zero_grad()
     nll = manual_nll(model, tok, [solve_prompt(by_id[q]["question"], tok, cfg.prompts) for q in questions],
                      [explanation(by_id[q]) for q in questions])
-    # (bnpo in 2 micro-batches: each its own 10 tokens, halved: 0.3 / 2 - 0.4 / 2 = -0.05, as dapo)
     assert total == pytest.approx(POLICY_LOSS[loss_type] + BETA * nll.item(), rel=1e-5)
 
     # The gradient, by hand: the policy part is sum_i w_i (-A_i) sum_t grad log p_it with the loss
@@ -196,15 +209,15 @@ def test_skip_unsolved_rollouts_masks_the_wrong_group(tmp_path: Path) -> None:
 
 
 def test_a_filtered_step_trains(tmp_path: Path) -> None:
-    """Two optimizer steps through Trainer.train with dynamic sampling on: lines carry the counts."""
+    """An optimizer step through Trainer.train with dynamic sampling on: its line carries the counts."""
     from expo.train.metrics import MetricsWriter
 
-    trainer, _ = make_trainer(tmp_path, "exp-grpo", kind_reward, steps=2, expo_beta=BETA, filter_groups=True,
+    trainer, _ = make_trainer(tmp_path, "exp-grpo", kind_reward, steps=1, expo_beta=BETA, filter_groups=True,
                               rollouts_per_micro_batch=4)
     writer = MetricsWriter(tmp_path / "metrics.jsonl", "exp-grpo")
     trainer.add_callback(writer)
     trainer.train()
-    assert len(writer.rows) == 2
+    assert len(writer.rows) == 1
     for row in writer.rows:
         assert row["filter/share_correct"] + row["filter/share_wrong"] + row["filter/share_mixed"] == \
             pytest.approx(1.0)

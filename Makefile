@@ -23,9 +23,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/expo run $(ARGS)
 
+# The report's browser test renders a pipeline run's report in headless Chromium (Debian's package):
+# installed here where it is missing and we are root (CI, containers); elsewhere say how to get it.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y --no-install-recommends chromium >/dev/null; } || \
+		echo "note: could not install chromium; the report's browser test will fail"; \
+	else echo "note: $(CHROMIUM) is missing (as root: apt-get install -y chromium); the browser test will fail"; fi
+
 # Everything but the fault-injection tests, which run whole pipelines several times (about 10 minutes
 # on 2 cores): CI stays under 20 minutes. `make fault_test` runs those.
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q -m "not fault" $(PYTEST_ARGS)
 
 fault_test: $(STAMP)

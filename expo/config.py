@@ -97,9 +97,16 @@ class DataConfig:
     max_rows: int | None = None  # cap after dedupe, before the split (of the concatenation, with sources)
     seed: int = 0
     builtin_per_level: int = 40  # builtin:needle only: generated problems per level (5 levels)
+    # A test set apart from the training data (MATH-500, GSM8K test): hub id, folder or file, read with
+    # this section's schema, columns and levels; "" = none (the held-out fraction is then the only
+    # evaluation set). Its questions are removed from the training rows.
+    test_source: str = ""
+    test_hub_split: str = "test"  # the hub split of test_source
+    test_max_rows: int | None = None  # a seeded sample of the test set (None: all of it)
 
     def validate(self, at: str) -> None:
         _check(0.0 <= self.eval_fraction < 1.0, at, "eval_fraction", "must be in [0, 1)")
+        _check(self.test_max_rows is None or self.test_max_rows > 0, at, "test_max_rows", "must be positive")
         _check(self.builtin_per_level > 0, at, "builtin_per_level", "must be positive")
         _check_columns(self.columns, at)
         _check(self.max_rows is None or self.max_rows > 0, at, "max_rows", "must be positive")
@@ -300,9 +307,23 @@ class TrainConfig:
     checkpoint_every: int = 25
     acceptance_floor: float = 0.5  # collapse guard: refresh from the buffer below this acceptance
     seed: int = 0
+    # Validation during training (expo.train.validation; GRPO-family arms): pass@1 by level on a
+    # stratified subset of the validation split every eval_every steps and at the last step (0 = off),
+    # a learning curve in MLflow and the report. select_checkpoint: the weights evaluated and
+    # registered, "last" or "best" on select_metric.
+    eval_every: int = 0
+    eval_questions: int = 32
+    eval_samples: int = 2
+    select_checkpoint: Literal["last", "best"] = "last"
+    select_metric: Literal["hardest_level_pass@1", "overall_pass@1"] = "hardest_level_pass@1"
 
     def validate(self, at: str) -> None:
         _check(bool(self.arms), at, "arms", "needs at least one arm")
+        _check(self.eval_every >= 0, at, "eval_every", "must be >= 0 (0 = no validation during training)")
+        _check(self.eval_questions > 0, at, "eval_questions", "must be positive")
+        _check(self.eval_samples > 0, at, "eval_samples", "must be positive")
+        _check(self.select_checkpoint == "last" or self.eval_every > 0, at, "select_checkpoint",
+               "'best' needs validation during training (train.eval_every > 0)")
         for arm in self.arms:
             _check(arm in ALGORITHMS, at, "arms", f"unknown algorithm {arm!r} (known: {', '.join(ALGORITHMS)})")
         _check(len(set(self.arms)) == len(self.arms), at, "arms", "arms must be distinct")
@@ -375,10 +396,14 @@ class TrackingConfig:
     experiment: str = "expo"
     retries: int = 3  # extra attempts after a connection error, then TrackingError
     backoff_s: float = 1.0  # wait before retry i is backoff_s * 2**i (capped at 30 s)
+    # MLflow system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) on every stage run: one
+    # sample every this many seconds, and one when the stage ends; 0 = off.
+    system_metrics_interval_s: float = 10.0
 
     def validate(self, at: str) -> None:
         _check(self.retries >= 0, at, "retries", "must be >= 0")
         _check(self.backoff_s >= 0.0, at, "backoff_s", "must be >= 0")
+        _check(self.system_metrics_interval_s >= 0.0, at, "system_metrics_interval_s", "must be >= 0")
 
 
 @dataclass
@@ -398,6 +423,11 @@ class ClusterConfig:
     workspace_pvc: str = "expo-workspace"
     mlflow_secret: str = "expo-mlflow"
     storage_secret: str = "expo-object-store"
+    # Optional: a Kubernetes secret with key `token`, given to the data, model, generation, training
+    # and evaluation pods (and TrainJob nodes) as HF_TOKEN, for gated hub models and data sets.
+    hf_token_secret: str = ""
+    # Optional: a Kueue LocalQueue; GPU tasks and TrainJobs get the label kueue.x-k8s.io/queue-name.
+    kueue_queue: str = ""
     retries: int = 2
 
     def validate(self, at: str) -> None:

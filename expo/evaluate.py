@@ -28,11 +28,12 @@ from typing import Any, Protocol
 
 from expo.config import EvaluateConfig, ExpoConfig, PromptConfig, TrackingConfig
 from expo.errors import DataError, ExpoError, ModelError, TrackingError
-from expo.io import read_jsonl, write_json, write_jsonl
+from expo.io import read_json, read_jsonl, write_json, write_jsonl
 from expo.metrics import QuestionResult, aggregate, level_key, mean_interval, sorted_levels
 
 Verifier = Callable[[list[str], list[str]], list[float | None]]
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+TEST_FILE = "test.jsonl"  # the data stage's test set (data.test_source), when there is one
 
 
 class _Generator(Protocol):  # expo.generation.Generator, as far as evaluation needs it
@@ -59,9 +60,11 @@ def cap_by_level(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]
     return picked
 
 
-def load_eval_rows(data_dir: str | Path, max_questions: int | None = None) -> list[dict[str, Any]]:
-    """The rows of `data_dir/eval.jsonl` (the data stage's held-out split), capped at max_questions."""
-    path = Path(data_dir) / "eval.jsonl"
+def load_eval_rows(data_dir: str | Path, max_questions: int | None = None,
+                   file_name: str = "eval.jsonl") -> list[dict[str, Any]]:
+    """The rows of `data_dir/eval.jsonl` (the data stage's held-out split), capped at max_questions;
+    `file_name="test.jsonl"` reads the test set (data.test_source) instead."""
+    path = Path(data_dir) / file_name
     if not path.is_file():
         raise DataError(f"evaluation data {str(path)!r} does not exist (expected the data stage's folder)")
     try:
@@ -76,6 +79,12 @@ def load_eval_rows(data_dir: str | Path, max_questions: int | None = None) -> li
         raise DataError(f"evaluation data {str(path)!r} has no rows: nothing to evaluate "
                         "(is data.eval_fraction 0?)")
     return rows
+
+
+def test_source(data_dir: str | Path) -> str:
+    """Where the data stage's test set came from (its stats.json), "" when unknown."""
+    stats = Path(data_dir) / "stats.json"
+    return str(read_json(stats).get("test", {}).get("source", "")) if stats.is_file() else ""
 
 
 def resolve_model(source: str, dst: str | Path, tracking: TrackingConfig | None = None) -> Path:
@@ -198,8 +207,13 @@ def build_metrics(results: Sequence[QuestionResult], samples: Sequence[dict[str,
 
 def evaluate_model(model_dir_or_uri: str, data_dir: str | Path, cfg: ExpoConfig, output_dir: str | Path,
                    name: str = "model") -> dict[str, Any]:
-    """Evaluate one model on `data_dir/eval.jsonl`; write metrics.json and samples.jsonl; return metrics."""
+    """Evaluate one model on `data_dir/eval.jsonl`; write metrics.json and samples.jsonl; return metrics.
+
+    With a test set (`data_dir/test.jsonl`, from data.test_source) the model is evaluated on it too, in
+    full: its metrics are `metrics["test"]` (same shape) and its samples `test_samples.jsonl`."""
     rows = load_eval_rows(data_dir, cfg.evaluate.max_questions)  # fail on bad data before loading a model
+    has_test = (Path(data_dir) / TEST_FILE).is_file()
+    test_rows = load_eval_rows(data_dir, file_name=TEST_FILE) if has_test else []
     from expo.generation import make_generator
     from expo.modeling import load_model
     from expo.prompts import solve_prompt
@@ -212,6 +226,14 @@ def evaluate_model(model_dir_or_uri: str, data_dir: str | Path, cfg: ExpoConfig,
     prompts = [solve_prompt(r["question"], tokenizer, cfg.prompts) for r in rows]
     results, samples = run_evaluation(generator, rows, prompts, cfg.evaluate, seed=cfg.generation.seed)
     metrics = build_metrics(results, samples, name, str(model_dir_or_uri), cfg.evaluate)
+    metrics["split"] = "validation"  # which set these numbers come from (the held-out fraction)
+    if test_rows:
+        test_prompts = [solve_prompt(r["question"], tokenizer, cfg.prompts) for r in test_rows]
+        test_results, test_samples = run_evaluation(generator, test_rows, test_prompts, cfg.evaluate,
+                                                    seed=cfg.generation.seed)
+        metrics["test"] = {**build_metrics(test_results, test_samples, name, str(model_dir_or_uri),
+                                           cfg.evaluate), "split": "test", "source": test_source(data_dir)}
+        write_jsonl(output_dir / "test_samples.jsonl", test_samples)
     write_jsonl(output_dir / "samples.jsonl", samples)
     write_json(output_dir / "metrics.json", metrics)
     return metrics

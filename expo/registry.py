@@ -1,9 +1,14 @@
 """The MLflow Model Registry: register a trained model with its lineage, move aliases, load it back.
 
-Registration (`log_and_register`) uploads the model folder as artifacts of the stage's run and creates a
-version whose source is that artifact folder (MLflow 3.17 refuses `register_model("runs:/...")` on plain
-artifacts, so `MlflowClient.create_model_version` is used). The version carries its lineage as tags:
-source run, content fingerprint, data digests, arm, expo_beta, base model, evaluation metrics
+Registration (`log_and_register`) logs the model folder as an MLflow model of the transformers flavor
+(task text-generation, with a signature, and the tokenizer and its chat template as the flavor's
+component), which makes a LoggedModel of the stage's run; the evaluation metrics are logged on that
+LoggedModel, and the version is registered from it (`models:/<model_id>`), so
+`mlflow.transformers.load_model("models:/NAME@champion")` and `mlflow models serve` take it as it is.
+The weights are copied from the folder, never loaded. A LoRA adapter folder (no config.json; the train
+stage merges LoRA arms, so only a hand-registered adapter is one) is registered as plain files with its
+base as a tag, and `load_model_from_registry` loads it onto that base. The version carries its lineage
+as tags: source run, content fingerprint, data digests, arm, expo_beta, base model, evaluation metrics
 (`expo.metric.<name>`). It gets alias `candidate`. The same content registered twice (same
 `expo.fingerprint`) returns the existing version.
 
@@ -27,6 +32,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +44,9 @@ from expo.errors import ModelError, TrackingError
 from expo.tracking import Connection, connect, mlflow_key, redact_uri, sqlite_path
 
 FINGERPRINT_TAG = "expo.fingerprint"
+SERVING_TASK = "text-generation"  # the transformers pipeline task of a registered model
+# transformers' from_pretrained is not safe across threads (meta-device init): one model logged at a time.
+_LOG_LOCK = threading.Lock()
 LOCK_SUFFIX = ".expo-lock"
 LOCK_STALE_S = 120.0  # a registry lock older than this was left by a crashed process
 METRIC_PREFIX = "expo.metric."
@@ -211,7 +220,8 @@ def _lineage_tags(model_dir: Path, tags: dict[str, Any], metrics: dict[str, floa
     meta_file = model_dir / "expo_model.json"
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        for src, dst in (("base", "expo.base_model"), ("arm", "expo.arm")):
+        for src, dst in (("base", "expo.base_model"), ("arm", "expo.arm"),
+                         ("selected_step", "expo.checkpoint_step"), ("selected_by", "expo.checkpoint")):
             if meta.get(src) is not None:
                 out[dst] = str(meta[src])
     adapter = model_dir / "adapter_config.json"
@@ -225,19 +235,105 @@ def _lineage_tags(model_dir: Path, tags: dict[str, Any], metrics: dict[str, floa
     return out
 
 
+def _stage_files(model_dir: Path, dst: Path) -> Path:
+    """The model's files (not checkpoints) linked into `dst`: what gets uploaded."""
+    for path in _model_files(model_dir):
+        target = dst / path.relative_to(model_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)  # no copy of multi-GB weights when on the same file system
+        except OSError:
+            shutil.copy2(path, target)
+    return dst
+
+
 def _upload(conn: Connection, model_dir: Path, run_id: str, artifact_path: str) -> str:
     """Upload the model's files (not checkpoints) under `artifact_path`; returns the artifact URI."""
     with tempfile.TemporaryDirectory(prefix="expo-register-") as tmp:
-        for path in _model_files(model_dir):
-            dst = Path(tmp) / path.relative_to(model_dir)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(path, dst)  # no copy of multi-GB weights when on the same file system
-            except OSError:
-                shutil.copy2(path, dst)
-        conn.call("upload model", conn.client.log_artifacts, run_id, tmp, artifact_path)
+        conn.call("upload model", conn.client.log_artifacts, run_id, str(_stage_files(model_dir, Path(tmp))),
+                  artifact_path)
     run = conn.call("get run", conn.client.get_run, run_id)
     return f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+
+
+@contextlib.contextmanager
+def _active_run(run_id: str) -> Iterator[None]:
+    """`run_id` as MLflow's active run for the block (the stage's run usually already is)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    with mlflow.start_run(run_id=run_id, nested=active is not None):
+        yield
+
+
+def _model_card(model_dir: Path, fingerprint: str) -> Any:
+    """A model card from what we know (MLflow would otherwise ask the hub for one, which a pod without
+    egress answers only after timeouts)."""
+    from huggingface_hub import ModelCard
+
+    meta_file = model_dir / "expo_model.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    lines = ["# ExPO-trained model", "", f"- arm: {meta.get('arm', 'unknown')}",
+             f"- base model: {meta.get('base', 'unknown')}", f"- content fingerprint: {fingerprint}",
+             "", "Trained by expo-pipeline (self-explanation-guided RL)."]
+    return ModelCard("\n".join(lines))
+
+
+def _flavor_input(folder: Path) -> Any:
+    """What mlflow.transformers.log_model gets: the folder itself (weights copied, never loaded), or,
+    for a tokenizer saved from a bare `tokenizers.Tokenizer` (the embedded tiny model's), the loaded
+    model and tokenizer: from a folder MLflow would pick the tokenizer with AutoTokenizer, which swaps in
+    the model type's class and its pre-tokenizer (expo.modeling.load_tokenizer says why)."""
+    from expo.modeling import _PLAIN_TOKENIZER_CLASSES, load_tokenizer
+
+    config = folder / "tokenizer_config.json"
+    declared = json.loads(config.read_text("utf-8")).get("tokenizer_class") if config.is_file() else None
+    if declared not in _PLAIN_TOKENIZER_CLASSES:
+        return str(folder)
+    from transformers import AutoModelForCausalLM
+
+    return {"model": AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True),
+            "tokenizer": load_tokenizer(folder)}
+
+
+def _requirements() -> list[str]:
+    """The serving environment, given (MLflow would otherwise load the model in a subprocess to infer it)."""
+    import mlflow
+    import transformers
+
+    return [f"mlflow=={mlflow.__version__}", f"transformers=={transformers.__version__}", "torch",
+            "safetensors", "accelerate"]
+
+
+def _servable(model_dir: Path) -> bool:
+    """A full model with its tokenizer: what the transformers flavor can log and serve."""
+    return (model_dir / "config.json").is_file() and any(
+        (model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _log_servable(conn: Connection, model_dir: Path, run_id: str, fingerprint: str,
+                  metrics: dict[str, float]) -> Any:
+    """Log `model_dir` as a transformers-flavor MLflow model (a LoggedModel of run `run_id`) and its
+    metrics on it; returns MLflow's ModelInfo."""
+    import mlflow
+
+    tokenizer_config = model_dir / "tokenizer_config.json"
+    chat = (model_dir / "chat_template.jinja").is_file() or (
+        tokenizer_config.is_file() and "chat_template" in json.loads(tokenizer_config.read_text("utf-8")))
+    with tempfile.TemporaryDirectory(prefix="expo-register-") as tmp, _active_run(run_id), _LOG_LOCK:
+        staged = _stage_files(model_dir, Path(tmp) / "checkpoint")
+        info = conn.call("log model", mlflow.transformers.log_model, _flavor_input(staged),
+                         name=f"expo-{fingerprint}", task=SERVING_TASK,
+                         model_card=_model_card(model_dir, fingerprint), pip_requirements=_requirements(),
+                         metadata={"expo.fingerprint": fingerprint, "expo.chat_template": chat},
+                         tags={FINGERPRINT_TAG: fingerprint})
+    if metrics:  # the LoggedModel carries the arm's evaluation metrics (MLflow 3's model view)
+        values = {mlflow_key(k): float(v) for k, v in metrics.items()}
+        conn.call("log model metrics", mlflow.log_metrics, values, run_id=run_id, model_id=info.model_id)
+    return info
 
 
 def _move_candidate(conn: Connection, name: str, version: int) -> None:
@@ -260,10 +356,18 @@ def _register(conn: Connection, model_dir: Path, name: str, tags: dict[str, Any]
         held = sorted(a for a, v in _aliases(conn, name).items() if v == int(mv.version))
         return VersionInfo(name, int(mv.version), f"models:/{name}/{mv.version}", mv.run_id or "",
                            fingerprint, False, held)
-    source = _upload(conn, model_dir, run_id, f"registered/{fingerprint}")
     lineage = _lineage_tags(model_dir, tags, metrics, run_id, fingerprint)
-    mv = conn.call("create model version", conn.client.create_model_version, name, source=source,
-                   run_id=run_id, tags=lineage)
+    if _servable(model_dir):
+        info = _log_servable(conn, model_dir, run_id, fingerprint, metrics)
+        lineage["expo.model_id"] = info.model_id
+        import mlflow
+
+        # mlflow.register_model also links the version back on the LoggedModel (mlflow.modelVersions).
+        mv = conn.call("register model", mlflow.register_model, f"models:/{info.model_id}", name, tags=lineage)
+    else:  # a LoRA adapter (or no tokenizer): plain files; load_model_from_registry loads an adapter
+        source = _upload(conn, model_dir, run_id, f"registered/{fingerprint}")
+        mv = conn.call("create model version", conn.client.create_model_version, name, source=source,
+                       run_id=run_id, tags=lineage)
     mine = int(mv.version)
     # Two registrations of the same content may race past the search above: versions are numbered by
     # the server in creation order, so every racer agrees that the lowest one is the registered model.
@@ -431,7 +535,8 @@ def _ensure_exists(conn: Connection, name: str) -> None:
 
 
 def download_model(uri: str, dst: str | Path, *, tracking: TrackingConfig | None = None) -> Path:
-    """Download `models:/NAME@alias` or `models:/NAME/3` into `dst`; returns the model folder."""
+    """Download `models:/NAME@alias` or `models:/NAME/3` into `dst`; returns the Hugging Face model
+    folder inside (a transformers-flavor model keeps it under `model/`)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -445,7 +550,20 @@ def download_model(uri: str, dst: str | Path, *, tracking: TrackingConfig | None
     except MlflowException as exc:
         first = " ".join(str(exc).split())[:200]
         raise TrackingError(f"cannot download {uri} from {redact_uri(conn.uri)}: {first}") from None
-    return Path(path)
+    root = Path(path)
+    if (root / "config.json").is_file() or (root / "adapter_config.json").is_file():
+        return root
+    from expo.evaluate import find_model_folder
+
+    folder = find_model_folder(root, uri)
+    # The transformers flavor keeps the tokenizer apart (components/tokenizer): put it beside the weights,
+    # so the folder is a whole Hugging Face model folder again.
+    tokenizer = root / "components" / "tokenizer"
+    if tokenizer.is_dir() and not (folder / "tokenizer_config.json").is_file():
+        for item in tokenizer.iterdir():
+            if item.is_file() and not (folder / item.name).exists():
+                shutil.copy2(item, folder / item.name)
+    return folder
 
 
 def load_model_from_registry(uri: str, *, tracking: TrackingConfig | None = None,

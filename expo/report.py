@@ -399,17 +399,82 @@ def in_distribution_section(check: dict[str, Any]) -> list[Block]:
                                                 "gap (explanation - expert)"], rows))]
 
 
+def split_note(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
+    """Which set the tables above come from, when the evaluation says (expo.evaluate sets "split")."""
+    if not any(m.get("split") == "validation" for m in evaluations.values()):
+        return []
+    return [("p", "Set: the validation split (the held-out data.eval_fraction of the training data); "
+                  "the registration gate decides on it." +
+             (" Test-set numbers are in their own section below." if any("test" in m for m in
+                                                                         evaluations.values()) else ""))]
+
+
+def test_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
+    """The same accuracy table and plot on the test set (data.test_source), apart from validation."""
+    tested = {name: m["test"] for name, m in evaluations.items() if "test" in m}
+    if not tested:
+        return []
+    source = next(iter(tested.values())).get("source") or "data.test_source"
+    blocks: list[Block] = []
+    for kind, value in accuracy_section(tested):
+        if kind == "h2":
+            value = f"Test set: accuracy by level ({source})"
+        elif kind == "table":
+            value = Table("test_accuracy", value.header, value.rows)
+        elif kind == "img":
+            value = Image("test_accuracy_by_level.png", value.png, f"test set ({source}): pass@1 by level")
+        blocks.append((kind, value))
+    return blocks
+
+
 # ---------------------------------------------------------------------------------------------
+
+
+def validation_section(validation: dict[str, list[dict[str, Any]]] | None,
+                       checkpoint: dict[str, Any] | None) -> list[Block]:
+    """The learning curve of validation during training (expo.train.validation): pass@1 by level per
+    arm and step, and which checkpoint of the chosen arm was evaluated and registered."""
+    blocks: list[Block] = []
+    curves = {arm: rows for arm, rows in (validation or {}).items() if rows}
+    if curves:
+        levels = sorted({lv for rows in curves.values() for r in rows for lv in r["levels"]}, key=int)
+        fig, axes = _figure(ncols=len(curves), width=4.2 * len(curves))
+        table = []
+        for ax, (arm, rows) in zip(axes[0], curves.items()):
+            for lv in levels:
+                pts = [(r["step"], r["levels"][lv]) for r in rows if lv in r["levels"]]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"L{lv}")
+            ax.set(xlabel="step", ylabel="validation pass@1", ylim=(-0.02, 1.02), title=arm)
+            ax.legend(fontsize=7)
+            table += [[arm, str(r["step"])] + [_pct(r["levels"].get(lv)) for lv in levels]
+                      + [_pct(r["overall"])] for r in rows]
+        blocks += [("h2", "Validation during training"),
+                   ("p", "pass@1 by level on a stratified subset of the validation split, every "
+                         "train.eval_every steps and at the last step."),
+                   ("table", Table("validation", ["arm", "step"] + [f"L{lv}" for lv in levels] + ["all"],
+                                   table)),
+                   ("img", Image("validation_curve.png", _png(fig), "validation pass@1 by level and step"))]
+    if checkpoint:
+        best = checkpoint.get("chosen") == "best"
+        how = f"the best validated step on {checkpoint.get('metric')}" if best else "the last step"
+        verb = ("registered" if checkpoint.get("register")
+                else "evaluated (not registered: it did not beat base)")
+        blocks += [("p", f"Checkpoint {verb}: arm {checkpoint['arm']}, step {checkpoint['step']} of "
+                         f"{checkpoint['final_step']} ({how}).")]
+    return blocks
 
 
 def build_blocks(evaluations: dict[str, dict[str, Any]] | None, training: dict[str, list[dict]] | None,
                  explanation_stats: dict[str, Any] | None, in_distribution: dict[str, Any] | None,
-                 ) -> list[Block]:
+                 validation: dict[str, list[dict[str, Any]]] | None = None,
+                 checkpoint: dict[str, Any] | None = None) -> list[Block]:
     blocks: list[Block] = []
     if evaluations:
-        blocks += accuracy_section(evaluations) + delta_section(evaluations) + pass_at_k_section(evaluations)
+        blocks += accuracy_section(evaluations) + split_note(evaluations) + delta_section(evaluations)
+        blocks += pass_at_k_section(evaluations) + test_section(evaluations)
     if training:
         blocks += training_section(training) + timing_section(training)
+    blocks += validation_section(validation, checkpoint)
     if explanation_stats:
         blocks += explanation_section(explanation_stats)
     if in_distribution:
@@ -420,11 +485,15 @@ def build_blocks(evaluations: dict[str, dict[str, Any]] | None, training: dict[s
 def write_report(output_dir: str | Path, evaluations: dict[str, dict[str, Any]] | None,
                  training: dict[str, list[dict[str, Any]]] | None = None,
                  explanation_stats: dict[str, Any] | None = None,
-                 in_distribution: dict[str, Any] | None = None, title: str = "ExPO report") -> Path:
-    """Write report.html (self-contained), report.md and the PNGs into output_dir; return the HTML path."""
+                 in_distribution: dict[str, Any] | None = None, title: str = "ExPO report",
+                 validation: dict[str, list[dict[str, Any]]] | None = None,
+                 checkpoint: dict[str, Any] | None = None) -> Path:
+    """Write report.html (self-contained), report.md and the PNGs into output_dir; return the HTML path.
+    `validation`: each arm's validation.jsonl rows; `checkpoint`: the chosen arm's selection.json with
+    "arm" and "register" (which step was evaluated and registered)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    blocks = build_blocks(evaluations, training, explanation_stats, in_distribution)
+    blocks = build_blocks(evaluations, training, explanation_stats, in_distribution, validation, checkpoint)
     if not blocks:
         blocks = [("p", "Nothing to report: no evaluation, training, explanation or in-distribution input.")]
     for kind, value in blocks:

@@ -37,17 +37,37 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def stage_config_yaml(cfg: ExpoConfig, stage: str) -> str:
-    """The YAML text of the sections `stage` reads (plus `name` and `tracking`), keys sorted."""
+def stage_config_yaml(cfg: ExpoConfig, stage: str, parameterised: bool = False) -> str:
+    """The YAML text of the sections `stage` reads (plus `name` and `tracking`), keys sorted.
+    `parameterised`: without the keys that are pipeline parameters (expo.params), which the task gets
+    as its `params` text instead (what the compiled pipeline does)."""
+    from expo import params
+
     full = to_dict(cfg)
     part = {"name": full["name"], "tracking": full["tracking"]}
     part.update({section: full[section] for section in STAGE_SECTIONS[stage]})
-    return yaml.safe_dump(part, sort_keys=True)
+    return yaml.safe_dump(params.strip(part) if parameterised else part, sort_keys=True)
 
 
-def load_stage_config(text: str) -> ExpoConfig:
-    """Rebuild the config from a stage's YAML (sections it does not read keep their defaults)."""
-    cfg = from_dict(ExpoConfig, yaml.safe_load(text) or {})
+def stage_params_text(cfg: ExpoConfig, stage: str) -> str:
+    """The `params` text `stage` gets in the compiled pipeline, with `cfg`'s values (for tests and
+    callers that run stages without KFP)."""
+    from expo import params
+
+    return params.template(params.stage_params(STAGE_SECTIONS[stage]), params.defaults(cfg))
+
+
+def stage_config_dict(text: str, params_text: str = "") -> dict[str, Any]:
+    """A stage's config as plain data: its YAML with the pipeline parameters' lines set on top."""
+    from expo import params
+
+    return params.apply(yaml.safe_load(text) or {}, params_text)
+
+
+def load_stage_config(text: str, params_text: str = "") -> ExpoConfig:
+    """Rebuild the config from a stage's YAML and its parameters (sections it does not read keep their
+    defaults)."""
+    cfg = from_dict(ExpoConfig, stage_config_dict(text, params_text))
     cfg.validate()
     return cfg
 
@@ -61,9 +81,12 @@ def workspace() -> Path | None:
 
 def run_record_dir(run_key: str) -> Path | None:
     """Where the report and register stages leave what `expo run` prints (cached steps included:
-    the same run key means the same results, so an earlier record is still right)."""
+    the same run key means the same results, so an earlier record is still right). `run_key` is a
+    key, or the pipeline's run-key text (expo.params.run_key_text) with every parameter's value."""
+    from expo.params import run_key_from_text
+
     root = workspace()
-    return None if root is None else root / "runs" / run_key
+    return None if root is None else root / "runs" / run_key_from_text(run_key)
 
 
 def checkpoint_dir(config: str, arm: str, *input_dirs: str) -> Path | None:
@@ -83,16 +106,18 @@ def checkpoint_dir(config: str, arm: str, *input_dirs: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def _stage_run(cfg: ExpoConfig, config: str, stage: str, arm: str | None = None) -> Iterator[Any]:
-    """This stage's nested MLflow run under the pipeline run's parent, with the sections it read as
-    params. The parent is found by the pipeline run id in the environment, never by a step input."""
+def _stage_run(cfg: ExpoConfig, config: str, stage: str, arm: str | None = None,
+               params_text: str = "") -> Iterator[Any]:
+    """This stage's nested MLflow run under the pipeline run's parent, with the sections it read (its
+    pipeline parameters applied) as params, and MLflow's system metrics (CPU, memory, GPU) sampled while
+    it runs. The parent is found by the pipeline run id in the environment, never by a step input."""
     from expo import tracking
     from expo.errors import ExpoError
 
     try:
         with tracking.stage_run(tracking.env_pipeline_key(), stage, cfg.tracking, arm=arm,
-                                pipeline=cfg.name) as run:
-            tracking.log_config(yaml.safe_load(config))
+                                pipeline=cfg.name) as run, tracking.system_metrics(run):
+            tracking.log_config(stage_config_dict(config, params_text))
             yield run
     except ExpoError as exc:
         record_error(f"{stage}{'-' + arm if arm else ''}: {exc}")
@@ -113,29 +138,33 @@ def record_error(message: str) -> None:
             fh.write(" ".join(message.split()))
 
 
-def prepare_data(config: str, output_dir: str) -> dict[str, float]:
+def prepare_data(config: str, output_dir: str, params: str = "") -> dict[str, float]:
     from expo import tracking
     from expo.data import prepare_data as prepare
 
-    cfg = load_stage_config(config)
-    with _stage_run(cfg, config, "prepare_data"):
+    cfg = load_stage_config(config, params)
+    with _stage_run(cfg, config, "prepare_data", params_text=params):
         prepare(cfg.data, output_dir)
         tracking.log_dataset(Path(output_dir) / "train.jsonl", context="train", name="train")
         tracking.log_dataset(Path(output_dir) / "eval.jsonl", context="eval", name="eval")
+        if (Path(output_dir) / "test.jsonl").is_file():
+            tracking.log_dataset(Path(output_dir) / "test.jsonl", context="test", name="test")
         stats = read_json(Path(output_dir) / "stats.json")
         metrics = {"rows_in": stats["rows_in"], "rows_out": stats["rows_out"],
                    "train_rows": stats["train"], "eval_rows": stats["eval"]}
+        if "test" in stats:
+            metrics["test_rows"] = stats["test"]["rows"]
         metrics.update({f"skipped/{reason}": n for reason, n in stats["skipped"].items()})
         tracking.log_metrics(metrics)
     return metrics
 
 
-def prepare_model(config: str, data_dir: str, output_dir: str) -> dict[str, float]:
+def prepare_model(config: str, data_dir: str, output_dir: str, params: str = "") -> dict[str, float]:
     from expo import tracking
     from expo.modeling import prepare_model as prepare
 
-    cfg = load_stage_config(config)
-    with _stage_run(cfg, config, "prepare_model"):
+    cfg = load_stage_config(config, params)
+    with _stage_run(cfg, config, "prepare_model", params_text=params):
         prepare(cfg.model, data_dir, output_dir, prompts=cfg.prompts)
         meta = _model_meta(output_dir)
         tracking.set_tags({"expo.base_model": meta.get("base", cfg.model.source),
@@ -145,28 +174,32 @@ def prepare_model(config: str, data_dir: str, output_dir: str) -> dict[str, floa
     return metrics
 
 
-def evaluate(config: str, name: str, model_dir: str, data_dir: str, output_dir: str) -> dict[str, float]:
+def evaluate(config: str, name: str, model_dir: str, data_dir: str, output_dir: str,
+             params: str = "") -> dict[str, float]:
     from expo import tracking
     from expo.cpu import share_cpu_threads
     from expo.evaluate import evaluate_model, flat_metrics
 
     if name != "base":  # the arms' evaluations run inside the loop, beside each other
         share_cpu_threads()
-    cfg = load_stage_config(config)
-    with _stage_run(cfg, config, "evaluate", arm=name):
+    cfg = load_stage_config(config, params)
+    with _stage_run(cfg, config, "evaluate", arm=name, params_text=params):
         result = evaluate_model(str(trained_model(model_dir)), data_dir, cfg, output_dir, name=name)
         metrics = flat_metrics(result)
+        if "test" in result:  # the test set's numbers, apart from the validation split's
+            metrics.update({f"test/{k}": v for k, v in flat_metrics(result["test"]).items()})
         tracking.log_metrics(metrics)
         tracking.log_artifacts(output_dir, f"evaluation/{name}")
     return metrics
 
 
-def generate_explanations(config: str, data_dir: str, model_dir: str, output_dir: str) -> dict[str, float]:
+def generate_explanations(config: str, data_dir: str, model_dir: str, output_dir: str,
+                          params: str = "") -> dict[str, float]:
     from expo import tracking
     from expo.explain import generate_explanations as generate
 
-    cfg = load_stage_config(config)
-    with _stage_run(cfg, config, "generate_explanations"):
+    cfg = load_stage_config(config, params)
+    with _stage_run(cfg, config, "generate_explanations", params_text=params):
         stats = generate(cfg, data_dir, model_dir, output_dir)
         tracking.log_dataset(Path(output_dir) / "explanations.jsonl", context="explanations",
                              name="explanations")
@@ -176,35 +209,59 @@ def generate_explanations(config: str, data_dir: str, model_dir: str, output_dir
 
 
 def train(config: str, arm: str, data_dir: str, model_dir: str, explanations_dir: str,
-          output_dir: str) -> dict[str, float]:
+          output_dir: str, params: str = "") -> dict[str, float]:
     from expo import tracking
     from expo.cluster.pod import train_in_pod
     from expo.cpu import share_cpu_threads
 
-    share_cpu_threads()  # the arms train side by side under kfp.local
-    cfg = load_stage_config(config)
-    with _stage_run(cfg, config, "train", arm=arm):
-        if cfg.cluster.train_nodes > 1:
-            from expo.cluster import launch_trainjob
+    from expo.train.live import RUN_ID_ENV, unposted
+    from expo.train.validation import VALIDATION_FILE, curve_rows
 
-            # The job's pods run train_arm only; this step keeps the one MLflow run for the arm.
-            launch_trainjob(cfg, arm, data_dir, model_dir, explanations_dir, output_dir)
-            summary = read_json(Path(output_dir) / "summary.json")
-        else:
-            # One node: one process per visible GPU of this pod (torchrun), or in this process.
-            resume_from = checkpoint_dir(config, arm, data_dir, model_dir, explanations_dir)
-            summary = train_in_pod(arm, cfg, data_dir, model_dir, explanations_dir, output_dir,
-                                   checkpoint_dir=resume_from)
+    share_cpu_threads()  # the arms train side by side under kfp.local
+    cfg = load_stage_config(config, params)
+    with _stage_run(cfg, config, "train", arm=arm, params_text=params) as run:
+        resume_from = checkpoint_dir(config, arm, data_dir, model_dir, explanations_dir)
+        # Rank 0 of the training processes posts step metrics to this run as they happen.
+        with _environment({RUN_ID_ENV: run.run_id, "MLFLOW_TRACKING_URI": run.conn.uri}):
+            if cfg.cluster.train_nodes > 1:
+                from expo.cluster import launch_trainjob
+
+                # The job's pods run train_arm only; this step keeps the one MLflow run for the arm.
+                launch_trainjob(cfg, arm, data_dir, model_dir, explanations_dir, output_dir,
+                                run_id=run.run_id, checkpoint_dir=resume_from)
+                summary = read_json(Path(output_dir) / "summary.json")
+            else:
+                # One node: one process per visible GPU of this pod (torchrun), or in this process.
+                summary = train_in_pod(arm, cfg, data_dir, model_dir, explanations_dir, output_dir,
+                                       checkpoint_dir=resume_from)
         steps_file = Path(output_dir) / "metrics.jsonl"
-        if steps_file.is_file():
-            tracking.log_metrics_series(read_jsonl(steps_file))
+        if steps_file.is_file():  # what the live poster could not post (all of it if it never ran)
+            tracking.log_metrics_series(unposted(read_jsonl(steps_file), steps_file))
+        curve_file = Path(output_dir) / VALIDATION_FILE
+        if curve_file.is_file():  # the learning curve: val/level<N>/pass_at_1 by step
+            tracking.log_metrics_series(unposted(curve_rows(read_jsonl(curve_file)), curve_file))
         metrics = _numbers(summary)
         tracking.log_metrics({f"final/{k}": v for k, v in metrics.items()})
     return metrics
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (child processes inherit them), then restore."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[str], train_dirs: list[str],
-           explanations_dir: str, output_dir: str, best_model_dir: str) -> dict[str, Any]:
+           explanations_dir: str, output_dir: str, best_model_dir: str, params: str = "") -> dict[str, Any]:
     """Compare base and arms, write the report, and decide whether any arm earned registration.
 
     Returns the summary (`summary.json`'s "models" part), the best arm and whether it beats the base
@@ -214,28 +271,37 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
     from expo import tracking
     from expo.report import write_report
 
-    cfg = load_stage_config(config)
-    with _stage_run(cfg, config, "report"):
+    cfg = load_stage_config(config, params)
+    with _stage_run(cfg, config, "report", params_text=params):
         evaluations = {"base": read_json(Path(base_eval_dir) / "metrics.json")}
         for eval_dir in arm_eval_dirs:
             metrics = read_json(Path(eval_dir) / "metrics.json")
             evaluations[metrics["name"]] = metrics
-        training = {}
+        training, validation, selections = {}, {}, {}
         for train_dir in train_dirs:
             meta = _model_meta(Path(train_dir) / "model")
+            arm_name = meta.get("arm", Path(train_dir).name)
             steps_file = Path(train_dir) / "metrics.jsonl"
             if steps_file.is_file():
-                training[meta.get("arm", Path(train_dir).name)] = read_jsonl(steps_file)
+                training[arm_name] = read_jsonl(steps_file)
+            if (Path(train_dir) / "validation.jsonl").is_file():
+                validation[arm_name] = read_jsonl(Path(train_dir) / "validation.jsonl")
+            if (Path(train_dir) / "selection.json").is_file():
+                selections[arm_name] = read_json(Path(train_dir) / "selection.json")
         expl_stats_file = Path(explanations_dir) / "stats.json"
         expl_stats = read_json(expl_stats_file) if expl_stats_file.is_file() else None
         in_dist_file = Path(explanations_dir) / IN_DISTRIBUTION_FILE
         in_dist = read_json(in_dist_file) if in_dist_file.is_file() else None
-        write_report(output_dir, evaluations=evaluations, training=training, explanation_stats=expl_stats,
-                     in_distribution=in_dist if in_dist and in_dist["overall"]["paired"]["pairs"] else None,
-                     title=f"ExPO run: {cfg.name}")
         summary = build_summary(evaluations, cfg)
         decision = registration_decision(summary, cfg)
         summary.update(decision)
+        if decision["best_arm"] in selections:  # which training step the candidate's weights are
+            summary["checkpoint"] = {"arm": decision["best_arm"], **selections[decision["best_arm"]]}
+        write_report(output_dir, evaluations=evaluations, training=training, explanation_stats=expl_stats,
+                     in_distribution=in_dist if in_dist and in_dist["overall"]["paired"]["pairs"] else None,
+                     title=f"ExPO run: {cfg.name}", validation=validation,
+                     checkpoint={**summary.get("checkpoint", {}), "register": decision["register"]}
+                     if "checkpoint" in summary else None)
         if decision["best_arm"]:
             link_tree(_find_arm_model([str(Path(d) / "model") for d in train_dirs], decision["best_arm"]),
                       Path(best_model_dir))
@@ -253,10 +319,21 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
 
 
 def build_summary(evaluations: dict[str, dict], cfg: ExpoConfig) -> dict[str, Any]:
-    """{"models": {name: {"levels": {"1": {"pass@1": .., "pass@k": ..}}, "overall": {...}}}}."""
+    """{"models": {name: {"levels": {"1": {"pass@1": .., "pass@k": ..}}, "overall": {...}}}} on the
+    validation split (the held-out fraction: the gate decides on it), "evaluated_on" saying so, and
+    with a test set (data.test_source) "test": {"source": .., "models": {name: same shape}}."""
     from expo.evaluate import model_summary
 
-    return {"models": {name: model_summary(metrics) for name, metrics in evaluations.items()}}
+    summary: dict[str, Any] = {
+        "models": {name: model_summary(metrics) for name, metrics in evaluations.items()}}
+    tested = {name: m["test"] for name, m in evaluations.items() if "test" in m}
+    summary["evaluated_on"] = {"models": "validation"}
+    if tested:
+        source = next(iter(tested.values())).get("source", "")
+        summary["test"] = {"source": source,
+                           "models": {name: model_summary(m) for name, m in tested.items()}}
+        summary["evaluated_on"]["test"] = f"test: {source}"
+    return summary
 
 
 def gate_value(model_summary: dict[str, Any], metric: str) -> float:
@@ -284,13 +361,14 @@ def registration_decision(summary: dict[str, Any], cfg: ExpoConfig) -> dict[str,
     return {"best_arm": best, "best_value": arms[best], "base_value": base_value, "register": improved}
 
 
-def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: str) -> dict[str, Any]:
+def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: str,
+             params: str = "") -> dict[str, Any]:
     """Register the chosen arm's model, alias it `candidate`, and run the champion gate."""
     from expo import registry
 
-    cfg = load_stage_config(config)
+    cfg = load_stage_config(config, params)
     summary = read_json(Path(summary_dir) / "summary.json")
-    with _stage_run(cfg, config, "register", arm=arm) as run:
+    with _stage_run(cfg, config, "register", arm=arm, params_text=params) as run:
         meta = _model_meta(model_dir)
         arm_summary = summary["models"][arm]
         gate_metric = cfg.register.gate_metric

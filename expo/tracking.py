@@ -354,6 +354,7 @@ def stage_run(key: str, stage: str, cfg: TrackingConfig, arm: str | None = None,
     conn.call("start stage run", mlflow.start_run, run_id=run_id, nested=mlflow.active_run() is not None)
     run = StageRun(run_id=run_id, parent_id=parent_id, conn=conn)
     token = _ACTIVE.set(run)
+    _SYSTEM_INTERVAL.set(cfg.system_metrics_interval_s)
     status = "FAILED"
     try:
         yield run
@@ -404,15 +405,16 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def log_dataset(path: str | Path, context: Literal["train", "eval", "explanations"], name: str) -> str:
+def log_dataset(path: str | Path, context: Literal["train", "eval", "test", "explanations"],
+                name: str) -> str:
     """Log a JSONL table as a run input with its content digest; returns the digest."""
     import pandas as pd
 
     from expo.errors import DataError
     from expo.io import read_jsonl
 
-    if context not in ("train", "eval", "explanations"):
-        raise TrackingError(f"log_dataset: context {context!r} is not train, eval or explanations")
+    if context not in ("train", "eval", "test", "explanations"):
+        raise TrackingError(f"log_dataset: context {context!r} is not train, eval, test or explanations")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"log_dataset: {path} does not exist")
@@ -460,6 +462,41 @@ def log_artifacts(local_dir: str | Path, path: str | None = None) -> None:
     run.conn.call("log artifacts", run.conn.client.log_artifacts, run.run_id, str(local_dir), path)
 
 
+@contextlib.contextmanager
+def system_metrics(run: StageRun, interval_s: float | None = None) -> Iterator[None]:
+    """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network, and GPU
+    where nvidia-ml-py finds one) sampled into `run` every `interval_s` while the block runs, plus one
+    sample at its end so a short stage has them too. Never fails the stage: a monitor that cannot start
+    or post is logged and skipped. `interval_s` defaults to the tracking config's; 0 = off."""
+    import logging
+
+    interval = _SYSTEM_INTERVAL.get() if interval_s is None else interval_s
+    monitor = None
+    if interval > 0:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run.run_id, sampling_interval=interval, tracking_uri=run.conn.uri)
+            monitor.start()
+        except Exception as exc:  # psutil missing, store down: metrics of the stage itself matter more
+            logging.getLogger(__name__).warning("system metrics off: %s", " ".join(str(exc).split())[:200])
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                monitor.finish()
+                # MLflow's monitor posts only after a full sampling interval: take the closing sample.
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+
+
+# The interval stage_run reads from the stage's tracking config, for system_metrics().
+_SYSTEM_INTERVAL: contextvars.ContextVar[float] = contextvars.ContextVar("expo_system_interval", default=10.0)
+
+
 def set_tags(tags: dict[str, Any]) -> None:
     run = active_stage()
     batch = [RunTag(mlflow_key(k), redact_uri(str(v))) for k, v in tags.items()]
@@ -472,5 +509,5 @@ __all__ = [
     "log_artifacts",
     "log_config", "log_dataset", "log_metrics", "log_metrics_series", "mlflow_key", "parent_run",
     "pipeline_key", "redact_params", "redact_uri", "resolve_tracking_uri", "set_tags", "sqlite_path",
-    "stage_run", "tag_parent",
+    "stage_run", "system_metrics", "tag_parent",
 ]

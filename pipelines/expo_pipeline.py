@@ -6,80 +6,110 @@
     exit handler: close the MLflow parent run with the pipeline's status
 
 Build it from a config with `build_pipeline(cfg)`, compile with `compile_pipeline(cfg, path)`.
-Each task receives only the config sections its stage reads (expo.stages.STAGE_SECTIONS), so a change
-to a training setting re-runs training and what follows it, and nothing before.
+The pipeline takes typed root parameters (expo.params.PARAMETERS: model and data sources, arms, steps,
+expo_beta, ...) whose defaults are the config's values, so the KFP UI and `expo submit --param` change
+them without a recompile. Each task receives only the config sections its stage reads
+(expo.stages.STAGE_SECTIONS), with the parameterised keys taken out, plus a `params` text holding only
+the parameters of those sections: a change to a training setting re-runs training and what follows it,
+and nothing before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, List  # List[str]: KFP's list parameter type, items typed
 
 from kfp import compiler, dsl
 from kfp import kubernetes as k8s
 
 import components as c
+from expo import params as P
 from expo.config import ExpoConfig, to_dict
-from expo.stages import stage_config_yaml
+from expo.stages import STAGE_SECTIONS, stage_config_yaml
 
 WORKSPACE = "/workspace"  # where the shared PVC is mounted in every pod that moves model folders
+KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+STAGES = ("prepare_data", "prepare_model", "evaluate", "generate_explanations", "train", "report", "register",
+          "finish")
 
 
-def run_key(cfg: ExpoConfig) -> str:
-    """A digest of everything that shapes the results (not where they run): names the run's summary."""
-    data = to_dict(cfg)
+def static_key(cfg: ExpoConfig) -> str:
+    """A digest of what shapes the results apart from the pipeline parameters (and where it runs)."""
+    data = P.strip(to_dict(cfg))
     data.pop("cluster")
     data.pop("tracking")
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def run_key(cfg: ExpoConfig) -> str:
+    """A digest of everything that shapes the results (not where they run): names the run's summary.
+    The report and register tasks compute the same from `P.run_key_text` once KFP fills the values in."""
+    return P.run_key(static_key(cfg), P.defaults(cfg))
+
+
+def pipeline_arguments(cfg: ExpoConfig) -> dict[str, Any]:
+    """The root parameters' values for `cfg` (what `expo run` passes; also the compiled defaults)."""
+    return P.defaults(cfg)
+
+
 def build_pipeline(cfg: ExpoConfig, for_cluster: bool = True) -> Callable[..., Any]:
     """The pipeline function for `cfg`. `for_cluster=False` leaves out Kubernetes-only settings
     (kfp.local ignores them and warns about each)."""
-    conf = {stage: stage_config_yaml(cfg, stage) for stage in
-            ("prepare_data", "prepare_model", "evaluate", "generate_explanations", "train", "report",
-             "register", "finish")}
-    key = run_key(cfg)
+    conf = {stage: stage_config_yaml(cfg, stage, parameterised=True) for stage in STAGES}
+    static = static_key(cfg)
     place = _Placement(cfg, for_cluster)
+    names = [p.name for p in P.PARAMETERS]
 
-    @dsl.pipeline(name=_pipeline_name(cfg), description="ExPO: self-explanation-guided RL, with GRPO "
-                  "baselines, verifier-based evaluation and gated MLflow registration.")
-    def expo_pipeline():
-        closer = place.small(c.finish_run(config=conf["finish"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), cache=False,
-                             retries=True)
+    def expo_pipeline(*args: Any) -> None:
+        values = dict(zip(names, args))  # KFP channels, filled in at run time
+        par = {stage: P.template(P.stage_params(STAGE_SECTIONS[stage]), values) for stage in STAGES}
+        key = P.run_key_text(static, values)
+        closer = place.small(c.finish_run(config=conf["finish"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+                             cache=False, retries=True)
         with dsl.ExitHandler(closer, name="expo-run"):
-            data = place.small(c.prepare_data(config=conf["prepare_data"]), retries=True)
-            model = place.gpu(c.prepare_model(config=conf["prepare_model"], data=data.outputs["data"]),
+            data = place.small(c.prepare_data(config=conf["prepare_data"], params=par["prepare_data"]),
+                               retries=True)
+            model = place.gpu(c.prepare_model(config=conf["prepare_model"], params=par["prepare_model"],
+                                              data=data.outputs["data"]),
                               cfg.cluster.gpus_train, retries=True)
-            base_eval = place.gpu(c.evaluate(config=conf["evaluate"], name="base",
+            base_eval = place.gpu(c.evaluate(config=conf["evaluate"], params=par["evaluate"], name="base",
                                              model=model.outputs["model"], data=data.outputs["data"]),
                                   cfg.cluster.gpus_evaluate, shm=True)
             base_eval.set_display_name("evaluate-base")
             explanations = place.gpu(c.generate_explanations(
-                config=conf["generate_explanations"], data=data.outputs["data"],
-                model=model.outputs["model"]), cfg.cluster.gpus_generate, shm=True)
-            with dsl.ParallelFor(items=list(cfg.train.arms)) as arm:
-                trained = place.gpu(c.train(config=conf["train"], arm=arm, data=data.outputs["data"],
-                                            model=model.outputs["model"],
+                config=conf["generate_explanations"], params=par["generate_explanations"],
+                data=data.outputs["data"], model=model.outputs["model"]), cfg.cluster.gpus_generate, shm=True)
+            with dsl.ParallelFor(items=values["arms"]) as arm:
+                trained = place.gpu(c.train(config=conf["train"], params=par["train"], arm=arm,
+                                            data=data.outputs["data"], model=model.outputs["model"],
                                             explanations=explanations.outputs["explanations"]),
                                     cfg.cluster.gpus_train, shm=True, retries=True)
-                arm_eval = place.gpu(c.evaluate(config=conf["evaluate"], name=arm,
+                arm_eval = place.gpu(c.evaluate(config=conf["evaluate"], params=par["evaluate"], name=arm,
                                                 model=trained.outputs["trained"], data=data.outputs["data"]),
                                      cfg.cluster.gpus_evaluate, shm=True)
                 arm_eval.set_display_name("evaluate-arm")
             report = place.small(c.report(
-                config=conf["report"], run_key=key, base_eval=base_eval.outputs["results"],
-                arm_evals=dsl.Collected(arm_eval.outputs["results"]),
+                config=conf["report"], params=par["report"], run_key=key,
+                base_eval=base_eval.outputs["results"], arm_evals=dsl.Collected(arm_eval.outputs["results"]),
                 trained=dsl.Collected(trained.outputs["trained"]),
                 explanations=explanations.outputs["explanations"]))
             with dsl.If(report.outputs["Output"] != "", name="best-arm-beats-base"):
-                place.small(c.register(config=conf["register"], run_key=key,
-                                       arm=report.outputs["Output"],
-                                       model=report.outputs["best_model"], summary=report.outputs["summary"]), retries=True)
+                place.small(c.register(config=conf["register"], params=par["register"], run_key=key,
+                                       arm=report.outputs["Output"], model=report.outputs["best_model"],
+                                       summary=report.outputs["summary"]), retries=True)
 
-    return expo_pipeline
+    defaults = P.defaults(cfg)
+    # KFP reads the root parameters (names, types, defaults) from the signature and their
+    # descriptions from the docstring's Args; both come from the one table in expo.params.
+    expo_pipeline.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[p.name],
+                          annotation=List[str] if p.type is list else p.type) for p in P.PARAMETERS])
+    expo_pipeline.__doc__ = P.docstring()
+    return dsl.pipeline(name=_pipeline_name(cfg), description="ExPO: self-explanation-guided RL, with GRPO "
+                        "baselines, verifier-based evaluation and gated MLflow registration.")(expo_pipeline)
 
 
 def compile_pipeline(cfg: ExpoConfig, output: str | Path) -> Path:
@@ -115,6 +145,8 @@ class _Placement:
             task.set_cpu_request("4").set_cpu_limit("16").set_memory_request("32G").set_memory_limit("128G")
             if gpus > 0:
                 task.set_accelerator_type(self.cluster.accelerator_type).set_accelerator_limit(gpus)
+            if self.cluster.kueue_queue:  # Kueue admits the pod when its LocalQueue has the quota
+                k8s.add_pod_label(task, label_key=KUEUE_LABEL, label_value=self.cluster.kueue_queue)
             if shm:
                 # vLLM tensor parallelism and NCCL exchange through /dev/shm; the default 64 MB is too small.
                 k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
@@ -139,6 +171,9 @@ class _Placement:
         k8s.use_secret_as_env(task, secret_name=self.cluster.storage_secret, secret_key_to_env={
             "endpoint": "MLFLOW_S3_ENDPOINT_URL", "access-key": "AWS_ACCESS_KEY_ID",
             "secret-key": "AWS_SECRET_ACCESS_KEY"}, optional=True)
+        if self.cluster.hf_token_secret:  # gated hub models and data sets
+            k8s.use_secret_as_env(task, secret_name=self.cluster.hf_token_secret,
+                                  secret_key_to_env={"token": "HF_TOKEN"}, optional=True)
         # The KFP run id (a pod label) names the MLflow parent run without entering any cache key.
         k8s.use_field_path_as_env(task, env_name="EXPO_PIPELINE_RUN_ID",
                                   field_path="metadata.labels['pipeline/runid']")

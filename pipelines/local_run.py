@@ -22,7 +22,7 @@ import yaml
 from expo.config import ExpoConfig, to_dict
 from expo.errors import ExpoError
 from expo.io import read_json, write_json
-from pipelines.expo_pipeline import build_pipeline, run_key
+from pipelines.expo_pipeline import build_pipeline, pipeline_arguments, run_key
 
 
 def default_run_dir(cfg: ExpoConfig) -> Path:
@@ -53,7 +53,7 @@ def run_local(cfg: ExpoConfig, run_dir: Path) -> dict[str, Any]:
                enable_caching=True, cache_root=str(run_dir / "kfp-cache"), raise_on_error=True)
     pipeline = build_pipeline(cfg, for_cluster=False)
     try:
-        pipeline()
+        pipeline(**pipeline_arguments(cfg))  # the config's values as the root parameters, as on a cluster
     except RuntimeError as exc:
         raise ExpoError(f"pipeline failed: {_failure_cause(exc, run_dir)} (task logs above; "
                         f"outputs kept in {run_dir})") from None

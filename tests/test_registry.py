@@ -66,9 +66,23 @@ def test_register_is_idempotent_and_tags_lineage(mlflow_server, make_model_dir, 
     assert float(mv.tags["expo.metric.hardest_level_pass_at_1"]) == 0.5  # the second call changed nothing
     assert mv.tags["expo.metric.pass_at_1"] == "0.25"
     assert client.get_registered_model(unique_name).aliases == {"candidate": "1"}
-    files = {f.path for f in client.list_artifacts(run_id, f"registered/{first.fingerprint}")}
-    assert f"registered/{first.fingerprint}/model.safetensors" in files
-    assert not any("checkpoints" in f for f in files)
+    # A transformers-flavor MLflow model, registered from a LoggedModel of the run that carries the metrics.
+    model_id = mv.tags["expo.model_id"]
+    assert mv.source == f"models:/{model_id}"
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == run_id
+    assert {m.key: m.value for m in logged.metrics} == {"hardest_level_pass_at_1": 0.5, "pass_at_1": 0.25}
+    import mlflow
+
+    files = {f.path for f in mlflow.artifacts.list_artifacts(artifact_uri=f"{logged.artifact_location}/model",
+                                                             tracking_uri=mlflow_server)}
+    assert "model/model.safetensors" in files or any(f.endswith("model.safetensors") for f in files)
+    everything = mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location,
+                                                     tracking_uri=mlflow_server)
+    from pathlib import Path
+
+    names = {p.relative_to(everything).as_posix() for p in Path(everything).rglob("*") if p.is_file()}
+    assert "MLmodel" in names and not any("checkpoints" in n for n in names)
 
 
 def test_gate_moves_and_keeps_the_champion(mlflow_server, make_model_dir, unique_name):

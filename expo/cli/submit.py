@@ -22,15 +22,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service-account", metavar="NAME",
                         help="Kubernetes service account for the run's pods (manifests: expo-pipeline)")
     parser.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
+    parser.add_argument("--param", dest="params", metavar="NAME=VALUE", action="append", default=[],
+                        help="set a root parameter of this run without recompiling, e.g. --param steps=200 "
+                             "or --param train.steps=200 (repeatable; `expo compile` lists them)")
 
 
 def run(args: argparse.Namespace) -> int:
     from expo.config import load_pipeline_config
+    from expo.params import parse_cli
     from pipelines.submit import submit
 
     cfg = load_pipeline_config(args.config, args.overrides)
+    arguments = parse_cli(args.params)
     run_id, url = submit(cfg, host=args.host, namespace=args.namespace, experiment=args.experiment,
                          run_name=args.run_name, token_env=args.token_env, cache=not args.no_cache,
-                         service_account=args.service_account)
+                         service_account=args.service_account, arguments=arguments)
     print(f"submitted run {run_id}\n{url}")
     return 0

@@ -70,11 +70,17 @@ def launch_trainjob(
     workspace: str | Path = WORKSPACE,
     poll_s: float = 15.0,
     log_sink: LogSink | None = print,
+    run_id: str | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> TrainJobResult:
     """Stage the inputs on the workspace, run the TrainJob, and copy its output into `output_dir`.
 
     `workspace` is where this pod mounts the shared PVC; the job's pods mount it at /workspace.
     A global batch that does not split over the job's processes fails here, before anything is staged.
+    `checkpoint_dir` (on the workspace, keyed by what the arm trains on: expo.stages.checkpoint_dir) is
+    where the job checkpoints and resumes from, so a retried task's new TrainJob continues from the last
+    complete checkpoint instead of starting over. `run_id`: the arm's MLflow run, which rank 0 posts
+    step metrics to while the job runs (expo.train.live).
     """
     from expo.train.family import batch_plan  # heavy (TRL): only once a job is launched
 
@@ -87,6 +93,13 @@ def launch_trainjob(
     )
     remote_out = job_dir / "output"
     remote_out.mkdir(parents=True, exist_ok=True)
+    checkpoints = None
+    if checkpoint_dir is not None:
+        checkpoints = Path(checkpoint_dir)
+        if not checkpoints.resolve().is_relative_to(workspace.resolve()):
+            raise ConfigError(f"TrainJob checkpoint folder {str(checkpoints)!r} is not on the workspace "
+                              f"{str(workspace)!r}: the job's pods could not see it")
+        checkpoints.mkdir(parents=True, exist_ok=True)
     job = build_trainjob(
         name,
         cfg,
@@ -96,6 +109,8 @@ def launch_trainjob(
         in_pods(remote_out, workspace),
         namespace or _own_namespace(),
         explanations_path=in_pods(paths["explanations"], workspace),
+        checkpoint_path=in_pods(checkpoints, workspace),
+        run_id=run_id,
     )
     result = launch_and_wait(
         api_client or _api_client(),

@@ -25,6 +25,9 @@ from typing import Any
 from expo.config import ExpoConfig, to_dict
 from expo.errors import ConfigError
 
+KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+RUN_ID_ENV = "EXPO_MLFLOW_RUN_ID"  # expo.train.live.RUN_ID_ENV (not imported: that module pulls in MLflow)
+
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
 PLURAL = "trainjobs"
@@ -58,10 +61,14 @@ def build_trainjob(
     namespace: str,
     *,
     explanations_path: str | None = None,
+    checkpoint_path: str | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """The TrainJob object (a dict ready for CustomObjectsApi) training `arm` with `cfg`.
 
     Paths must lie under the workspace mount (/workspace): they are the only files every node sees.
+    `checkpoint_path`: where the workers checkpoint and resume from (a retried job continues there).
+    `run_id`: the arm's MLflow run; rank 0 posts step metrics to it as they happen.
     """
     _check_name(name)
     for what, path in (
@@ -69,6 +76,7 @@ def build_trainjob(
         ("model_path", model_path),
         ("output_path", output_path),
         ("explanations_path", explanations_path),
+        ("checkpoint_path", checkpoint_path),
     ):
         if path is not None:
             _check_in_workspace(what, path)
@@ -79,10 +87,13 @@ def build_trainjob(
         "app.kubernetes.io/component": "train",
         "expo.pipeline/arm": arm,
     }
+    job_labels = dict(labels)
+    if cluster.kueue_queue:  # Kueue admits (and suspends) the whole TrainJob against the queue's quota
+        job_labels[KUEUE_LABEL] = cluster.kueue_queue
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainJob",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": {"name": name, "namespace": namespace, "labels": job_labels},
         "spec": {
             "runtimeRef": {
                 "name": cluster.training_runtime,
@@ -96,8 +107,9 @@ def build_trainjob(
                 "numNodes": cluster.train_nodes,
                 "numProcPerNode": max(gpus, 1),
                 "command": ["/bin/sh", "-c", _launch_script(cluster.train_nodes, gpus), "expo-train"],
-                "args": worker_args(cfg, arm, data_path, model_path, output_path, explanations_path),
-                "env": _env(cfg),
+                "args": worker_args(cfg, arm, data_path, model_path, output_path, explanations_path,
+                                    checkpoint_path),
+                "env": _env(cfg, run_id),
                 "resourcesPerNode": _resources(cfg),
             },
             "runtimePatches": [_workspace_patch(cluster.workspace_pvc, labels)],
@@ -117,7 +129,8 @@ def _launch_script(nodes: int, gpus: int) -> str:
 
 
 def worker_args(
-    cfg: ExpoConfig, arm: str, data: str, model: str, output: str, explanations: str | None
+    cfg: ExpoConfig, arm: str, data: str, model: str, output: str, explanations: str | None,
+    checkpoints: str | None = None,
 ) -> list[str]:
     """The arguments of `python -m expo.cluster.worker` (see worker.py) for one arm."""
     # The resolved config travels as JSON in the object itself: visible with `kubectl get -o yaml`,
@@ -136,14 +149,19 @@ def worker_args(
     ]
     if explanations is not None:
         args += ["--explanations", explanations]
+    if checkpoints is not None:
+        args += ["--checkpoint-dir", checkpoints]
     return args
 
 
-def _env(cfg: ExpoConfig) -> list[dict[str, Any]]:
+def _env(cfg: ExpoConfig, run_id: str | None = None) -> list[dict[str, Any]]:
     secret = cfg.cluster.mlflow_secret
 
+    def from_named(env: str, name: str, key: str) -> dict[str, Any]:
+        return {"name": env, "valueFrom": {"secretKeyRef": {"name": name, "key": key, "optional": True}}}
+
     def from_secret(env: str, key: str) -> dict[str, Any]:
-        return {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
+        return from_named(env, secret, key)
 
     return [
         from_secret("MLFLOW_TRACKING_URI", "tracking-uri"),
@@ -151,7 +169,8 @@ def _env(cfg: ExpoConfig) -> list[dict[str, Any]]:
         from_secret("MLFLOW_TRACKING_PASSWORD", "password"),
         {"name": "EXPO_WORKSPACE", "value": WORKSPACE},
         {"name": "HF_HOME", "value": f"{WORKSPACE}/.cache/huggingface"},  # shared, writable model cache
-    ]
+    ] + ([{"name": RUN_ID_ENV, "value": run_id}] if run_id else []) + (
+        [from_named("HF_TOKEN", cfg.cluster.hf_token_secret, "token")] if cfg.cluster.hf_token_secret else [])
 
 
 def _resources(cfg: ExpoConfig) -> dict[str, Any]:

@@ -44,6 +44,7 @@ SKIP_REASONS: dict[str, str] = {
 FILTER_REASONS: dict[str, str] = {
     "filtered_level": "filtered by level",
     "over_max_rows": "over max_rows",
+    "in_test_set": "question in the test set",  # kept out of training so the test set stays unseen
 }
 OUR_FIELDS = ("question", "answer", "solution", "level", "subject")
 

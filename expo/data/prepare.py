@@ -8,13 +8,18 @@ is read, normalised, given its level, level-filtered, deduped (also against the 
 entries) and capped by its own seeded `max_rows`, in order; the concatenation is then capped by
 `data.max_rows` and split, stratified by level. `data.source` is the one-entry case.
 
-Writes `train.jsonl`, `eval.jsonl` and `stats.json` (docs/architecture.md). Everything is read and
-checked before the first byte is written, each file is replaced atomically and `stats.json` goes last,
-so a failed run leaves what was there before untouched.
+With `data.test_source` the test set (MATH-500, GSM8K test) is read with the same schema, columns and
+levels, deduped and optionally capped (`data.test_max_rows`), written as `test.jsonl`, and its questions
+are removed from the training data (`in_test_set`); the held-out fraction stays the validation split.
+
+Writes `train.jsonl`, `eval.jsonl`, `test.jsonl` (with a test set) and `stats.json`
+(docs/architecture.md). Everything is read and checked before the first byte is written, each file is
+replaced atomically and `stats.json` goes last, so a failed run leaves what was there before untouched.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from collections import Counter
@@ -32,7 +37,8 @@ from expo.data.sources import Entry, Table, load_tables, source_entries, source_
 from expo.errors import DataError
 from expo.io import write_json, write_jsonl
 
-OUTPUT_FILES = ("train.jsonl", "eval.jsonl", "stats.json")
+OUTPUT_FILES = ("train.jsonl", "eval.jsonl", "test.jsonl", "stats.json")
+TEST_KEY = "data.test_source"
 
 
 @dataclass
@@ -50,12 +56,17 @@ class DataResult:
     levels: dict[str, dict[str, int]] = field(default_factory=dict)  # level -> {"train": n, "eval": n}
     # one per configured source: {"key", "source", "level", "rows_in", "rows_out", "skipped"}
     sources: list[dict[str, Any]] = field(default_factory=list)
+    # the test set (data.test_source): {"source", "rows_in", "rows", "levels": {level: n}, "skipped"}
+    test: dict[str, Any] | None = None
 
     def stats(self) -> dict[str, Any]:
-        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "train": self.train, "eval": self.eval,
-                "skipped": dict(self.skipped), "digest": dict(self.digest), "schemas": dict(self.schemas),
-                "levels": {k: dict(v) for k, v in self.levels.items()},
-                "sources": [{**s, "skipped": dict(s["skipped"])} for s in self.sources]}
+        out = {"rows_in": self.rows_in, "rows_out": self.rows_out, "train": self.train, "eval": self.eval,
+               "skipped": dict(self.skipped), "digest": dict(self.digest), "schemas": dict(self.schemas),
+               "levels": {k: dict(v) for k, v in self.levels.items()},
+               "sources": [{**s, "skipped": dict(s["skipped"])} for s in self.sources]}
+        if self.test is not None:
+            out["test"] = {**self.test, "skipped": dict(self.test["skipped"])}
+        return out
 
 
 @dataclass
@@ -138,6 +149,41 @@ def _gather(loaded: list[_Loaded], cfg: DataConfig, skipped: Counter[str],
     return kept, summaries
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _load_test(cfg: DataConfig) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """The test set's rows (normalised, level-filtered, deduped, capped) and its summary; None without
+    one. Read before anything is written, like the training sources."""
+    if not cfg.test_source.strip():
+        return None
+    test_cfg = dataclasses.replace(cfg, source=cfg.test_source, hub_split=cfg.test_hub_split, sources=[],
+                                   max_rows=None)
+    item = _load(Entry(test_cfg, None, TEST_KEY), many=True)  # many: errors name data.test_source
+    counts: Counter[str] = Counter()
+    rows, rows_in = _normalise_entry(item, counts, _NoBar())
+    rows = splitting.filter_levels(rows, cfg.levels, counts)
+    rows = splitting.dedupe(rows, counts)
+    rows = splitting.cap(rows, cfg.test_max_rows, cfg.seed, counts)
+    if not rows:
+        raise DataError(f"no usable rows in {TEST_KEY} ({cfg.test_source}): {_describe(counts)}")
+    levels = Counter("none" if r["level"] is None else str(r["level"]) for r in rows)
+    return rows, {"source": cfg.test_source, "rows_in": rows_in, "rows": len(rows),
+                  "levels": dict(sorted(levels.items())), "skipped": {r: n for r, n in counts.items() if n}}
+
+
+def _without_test(rows: list[dict[str, Any]], test_rows: list[dict[str, Any]],
+                  skipped: Counter[str]) -> list[dict[str, Any]]:
+    """Training rows whose question is not in the test set (a test question seen in training would
+    make the test number a memory test)."""
+    keys = {question_key(r["question"]) for r in test_rows}
+    kept = [r for r in rows if question_key(r["question"]) not in keys]
+    skipped["in_test_set"] += len(rows) - len(kept)
+    return kept
+
+
 def _describe(skipped: Counter[str], top: int = 3) -> str:
     labels = {**SKIP_REASONS, **FILTER_REASONS}
     return ", ".join(f"{n} {labels[r]}" for r, n in skipped.most_common(top) if n) or "no rows at all"
@@ -150,6 +196,9 @@ def check_output_dir(cfg: DataConfig, output_dir: Path) -> None:
     for entry in source_entries(cfg):
         with _naming(entry, many=bool(cfg.sources)):
             _check_against(entry.cfg, output_dir)
+    if cfg.test_source.strip():
+        with _naming(Entry(dataclasses.replace(cfg, source=cfg.test_source), None, TEST_KEY), many=True):
+            _check_against(dataclasses.replace(cfg, source=cfg.test_source), output_dir)
 
 
 def _check_against(cfg: DataConfig, output_dir: Path) -> None:
@@ -202,9 +251,12 @@ def prepare_data(cfg: DataConfig, output_dir: str | Path, progress: bool = False
     entries = source_entries(cfg)
     loaded = [_load(entry, many=bool(cfg.sources)) for entry in entries]
     skipped: Counter[str] = Counter()
+    test = _load_test(cfg)
     rows, summaries = _gather(loaded, cfg, skipped, progress)
     rows_in = sum(s["rows_in"] for s in summaries)
     schemas = {label: s.name for item in loaded for label, s in item.schemas.items()}
+    if test is not None:
+        rows = _without_test(rows, test[0], skipped)
     rows = splitting.cap(rows, cfg.max_rows, cfg.seed, skipped)
     if not rows:
         where = "data.sources" if cfg.sources else cfg.source
@@ -214,11 +266,18 @@ def prepare_data(cfg: DataConfig, output_dir: str | Path, progress: bool = False
     output_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(output_dir / "train.jsonl", train)
     write_jsonl(output_dir / "eval.jsonl", held)
+    parts = ("train", "eval")
+    if test is not None:
+        write_jsonl(output_dir / "test.jsonl", test[0])
+        parts += ("test",)
+    elif (output_dir / "test.jsonl").is_file():
+        (output_dir / "test.jsonl").unlink()  # a test set from an earlier config would be taken for ours
     result = DataResult(
         output_dir=output_dir, rows_in=rows_in, rows_out=len(rows), train=len(train), eval=len(held),
         skipped={r: n for r, n in skipped.items() if n},
-        digest={name: _file_digest(output_dir / f"{name}.jsonl") for name in ("train", "eval")},
-        schemas=schemas, levels=_level_counts(train, held), sources=summaries)
+        digest={name: _file_digest(output_dir / f"{name}.jsonl") for name in parts},
+        schemas=schemas, levels=_level_counts(train, held), sources=summaries,
+        test=test[1] if test is not None else None)
     write_json(output_dir / "stats.json", result.stats())  # last: its presence means the rest is whole
     print(format_summary(result), file=sys.stderr)
     return result

@@ -4,7 +4,9 @@ A Trainer callback: each per-step log (it has a `loss`; the end-of-training summ
 and is skipped) becomes `{"step": N, "arm": ..., <every logged number>}`. Each checkpoint keeps a
 copy of the lines so far; on resume the file restarts from that copy, so it always reads like one
 uninterrupted run (lines of steps after the checkpoint, lost with the kill, are redone). Under
-several processes every one keeps `rows`, and only the main process (rank 0) writes the file.
+several processes every one keeps `rows`, and only the main process (rank 0) writes the file, and
+posts each line to the arm's MLflow run as it is written (expo.train.live, when the train stage gave
+its run id).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from expo.io import read_jsonl, write_jsonl
+from expo.train.live import LivePoster
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class MetricsWriter(TrainerCallback):
         self.offset = 0  # added to the trainer's step (ExP-DPO: steps of the rounds before this one)
         self.rows: list[dict[str, Any]] = []
         self.writes = int(os.environ.get("RANK", "0")) == 0  # one writer per output folder: rank 0
+        self.live = LivePoster.from_env(self.path) if self.writes else None
 
     def restore(self, checkpoint: Path | None) -> None:
         """Start from the lines saved with `checkpoint` (its own copy, so a resume into a fresh output
@@ -91,6 +95,13 @@ class MetricsWriter(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
+        if self.live is not None:
+            self.live.add(row)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        """Post what the live poster still holds (one try; the stage posts any leftover at the end)."""
+        if self.live is not None:
+            self.live.flush()
 
 
 __all__ = ["MetricsWriter"]

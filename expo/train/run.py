@@ -100,9 +100,18 @@ def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | 
         return train_dpo(cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
                          regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
     from expo.train.family import train_grpo_family
+    from expo.train.validation import Validator, select_checkpoint
 
-    return train_grpo_family(arm, cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
-                             regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
+    if cfg.train.eval_every > 0:  # validation during training: a learning curve, the best checkpoint
+        from expo.modeling import load_tokenizer
+
+        callbacks = [*(callbacks or []), Validator(cfg, load_tokenizer(model_dir), data_dir, out)]
+    summary = train_grpo_family(arm, cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
+                                regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
+    if is_main_process():  # which weights out/model holds: the last, or the best validated
+        summary["selection"] = select_checkpoint(cfg, out, summary["steps"])
+        write_json(out / "summary.json", summary)
+    return summary
 
 
 def arm_config(cfg: ExpoConfig, arm: str) -> ExpoConfig:

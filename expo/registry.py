@@ -363,7 +363,8 @@ def _register(conn: Connection, model_dir: Path, name: str, tags: dict[str, Any]
         import mlflow
 
         # mlflow.register_model also links the version back on the LoggedModel (mlflow.modelVersions).
-        mv = conn.call("register model", mlflow.register_model, f"models:/{info.model_id}", name, tags=lineage)
+        mv = conn.call("register model", mlflow.register_model, f"models:/{info.model_id}", name,
+                       tags=lineage)
     else:  # a LoRA adapter (or no tokenizer): plain files; load_model_from_registry loads an adapter
         source = _upload(conn, model_dir, run_id, f"registered/{fingerprint}")
         mv = conn.call("create model version", conn.client.create_model_version, name, source=source,

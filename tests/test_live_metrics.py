@@ -45,7 +45,8 @@ def test_rows_are_posted_while_the_poster_runs(mlflow_server, unique_name, tmp_p
     poster.close()
     assert posted_step(tmp_path / "metrics.jsonl") == 2 and (tmp_path / POSTED_FILE).is_file()
     # What the stage still posts at the end: only the rows after the last one posted.
-    assert unposted(rows + [{"step": 3, "loss": 0.1}], tmp_path / "metrics.jsonl") == [{"step": 3, "loss": 0.1}]
+    later = {"step": 3, "loss": 0.1}
+    assert unposted(rows + [later], tmp_path / "metrics.jsonl") == [later]
     assert unposted(rows, tmp_path / "elsewhere" / "metrics.jsonl") == rows  # never posted: all
 
 

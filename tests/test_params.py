@@ -80,7 +80,8 @@ def test_a_parameter_value_changes_only_the_defaults(tmp_path):
     a = _compile(tmp_path, "train.steps=7", "register.gate_margin=0.5")
     b = _compile(tmp_path, "train.steps=9")
     assert _tasks(a) == _tasks(b) and a["components"] == b["components"]
-    roots_a, roots_b = a["root"]["inputDefinitions"]["parameters"], b["root"]["inputDefinitions"]["parameters"]
+    roots_a = a["root"]["inputDefinitions"]["parameters"]
+    roots_b = b["root"]["inputDefinitions"]["parameters"]
     assert (roots_a["steps"]["defaultValue"], roots_b["steps"]["defaultValue"]) == (7, 9)
     assert (roots_a["gate_margin"]["defaultValue"], roots_b["gate_margin"]["defaultValue"]) == (0.5, 0.0)
 

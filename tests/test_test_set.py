@@ -39,7 +39,8 @@ def test_test_set_is_written_and_kept_out_of_training(tmp_path):
     test_rows = read_jsonl(out / "test.jsonl")
     assert [r["question"] for r in test_rows] == ["What is 100 + 1?", "What is 7 * 7?", "what is 4 + 4?"]
     assert [r["level"] for r in test_rows] == [1, 3, 2]
-    questions = {r["question"].lower() for r in read_jsonl(out / "train.jsonl") + read_jsonl(out / "eval.jsonl")}
+    kept = read_jsonl(out / "train.jsonl") + read_jsonl(out / "eval.jsonl")
+    questions = {r["question"].lower() for r in kept}
     assert "what is 4 + 4?" not in questions and len(questions) == 11  # 12 minus the one in the test set
     stats = read_json(out / "stats.json")
     assert result.skipped["in_test_set"] == 1

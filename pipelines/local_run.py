@@ -1,9 +1,14 @@
 """`expo run`: the whole pipeline on this machine through kfp.local, caching on.
 
 The run folder (default `./expo-runs/<name>`) holds everything: kfp.local's outputs and cache, the
-MLflow store (unless MLFLOW_TRACKING_URI points elsewhere), checkpoints, and at the end
-`summary.json`, `report.html` and `report.md`. Running again with the same config serves every step
-from cache; changing a training setting re-runs training and what follows it.
+MLflow store (unless MLFLOW_TRACKING_URI points elsewhere), checkpoints, `expo-run.json` (where the
+run's tracking store is: `expo models` and `expo promote` read it), `expo-run.log` (kfp.local's full
+output), and at the end `summary.json`, `report.html` and `report.md` with its images. Running again
+with the same config serves every step from cache; changing a training setting re-runs training and
+what follows it.
+
+The terminal gets one line per stage as it starts and ends, progress inside long stages, then the
+summary table (pipelines/local_output.py routes the rest to the log; `verbose` shows it all).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import os
 import re
 import shutil
 import sys
+import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +29,10 @@ import yaml
 from expo.config import ExpoConfig, to_dict
 from expo.errors import ExpoError
 from expo.io import read_json, write_json
+from expo.terminal import Console, format_table
 from pipelines.expo_pipeline import build_pipeline, pipeline_arguments, run_key
+
+LOG_FILE = "expo-run.log"  # kfp.local's full output: executor dumps, task logs, warnings
 
 
 def default_run_dir(cfg: ExpoConfig) -> Path:
@@ -41,23 +51,58 @@ def check_writable(run_dir: Path) -> None:
                         "choose another with --output") from None
 
 
-def run_local(cfg: ExpoConfig, run_dir: Path) -> dict[str, Any]:
-    """Run the pipeline for `cfg` in `run_dir`; return the summary that is also saved as summary.json."""
+def run_local(cfg: ExpoConfig, run_dir: Path, console: Console | None = None,
+              verbose: bool = False) -> dict[str, Any]:
+    """Run the pipeline for `cfg` in `run_dir`; return the summary that is also saved as summary.json.
+    Stage lines go to `console` (default: one on stdout); kfp.local's own output to the log file."""
     from kfp import local
+
+    from pipelines.local_output import routed_output
 
     run_dir = run_dir.resolve()
     check_writable(run_dir)
+    console = console or Console(sys.stdout)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     _set_run_environment(cfg, run_dir)
+    log_file = run_dir / LOG_FILE
+    write_run_record(run_dir, os.environ["MLFLOW_TRACKING_URI"], log_file)
+    console.line(f"expo run: {cfg.name} in {shown_path(run_dir)} (kfp.local's full output: "
+                 f"{shown_path(log_file)})")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"),
                enable_caching=True, cache_root=str(run_dir / "kfp-cache"), raise_on_error=True)
-    pipeline = build_pipeline(cfg, for_cluster=False)
+    started = time.monotonic()
+    console.start()
     try:
-        pipeline(**pipeline_arguments(cfg))  # the config's values as the root parameters, as on a cluster
+        with routed_output(console, log_file, verbose=verbose) as observer:
+            pipeline = build_pipeline(cfg, for_cluster=False)
+            pipeline(**pipeline_arguments(cfg))  # the config's values as the root parameters, as on a cluster
     except RuntimeError as exc:
-        raise ExpoError(f"pipeline failed: {_failure_cause(exc, run_dir)} (task logs above; "
+        raise ExpoError(f"pipeline failed: {_failure_cause(exc, run_dir)} (task log: {log_file}; "
                         f"outputs kept in {run_dir})") from None
-    return collect_summary(cfg, run_dir)
+    finally:
+        console.stop()
+    summary = collect_summary(cfg, run_dir, [r.as_dict() for r in observer.records])
+    summary["wall_s"] = round(time.monotonic() - started, 1)
+    summary["log_file"] = str(log_file)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the working directory when it is under it (what the user typed), else absolute."""
+    rel = os.path.relpath(path)
+    return path.as_posix() if rel.startswith("..") else rel
+
+
+def write_run_record(run_dir: Path, tracking_uri: str, log_file: Path) -> None:
+    """`expo-run.json`: where this run's tracking store and log are, for `expo models`/`expo promote`
+    run later from the same folder (expo.run_folder reads it). Credentials never enter it."""
+    from expo.run_folder import RUN_RECORD
+    from expo.tracking import redact_uri
+
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    write_json(run_dir / RUN_RECORD, {"tracking_uri": redact_uri(tracking_uri), "log_file": str(log_file),
+                                      "started": started})
 
 
 def _failure_cause(exc: RuntimeError, run_dir: Path) -> str:
@@ -93,46 +138,107 @@ def executed_steps(run_dir: Path) -> list[str]:
     return sorted({out.parent.name for out in runs[-1].rglob("executor_output.json")})
 
 
-def collect_summary(cfg: ExpoConfig, run_dir: Path) -> dict[str, Any]:
-    """Gather the report's summary and the registration into run_dir/summary.json."""
+def collect_summary(cfg: ExpoConfig, run_dir: Path,
+                    stages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Gather the report's summary, the registration and the stage records into run_dir/summary.json;
+    copy the report, with the images report.md links, beside it."""
     record = run_dir / "workspace" / "runs" / run_key(cfg)
     if not (record / "summary.json").is_file():
         raise ExpoError(f"the pipeline finished but left no summary in {record}")
     summary = read_json(record / "summary.json")
     registered = record / "registered.json"
-    summary["registered_model_uri"] = read_json(registered)["uri"] if (
-        summary.get("register") and registered.is_file()) else None
+    info = read_json(registered) if summary.get("register") and registered.is_file() else {}
+    summary["registered_model_uri"] = info.get("uri")
+    summary["registered_aliases"] = info.get("aliases", [])
+    summary["model_name"] = cfg.register.model_name
     summary["run_folder"] = str(run_dir)
     summary["executed_steps"] = executed_steps(run_dir)
+    summary["stages"] = stages or []
+    summary["cached_steps"] = [s["label"] for s in summary["stages"] if s["status"] == "cached"]
     write_json(run_dir / "summary.json", summary)
     for name in ("report.html", "report.md"):
         if (record / name).is_file():
             shutil.copyfile(record / name, run_dir / name)
+    copy_report_images(run_dir / "report.md", record, *report_folders(summary["stages"]))
     return summary
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """The table `expo run` prints: pass@1 and pass@k by level for every model."""
+def report_folders(stages: list[dict[str, Any]]) -> list[Path]:
+    """The report step's output folder (its `summary` artifact, where it wrote the PNGs), cached or not."""
+    return [Path(s["outputs"]["summary"]) for s in stages
+            if s["task"] == "report" and s.get("outputs", {}).get("summary")]
+
+
+def copy_report_images(report_md: Path, *folders: Path) -> list[str]:
+    """Copy every image `report_md` links by a relative name from the first of `folders` that has it
+    into the report's own folder, so the Markdown stands alone there. Returns the names copied."""
+    from expo.report import image_links
+
+    if not report_md.is_file():
+        return []
+    copied = []
+    for name in image_links(report_md.read_text(encoding="utf-8")):
+        target = report_md.parent / name
+        source = next((f / name for f in folders if (f / name).is_file()), None)
+        if source is not None and source.resolve() != target.resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            copied.append(name)
+    return copied
+
+
+def summary_table(summary: dict[str, Any]) -> list[str]:
+    """pass@1 and pass@k by level for every model, aligned (expo.terminal.format_table)."""
     models = summary["models"]
     levels = sorted({lv for m in models.values() for lv in m.get("levels", {})}, key=int)
-    head = f"{'model':<12}" + "".join(f"  L{lv} p@1  L{lv} p@k" for lv in levels)
-    lines = [head, "-" * len(head)]
-    for name, m in models.items():
-        cells = "".join(f"  {m['levels'].get(lv, {}).get('pass@1', float('nan')):7.3f}"
-                        f"  {m['levels'].get(lv, {}).get('pass@k', float('nan')):7.3f}" for lv in levels)
-        lines.append(f"{name:<12}{cells}")
-    uri = summary.get("registered_model_uri")
+    header = ["model"] + [f"L{lv} {kind}" for lv in levels for kind in ("p@1", "p@k")]
+
+    def cell(m: dict[str, Any], lv: str, key: str) -> str:
+        value = m.get("levels", {}).get(lv, {}).get(key)
+        return "-" if value is None else f"{value:.3f}"
+
+    rows = [[name] + [cell(m, lv, key) for lv in levels for key in ("pass@1", "pass@k")]
+            for name, m in models.items()]
+    return format_table(header, rows)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """What `expo run` prints last: the table and where its numbers come from, which steps ran and which
+    came from cache (only those that did), the registered model, the report and the log file."""
+    run_folder = Path(shown_path(Path(summary["run_folder"])))
+    lines = summary_table(summary)
+    lines.append("pass@1 / pass@k (k = evaluate.samples) by level on the held-out split: the evaluate "
+                 "steps' metrics.json, in summary.json")
     lines.append("")
-    executed = summary.get("executed_steps", [])
-    lines.append(f"steps run: {', '.join(executed) or 'none'}; every other step came from cache")
-    lines.append(f"registered model: {uri}" if uri else
-                 "registered model: none (no trained arm beat the base model on the gate metric)")
-    lines.append(f"report: {Path(summary['run_folder']) / 'report.html'}")
+    stages = summary.get("stages") or []
+    ran = [s["label"] for s in stages if s["status"] == "done"]
+    cached = [s["label"] for s in stages if s["status"] == "cached"]
+    if not cached:
+        lines.append(f"steps: all {len(ran)} ran (none came from cache)")
+    else:
+        lines += textwrap.wrap(f"steps ran ({len(ran)}): {', '.join(ran) or 'none'}", 100,
+                               subsequent_indent="  ")
+        lines += textwrap.wrap(f"from cache ({len(cached)}): {', '.join(cached)}", 100,
+                               subsequent_indent="  ")
+    uri = summary.get("registered_model_uri")
+    if uri:
+        aliases = ", ".join(summary.get("registered_aliases") or [])
+        lines.append(f"registered model: {uri}" + (f" (aliases: {aliases})" if aliases else ""))
+        name = summary.get("model_name") or uri.split("/")[1]
+        lines.append(f"  its versions and aliases: expo models {name} (run from this folder; expo is "
+                     ".venv/bin/expo)")
+    else:
+        lines.append("registered model: none (no trained arm beat the base model on the gate metric)")
+    lines.append(f"report: {run_folder / 'report.html'} (and report.md)")
+    lines.append(f"log: {run_folder / LOG_FILE}")
     return "\n".join(lines)
 
 
-def main_run(cfg: ExpoConfig, output: str | None) -> int:
+def main_run(cfg: ExpoConfig, output: str | None, verbose: bool = False) -> int:
     run_dir = Path(output) if output else default_run_dir(cfg)
-    summary = run_local(cfg, run_dir)
-    print(format_summary(summary), file=sys.stdout)
+    console = Console(sys.stdout)
+    summary = run_local(cfg, run_dir, console, verbose=verbose)
+    console.line()
+    for line in format_summary(summary).splitlines():
+        console.line(line)
     return 0

@@ -61,6 +61,7 @@ from expo.answers import Found
 from expo.config import ExplainConfig, ExpoConfig, GenerationConfig, PromptConfig
 from expo.errors import DataError
 from expo.io import read_jsonl, write_json, write_jsonl
+from expo.progress import rate, watch
 from expo.prompts import explain_prompt, solve_prompt
 
 log = logging.getLogger(__name__)
@@ -376,17 +377,20 @@ def sample_explanations(generator: Any, rows: list[dict[str, Any]], cfg: Explain
     records: list[dict[str, Any]] = []
     solved: list[tuple[Any, list[float | None]]] = []
     bar = _progress_bar(len(usable), progress)
-    for chunk_index, start in enumerate(range(0, len(usable), per_call)):
-        chunk = usable[start : start + per_call]
-        explained = sampler.samples(chunk, "explain", cfg.samples_per_question, seed_offset=2 * chunk_index)
-        records.extend(_judge(chunk, explained, cfg, reward_fn))
-        if cfg.solve_rate_samples:
-            attempts = sampler.samples(chunk, "solve", cfg.solve_rate_samples, seed_offset=2 * chunk_index + 1)
-            scores = reward_fn([s["text"] for a in attempts for s in a],
-                               [str(r["answer"]) for r, a in zip(chunk, attempts) for _ in a])
-            it = iter(scores)
-            solved.extend((r.get("level"), [next(it) for _ in a]) for r, a in zip(chunk, attempts))
-        _advance(bar, len(chunk), records, sampler)
+    expected = len(usable) * (cfg.samples_per_question + cfg.solve_rate_samples)
+    with watch("explain", _progress_reader(generator, records, expected)):  # a line per generated batch
+        for chunk_index, start in enumerate(range(0, len(usable), per_call)):
+            chunk = usable[start : start + per_call]
+            explained = sampler.samples(chunk, "explain", cfg.samples_per_question, seed_offset=2 * chunk_index)
+            records.extend(_judge(chunk, explained, cfg, reward_fn))
+            if cfg.solve_rate_samples:
+                attempts = sampler.samples(chunk, "solve", cfg.solve_rate_samples,
+                                           seed_offset=2 * chunk_index + 1)
+                scores = reward_fn([s["text"] for a in attempts for s in a],
+                                   [str(r["answer"]) for r, a in zip(chunk, attempts) for _ in a])
+                it = iter(scores)
+                solved.extend((r.get("level"), [next(it) for _ in a]) for r, a in zip(chunk, attempts))
+            _advance(bar, len(chunk), records, sampler)
     if bar is not None:
         bar.close()
     stats = _statistics(records, solved, usable)
@@ -549,6 +553,25 @@ def _rates(counts: dict[str, int], questions_with_explanation: int) -> dict[str,
         "solve_samples": solve_samples, "solved": counts.get("solved", 0),
         "solve_rate": counts.get("solved", 0) / solve_samples if solve_samples else None,
     }
+
+
+def _progress_reader(generator: Any, records: list[dict[str, Any]], expected: int) -> Callable[[], str]:
+    """The explain stage's progress line (expo.progress.watch): samples generated so far (the
+    generator's counters grow per generated batch, inside one generate call), tokens/s, acceptance."""
+    stats = getattr(generator, "stats", None)
+    base_seq, base_tok = (stats.sequences, stats.tokens) if stats is not None else (0, 0)
+    started = time.perf_counter()
+
+    def read() -> str:
+        passed = sum(1 for rec in records if rec["passed"])
+        judged = f"{passed}/{len(records)} explanations passed" if records else ""
+        if stats is None:
+            return judged
+        done, tokens = stats.sequences - base_seq, stats.tokens - base_tok
+        text = f"{done}/{expected} samples generated, {rate(tokens, time.perf_counter() - started)} tok/s"
+        return f"{text}, {judged}" if judged else text
+
+    return read
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

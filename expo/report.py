@@ -7,7 +7,8 @@ it and `report.md` references them by file name.
 
 How: every section is built once as a list of blocks (heading, paragraph, table, image) and rendered
 twice, to HTML (all user text escaped) and to Markdown, so the twins never drift. A section whose input
-is missing is omitted.
+is missing is omitted. Every section says which file its numbers come from (SOURCES), and `expo run`
+copies the PNGs beside its run folder's report.md, so its relative image links resolve there.
 
     write_report("runs/report", {"base": m0, "exp-grpo": m1}, training={"exp-grpo": steps},
                  explanation_stats=stats, in_distribution=check, title="ExPO on MATH")
@@ -23,6 +24,7 @@ import base64
 import html
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,21 @@ TRAINING_PANELS: list[tuple[str, tuple[str, ...]]] = [
     ("refill rounds", ("filter/refill_rounds",)),
     ("all-wrong group share", ("filter/share_wrong",)),
 ]
+# Where each section's numbers come from, said in both reports under the section's heading.
+SOURCES: dict[str, str] = {
+    "accuracy": "Source: each evaluate step's metrics.json (its samples, judged by expo.verify); "
+                "samples.jsonl beside it holds every completion.",
+    "deltas": "Source: the per-question tallies (per_question) of the same metrics.json files.",
+    "pass_at_k": "Source: metrics.json's overall pass@k, for every k up to the number of samples.",
+    "training": "Source: each arm's metrics.jsonl (the train step's output, one line per optimizer step); "
+                "'last' is the final step's value.",
+    "timing": "Source: the time/* keys of each arm's metrics.jsonl (the trainer's named phases).",
+    "explanations": "Source: the generate-explanations step's stats.json; explanations.jsonl holds every "
+                    "sample with the reason it was not kept.",
+    "in_distribution": "Source: the generate-explanations step's in_distribution.json, scored with the "
+                       "model that sampled the explanations.",
+}
+_IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 STEP_TIME_KEY = "time/step"  # a step's whole wall time; the other "time/" keys are its phases
 ACCEPTANCE_KEYS = ("acceptance_rate", "acceptance")  # expo.explain writes acceptance_rate
 SOLVE_RATE_KEYS = ("solve_rate", "unconditioned_solve_rate")
@@ -71,6 +88,15 @@ Block = tuple[str, Any]  # ("h2" | "p", text) | ("table", Table) | ("img", Image
 
 def _md_cell(text: str) -> str:
     return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+
+
+def _source_note(section: str) -> Block:
+    return ("p", SOURCES[section])
+
+
+def image_links(markdown: str) -> list[str]:
+    """The local files a Markdown text shows as images (`![alt](file)`), in order, without URLs."""
+    return [m for m in _IMAGE_LINK.findall(markdown) if ":" not in m and not m.startswith("/")]
 
 
 def render_markdown(title: str, blocks: Sequence[Block]) -> str:
@@ -176,6 +202,7 @@ def accuracy_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
                            ("p", "pass@1 and pass@k: unbiased estimator from k samples per question; "
                                  "95% interval normal over questions (Wilson where every question scores "
                                  "the same). Greedy: Wilson 95% interval."),
+                           _source_note("accuracy"),
                            ("table", Table("accuracy", header, rows)),
                            ("img", Image("accuracy_by_level.png", _accuracy_plot(evaluations),
                                          "pass@1 by level"))]
@@ -235,6 +262,7 @@ def delta_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
     return [("h2", f"Change against {base}"),
             ("p", f"Per-question paired differences against {base} on shared questions, "
                   "normal 95% interval."),
+            _source_note("deltas"),
             ("table", Table("deltas", ["model", "level", "questions", "delta pass@1", "delta pass@k", "k"],
                             rows))]
 
@@ -251,7 +279,7 @@ def pass_at_k_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
     ax.xaxis.get_major_locator().set_params(integer=True)  # k is a count
     ax.set(xlabel="k", ylabel="pass@k", ylim=(0, 1.05), title="pass@k (all levels)")
     ax.legend(fontsize=8)
-    return [("h2", "pass@k"),
+    return [("h2", "pass@k"), _source_note("pass_at_k"),
             ("table", Table("pass_at_k", ["model"] + [f"k={k}" for k in range(1, kmax + 1)], rows)),
             ("img", Image("pass_at_k.png", _png(fig), "pass@k curves"))]
 
@@ -283,7 +311,7 @@ def training_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
     for ax, (title, _) in zip(axes[0], panels):
         ax.set(title=title, xlabel="step")
         ax.legend(fontsize=7)
-    return [("h2", "Training"),
+    return [("h2", "Training"), _source_note("training"),
             ("table", Table("training", ["arm", "steps"] + [f"last {t}" for t, _ in panels], rows)),
             ("img", Image("training_curves.png", _png(fig), "training curves"))]
 
@@ -323,6 +351,7 @@ def timing_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
     ax.legend(fontsize=7)
     return [("h2", "Step time by phase"),
             ("p", "Mean wall time per step of each named phase; 'other' is the rest of the step."),
+            _source_note("timing"),
             ("table", Table("timing", ["arm", "phase", "mean s/step", "share"], rows)),
             ("img", Image("step_time.png", _png(fig), "step time by phase"))]
 
@@ -347,6 +376,7 @@ def explanation_section(stats: dict[str, Any]) -> list[Block]:
         ("p", "Acceptance: share of answer-conditioned samples that pass the verifier and filters. Coverage: "
               "share of questions left with an explanation. Solve rate: share of unconditioned samples "
               "that are correct. The gap between acceptance and solve rate is what the hint buys."),
+        _source_note("explanations"),
         ("table", Table("explanations", ["level", "questions", "samples", "acceptance", "coverage",
                                          "unconditioned solve rate"], rows))]
     if levels:
@@ -395,6 +425,7 @@ def in_distribution_section(check: dict[str, Any]) -> list[Block]:
     return [("h2", "In-distribution check"),
             ("p", "Mean per-token log-prob under the policy, scored under the plain solve prompt. "
                   "Self-explanations above expert solutions means they are closer to the policy."),
+            _source_note("in_distribution"),
             ("table", Table("in_distribution", ["level", "self-explanations", "expert solutions",
                                                 "gap (explanation - expert)"], rows))]
 

@@ -1,5 +1,6 @@
 """`expo models` and `expo promote` end to end through the CLI dispatcher, against the session's real
-MLflow server (URI from --tracking-uri and from $MLFLOW_TRACKING_URI)."""
+MLflow server (URI from --tracking-uri and from $MLFLOW_TRACKING_URI) and against the SQLite store of a
+run folder found with no setting at all (what a user has after `expo run`)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,63 @@ def two_versions(mlflow_server, make_model_dir, unique_name):
 def test_models_lists_versions_aliases_and_metrics(mlflow_server, two_versions, capsys):
     assert main(["models", two_versions, "--tracking-uri", mlflow_server]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["version", "aliases", "arm", "gate", "hardest_level_pass_at_1", "created",
-                                "run_id"]
+    assert lines[0].split() == ["version", "aliases", "arm", "gate", "hardest_level_pass_at_1", "created"]
     assert lines[1].split()[:5] == ["2", "candidate", "arm81", "-", "0.5000"]
     assert lines[2].split()[:5] == ["1", "champion", "arm80", "promoted", "0.2500"]
+    assert lines[3] == f"store: {mlflow_server} (--tracking-uri)"
+    assert max(map(len, lines[:3])) <= 100
+
+
+def test_models_wide_and_json_show_everything(mlflow_server, two_versions, capsys):
+    import json
+
+    assert main(["models", two_versions, "--tracking-uri", mlflow_server, "--wide"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header[-3:] == ["created", "run_id", "fingerprint"]
+    assert main(["models", two_versions, "--tracking-uri", mlflow_server, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["version"] for r in rows] == [2, 1] and rows[1]["aliases"] == "champion"
+    assert rows[0]["hardest_level_pass_at_1"] == 0.5 and len(rows[0]["run_id"]) == 32
+
+
+def test_after_a_local_run_the_run_folders_store_is_found_and_no_store_is_created(
+        tmp_path, monkeypatch, _sqlite_template, make_model_dir, unique_name, capsys):
+    """`expo run` leaves expo-runs/<name>/mlflow.db and expo-run.json; from the same folder, with no
+    variable set, `expo models` lists the version and `expo promote` moves an alias; ./mlflow.db never
+    appears."""
+    import shutil
+
+    run_dir = tmp_path / "expo-runs" / "expo-embedded"
+    run_dir.mkdir(parents=True)
+    shutil.copy2(_sqlite_template, run_dir / "mlflow.db")
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    (run_dir / "expo-run.json").write_text(f'{{"tracking_uri": "{uri}"}}')
+    track = TrackingConfig(tracking_uri=uri, experiment=unique_name)
+    with T.stage_run(T.pipeline_key({"cli": unique_name}), "register", track) as run:
+        pass
+    metrics = {"hardest_level_pass@1": 0.25, **{f"level{lv}_{k}": 0.5 for lv in range(1, 6)
+                                                for k in ("pass@1", "pass@k")}}
+    info = R.log_and_register(make_model_dir(90), unique_name, RegisterConfig(), {"expo.arm": "exp-grpo"},
+                              metrics, run.run_id, tracking=track)
+    R.gate_and_promote(unique_name, info.version, RegisterConfig(), tracking=track)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exported it
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["models", unique_name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:4] == ["1", "candidate,champion", "exp-grpo", "promoted"]
+    assert max(map(len, lines[:-1])) <= 100  # 11 metrics do not fit: the table says so
+    assert lines[-2].startswith("(") and "--wide or --json" in lines[-2]
+    assert lines[-1] == f"store: {uri} (last run expo-runs/expo-embedded)"
+    assert main(["promote", unique_name, "1", "--alias", "staging"]) == 0
+    assert capsys.readouterr().out.strip() == f"{unique_name}@staging -> version 1 (was no version)"
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlflow.db.lock").exists()
+
+    monkeypatch.chdir(tmp_path / "expo-runs")  # no run folder below, no ./mlflow.db: one line, no store
+    assert main(["models", unique_name]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("expo models: error: no tracking store found") and len(err.splitlines()) == 1
+    assert not (tmp_path / "expo-runs" / "mlflow.db").exists()
 
 
 def test_promote_via_env_uri_records_user_and_reason(mlflow_server, two_versions, capsys, monkeypatch):
@@ -76,7 +130,20 @@ def test_format_table_aligns_and_marks_missing():
             {"version": 1, "aliases": "champion", "arm": "exp-grpo", "gate": "promoted", "m": 0.123456,
              "created": "c", "run_id": "r"}]
     lines = format_table(rows).splitlines()
-    assert lines[1].split() == ["2", "-", "grpo", "-", "-", "c", "r"]  # empty and None cells are "-"
-    assert lines[2].split() == ["1", "champion", "exp-grpo", "promoted", "0.1235", "c", "r"]
+    assert lines[1].split() == ["2", "-", "grpo", "-", "-", "c"]  # empty and None cells are "-"
+    assert lines[2].split() == ["1", "champion", "exp-grpo", "promoted", "0.1235", "c"]
     assert lines[0].index("arm") == lines[2].index("exp-grpo")  # columns aligned
+    assert format_table(rows, wide=True).splitlines()[2].split()[-3:] == ["c", "r", "-"]  # --wide: run id too
     assert format_table([]) == "(no versions)"
+
+
+def test_format_table_fits_the_width_hardest_level_first():
+    row = {"version": 1, "aliases": "candidate,champion", "arm": "exp-grpo", "gate": "already-champion",
+           **{f"level{lv}_pass_at_1": 0.5 for lv in range(1, 6)}, "hardest_level_pass_at_1": 0.25,
+           "created": "2026-12-01 12:00", "run_id": "0123456789abcdef0123456789abcdef"}
+    lines = format_table([row]).splitlines()
+    assert max(map(len, lines)) <= 100
+    assert lines[0].split()[4] == "hardest_level_pass_at_1"  # the gate's metric is kept first
+    shown = len(lines[0].split()) - 5  # fixed 4 + created
+    assert lines[-1] == f"({6 - shown} more metric columns: --wide or --json)"
+    assert len(format_table([row], wide=True).splitlines()[0].split()) == 4 + 6 + 3

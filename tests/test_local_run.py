@@ -1,5 +1,6 @@
 """The whole DAG through kfp.local on the smoke config (expo/toy/smoke.yaml): the wiring, the
-summary and report it leaves, MLflow lineage, and re-runs served from cache.
+summary and report it leaves, MLflow lineage, re-runs served from cache, and what the terminal shows
+(at most 60 lines, a line at least every 30 s, the aligned table, the log file named last).
 
 One cold run is shared by the tests of this module (it takes a few minutes on 2 cores); the cached
 re-run and the partial re-run after a training change reuse its run folder.
@@ -9,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,11 +33,27 @@ def executed(run_dir: Path) -> set[str]:
     return set(json.loads((run_dir / "summary.json").read_text())["executed_steps"])
 
 
+def timed_expo_run(run_dir: Path) -> tuple[subprocess.CompletedProcess, list[float]]:
+    """`expo_run`, also noting when each stdout line arrived (seconds since the start)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "EXPO_"))}
+    cmd = [sys.executable, "-m", "expo", "run", "--config", str(SMOKE), "--output", str(run_dir)]
+    start, lines, times = time.monotonic(), [], []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          cwd=ROOT) as proc:
+        for line in proc.stdout:
+            lines.append(line)
+            times.append(time.monotonic() - start)
+        stderr = proc.stderr.read()
+        proc.wait(timeout=1500)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), stderr), times
+
+
 @pytest.fixture(scope="module")
 def cold_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    proc = expo_run(run_dir)
+    proc, times = timed_expo_run(run_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc.line_times = times
     return run_dir, proc
 
 
@@ -81,10 +99,56 @@ def test_rerun_is_all_cache_hits_then_training_change_reruns_only_training(cold_
     again = expo_run(run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert executed(run_dir) == {"finish-run"}  # only the (uncached) exit handler executes
-    assert "every other step came from cache" in again.stdout
+    out = again.stdout.splitlines()
+    assert "steps ran (1): finish-run" in out  # only what really ran is said to have run ...
+    assert any(line.startswith("from cache (10): prepare-data, prepare-model, evaluate base") for line in out)
+    assert sum(" cached " in line for line in out) == 10  # ... and each cache hit has its one line
 
     changed = expo_run(run_dir, "--set", "train.learning_rate=0.001")
     assert changed.returncode == 0, changed.stderr[-3000:]
     ran = executed(run_dir)
     assert not ran & {"prepare-data", "prepare-model", "evaluate", "generate-explanations"}, ran
     assert {"train", "evaluate-2", "report", "finish-run"} <= ran
+
+
+def test_the_terminal_is_short_alive_and_ends_with_the_table_uri_and_log(cold_run):
+    """issue 17: at most 60 lines, none of kfp.local's dumps or colour codes, a line at least every
+    30 s, an aligned table, "from cache" never said on a first run, the log file named last."""
+    run_dir, proc = cold_run
+    lines = proc.stdout.splitlines()
+    assert len(lines) <= 60, proc.stdout
+    assert proc.stderr == ""  # warnings included: kfp.local's known ones are in the log file
+    assert "\x1b" not in proc.stdout and "Executing task" not in proc.stdout and "outputs:" not in proc.stdout
+    gaps = [b - a for a, b in zip([0.0, *proc.line_times], proc.line_times)]
+    assert max(gaps) <= 32, gaps  # the console's interval is 28 s, its ticker wakes every second
+    assert lines[0].startswith("expo run: expo-smoke in ")
+    for stage in ("prepare-data", "prepare-model", "evaluate base", "generate-explanations", "train grpo",
+                  "train exp-grpo", "evaluate grpo", "evaluate exp-grpo", "report", "register", "finish-run"):
+        assert sum(line.split("  ")[0] == stage and " started" in line for line in lines) == 1, stage
+        assert sum(line.split("  ")[0] == stage and " done " in line for line in lines) == 1, stage
+    assert any(line.startswith("prepare-model") and "warm-up 150 steps" in line for line in lines)
+    assert any(line.startswith("register") and "registered models:/expo-smoke/" in line for line in lines)
+    head = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    table = lines[head: head + 4]  # header, base, grpo, exp-grpo
+    assert [row.split()[0] for row in table] == ["model", "base", "grpo", "exp-grpo"]
+    assert len({len(row) for row in table}) == 1, table  # aligned: every row as wide as the header
+    assert "steps: all 11 ran (none came from cache)" in lines
+    assert not any("from cache (" in line for line in lines)
+    assert any(line.startswith("registered model: models:/expo-smoke/") for line in lines)
+    log = Path(lines[-1].removeprefix("log: "))
+    log = log if log.is_absolute() else ROOT / log
+    assert lines[-1].startswith("log: ") and log == run_dir / "expo-run.log"
+    text = log.read_text()
+    assert "Executing task" in text and "\x1b" not in text  # kfp.local's stream is kept, without colour
+    assert "[progress] warm-up: step 150/150" in text
+
+
+def test_report_md_in_the_run_folder_stands_alone(cold_run):
+    from tests.test_report_md_links import assert_links_resolve
+
+    run_dir, _ = cold_run
+    assert "accuracy_by_level.png" in assert_links_resolve(run_dir / "report.md")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {s["status"] for s in summary["stages"]} == {"done"} and summary["cached_steps"] == []
+    assert json.loads((run_dir / "expo-run.json").read_text())["tracking_uri"] == \
+        f"sqlite:///{run_dir / 'mlflow.db'}"

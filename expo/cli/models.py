@@ -1,44 +1,85 @@
 """`expo models NAME`: a registered model's versions, aliases and key metrics, as a table.
 
-    expo models expo-tiny
-    expo models expo-tiny --tracking-uri http://127.0.0.1:5000 --metric hardest_level_pass@1
+    expo models expo-tiny                           # after `expo run`, from the same folder
+    expo models expo-tiny --run expo-runs/expo-embedded --wide
+    expo models expo-tiny --tracking-uri http://127.0.0.1:5000 --metric hardest_level_pass@1 --json
 
-The store is --tracking-uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db (as every expo command).
+The store: --tracking-uri, else --run DIR's store, else $MLFLOW_TRACKING_URI, else the newest run folder
+under ./expo-runs/, else ./mlflow.db if it exists (expo.run_folder); a store that does not exist is an
+error, never created. The table fits 100 columns: it shows as many metric columns as fit (the gate's
+`hardest_level_*` first) and says how many it left out; `--wide` shows them all with the run id,
+`--json` prints every field of every version.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 HELP = "list a registered model's versions, aliases and key metrics"
+WIDTH = 100  # columns the default table fits in
+FIXED = ("version", "aliases", "arm", "gate")
+TAIL = ("created",)
+WIDE_TAIL = ("created", "run_id", "fingerprint")
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """--tracking-uri and --run, shared with `expo promote`."""
+    parser.add_argument("--tracking-uri", default="", metavar="URI",
+                        help="MLflow tracking/registry URI (default: --run's store, else "
+                             "$MLFLOW_TRACKING_URI, else the newest run under ./expo-runs/, else "
+                             "./mlflow.db)")
+    parser.add_argument("--run", metavar="DIR",
+                        help="an `expo run` folder: use the tracking store it recorded")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="registered model name, e.g. expo-tiny")
-    parser.add_argument("--tracking-uri", default="", metavar="URI",
-                        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    add_store_arguments(parser)
     parser.add_argument("--metric", dest="metrics", action="append", default=[], metavar="NAME",
                         help="metric column to show (repeatable; default: every metric tagged on a version)")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--wide", action="store_true", help="every metric column, the run id and fingerprint")
+    shown.add_argument("--json", action="store_true", help="every field of every version, as JSON")
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Columns: version, aliases, arm, gate decision, metrics (4 decimals), created, run id."""
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"  # never a blank cell: every row splits into the same columns
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Metric keys in the rows' order, the gate's usual metric (hardest level) first."""
+    keys = [k for k in rows[0] if k not in FIXED + WIDE_TAIL]
+    return sorted(keys, key=lambda k: (not k.startswith("hardest_level"), keys.index(k)))
+
+
+def format_table(rows: list[dict[str, Any]], wide: bool = False, width: int = WIDTH) -> str:
+    """version, aliases, arm, gate decision, metrics (4 decimals), created [, run id, fingerprint].
+    Not wide: metric columns are dropped from the right until the table fits `width` columns, and a
+    last line says how many were left out."""
+    from expo.terminal import format_table as align
+
     if not rows:
         return "(no versions)"
-    fixed = ["version", "aliases", "arm", "gate"]
-    tail = ["created", "run_id"]
-    metric_cols = [k for k in rows[0] if k not in fixed + tail + ["fingerprint"]]
-    cols = fixed + metric_cols + tail
+    metrics = _metric_columns(rows)
+    tail = WIDE_TAIL if wide else TAIL
 
-    def cell(value: Any) -> str:
-        if value is None or value == "":
-            return "-"  # never a blank cell: every row splits into the same columns
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+    def render(metric_cols: list[str]) -> list[str]:
+        cols = list(FIXED) + metric_cols + list(tail)
+        return align(cols, [[_cell(row.get(c)) for c in cols] for row in rows])
 
-    table = [cols] + [[cell(row.get(c)) for c in cols] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in table)
+    shown = list(metrics)
+    lines = render(shown)
+    while not wide and shown and max(map(len, lines)) > width:
+        shown.pop()
+        lines = render(shown)
+    left_out = len(metrics) - len(shown)
+    if left_out:
+        lines.append(f"({left_out} more metric column{'s' if left_out > 1 else ''}: --wide or --json)")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,11 +88,18 @@ def run(args: argparse.Namespace) -> int:
     from expo.config import TrackingConfig
     from expo.errors import TrackingError
     from expo.registry import list_models
+    from expo.run_folder import find_tracking_uri
 
+    uri, where = find_tracking_uri(args.tracking_uri, args.run)
     try:
-        rows = list_models(args.name, tracking=TrackingConfig(tracking_uri=args.tracking_uri),
-                           metrics=tuple(args.metrics))
+        rows = list_models(args.name, tracking=TrackingConfig(tracking_uri=uri), metrics=tuple(args.metrics))
     except MlflowException as exc:  # refused by the server (permissions, bad name): one line, exit 2
         raise TrackingError(" ".join(str(exc).split())[:300]) from None
-    print(format_table(rows))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(format_table(rows, wide=args.wide))
+    from expo.tracking import redact_uri
+
+    print(f"store: {redact_uri(uri)} ({where})")
     return 0

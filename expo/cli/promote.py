@@ -1,15 +1,18 @@
 """`expo promote NAME VERSION`: move a registry alias (champion by default) to a version by hand.
 
     expo promote expo-tiny 3 --reason "better on level 5 in the A/B"
-    expo promote expo-tiny 2 --alias staging
+    expo promote expo-tiny 2 --alias staging --run expo-runs/expo-embedded
 
 Who (from $USER), when and why are written as tags on the version (`expo.promoted.<alias>.*`), so the
-registry keeps the history that the promotion gate would otherwise have recorded.
+registry keeps the history that the promotion gate would otherwise have recorded. The store is found
+as `expo models` finds it (expo.run_folder): after `expo run`, from the same folder, no flag is needed.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from expo.cli.models import add_store_arguments
 
 HELP = "move a registry alias (champion by default) to a model version"
 
@@ -19,8 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("version", metavar="VERSION", type=int, help="version number to point the alias at")
     parser.add_argument("--alias", default="champion", help="alias to move (default: champion)")
     parser.add_argument("--reason", default="", metavar="TEXT", help="why (recorded on the version)")
-    parser.add_argument("--tracking-uri", default="", metavar="URI",
-                        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    add_store_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,12 +31,14 @@ def run(args: argparse.Namespace) -> int:
     from expo.config import TrackingConfig
     from expo.errors import TrackingError
     from expo.registry import promote
+    from expo.run_folder import find_tracking_uri
 
     if args.version < 1:
         raise TrackingError(f"version must be >= 1, got {args.version}")
+    uri, _ = find_tracking_uri(args.tracking_uri, args.run)
     try:
         before = promote(args.name, args.version, alias=args.alias, reason=args.reason,
-                         tracking=TrackingConfig(tracking_uri=args.tracking_uri))
+                         tracking=TrackingConfig(tracking_uri=uri))
     except MlflowException as exc:  # refused by the server (permissions, bad name): one line, exit 2
         raise TrackingError(" ".join(str(exc).split())[:300]) from None
     was = f"version {before}" if before is not None else "no version"

@@ -38,6 +38,7 @@ import torch
 from expo.config import EMBEDDED_MODEL, ModelConfig, PromptConfig
 from expo.errors import DataError
 from expo.io import read_jsonl, write_json
+from expo.progress import Progress
 from expo.tiny import char_tokenizer, tiny_qwen2
 from expo.toy.task import (FAMILIAR_BAD, FAMILIAR_GOOD, NUMBERS, TASK_CHARS, has_property, make_problem,
                            parse_numbers, verification)
@@ -190,7 +191,8 @@ def train_supervised(model: torch.nn.Module, tokenizer, pairs: list[tuple[str, s
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, ramp))
     model.train()
     losses = []
-    for _ in range(steps):
+    tick = Progress("warm-up")  # a 1,500-step warm-up takes minutes: say how far it is
+    for step in range(steps):
         batch = rng.sample(encoded, min(recipe.batch_size, len(encoded)))
         ids, labels, mask = _collate(batch, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -200,6 +202,7 @@ def train_supervised(model: torch.nn.Module, tokenizer, pairs: list[tuple[str, s
         opt.step()
         sched.step()
         losses.append(loss.item())
+        tick.update(f"step {step + 1}/{steps}  loss {losses[-1]:.4f}", force=step + 1 == steps)
     model.eval()
     return losses
 

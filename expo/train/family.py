@@ -35,6 +35,7 @@ from expo.train.explanations import Regenerate
 from expo.train.group_filter import GroupFilter
 from expo.train.grpo import EXPO_STATE_FILE, ExpoGRPOTrainer, NLLTerm
 from expo.train.metrics import MetricsWriter
+from expo.train.progress import StepProgress
 from expo.train.resume import latest_valid_checkpoint
 from expo.train.run import RewardFn, beta_of, is_main_process, make_buffer, world_size, write_model_card
 
@@ -230,7 +231,8 @@ def train_grpo_family(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], mod
     model, tokenizer, on_gpu = load_policy(model_dir, cfg)
     writer = MetricsWriter(out / "metrics.jsonl", arm)  # writes its file on the main process only
     trainer = build_trainer(arm, cfg, rows, model, tokenizer, on_gpu, explanations_dir, checkpoint_dir,
-                            reward_fn, regenerate, [writer, *(callbacks or [])], metrics_writer=writer)
+                            reward_fn, regenerate, [writer, StepProgress(arm), *(callbacks or [])],
+                            metrics_writer=writer)
     resume = latest_valid_checkpoint(checkpoint_dir, extra_files=(EXPO_STATE_FILE,))
     if resume is not None:
         trainer.load_expo_state(str(resume))

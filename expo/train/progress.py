@@ -1,0 +1,54 @@
+"""`step 8/50` progress lines per training arm, with the step's reward and ExPO term (expo.progress).
+
+A Trainer callback: each per-step log becomes, at most every couple of seconds (and always for the last
+step), `[progress] train exp-grpo: step 8/50  reward 0.312  expo 0.0521  2.1 s/step`. Arms train side
+by side under `expo run`, so every line names its arm and the total. Rank 0 alone prints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from transformers import TrainerCallback
+
+from expo.progress import Progress
+
+# (shown as, keys in the step's logs: TRL's names and ours; the first present wins)
+FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("reward", ("reward", "reward_mean")),
+    ("expo", ("expo_term",)),  # weight x NLL: what the ExPO term added to the loss
+    ("loss", ("total_loss", "loss")),
+)
+
+
+def step_text(step: int, total: int, logs: dict[str, Any]) -> str:
+    """`step 8/50  reward 0.312  expo 0.0521  2.1 s/step` (fields missing or NaN are left out)."""
+    parts = [f"step {step}/{total}"]
+    for shown, keys in FIELDS:
+        value = next((logs[k] for k in keys if isinstance(logs.get(k), (int, float))), None)
+        if value is not None and math.isfinite(value) and not (shown == "expo" and value == 0.0):
+            parts.append(f"{shown} {value:.4g}")
+    seconds = logs.get("time/step")
+    if isinstance(seconds, (int, float)) and seconds > 0:
+        parts.append(f"{seconds:.1f} s/step")
+    return "  ".join(parts)
+
+
+class StepProgress(TrainerCallback):
+    """Prints `step_text` for arm `arm` as the trainer logs each step."""
+
+    def __init__(self, arm: str, every_s: float = 2.0) -> None:
+        self.tick = Progress(f"train {arm}", every_s=every_s)
+        self.main = int(os.environ.get("RANK", "0")) == 0
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kw: Any) -> None:
+        if not self.main or not logs or "loss" not in logs or "train_loss" in logs:
+            return
+        total = state.max_steps or args.max_steps
+        self.tick.update(step_text(state.global_step, total, logs), force=state.global_step >= total)
+
+
+__all__ = ["StepProgress", "step_text"]

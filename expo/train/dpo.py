@@ -71,16 +71,21 @@ def with_one_eos(text: str, eos: str) -> str:
     return text + eos
 
 
-def default_sampler(cfg: ExpoConfig, tokenizer: Any) -> SampleSolutions:
-    """The policy's own solutions: `explain.samples_per_question` samples per question, solve prompt."""
+def default_sampler(cfg: ExpoConfig, tokenizer: Any, regenerator: OnlineRegenerator | None = None
+                    ) -> SampleSolutions:
+    """The policy's own solutions: `explain.samples_per_question` samples per question, solve prompt,
+    at the rollout budget (`generation.max_new_tokens`).
+
+    With `regenerator`, its generator is used (made on first use, the current weights pushed each
+    round): with vLLM, every round's explanations and solutions come from the process's one engine."""
+    regenerator = regenerator or OnlineRegenerator(cfg, tokenizer)
 
     def sample(model: Any, rows: list[dict[str, Any]]) -> list[list[str]]:
-        from expo.generation import make_generator
-
-        generator = make_generator(model, tokenizer, cfg.generation)
+        generator = regenerator.generator_for(model)
         prompts = [solve_prompt(r["question"], tokenizer, cfg.prompts) for r in rows]
-        outs = generator.generate(prompts, n=cfg.explain.samples_per_question, temperature=cfg.train.temperature,
-                                  seed=cfg.train.seed)
+        outs = generator.generate(prompts, n=cfg.explain.samples_per_question,
+                                  temperature=cfg.train.temperature,
+                                  max_new_tokens=cfg.generation.max_new_tokens, seed=cfg.train.seed)
         return [[c.text for c in completions] for completions in outs]
 
     return sample
@@ -136,8 +141,9 @@ def train_dpo(cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path
     (per round: planned_steps, steps trained, pairs, and why it was skipped, or None)."""
     model, tokenizer, on_gpu = load_policy(model_dir, cfg)
     buffer = make_buffer(cfg, explanations_dir)
-    regenerate = regenerate or OnlineRegenerator(cfg, tokenizer)
-    sample_solutions = sample_solutions or default_sampler(cfg, tokenizer)
+    shared = OnlineRegenerator(cfg, tokenizer)  # one generator (one vLLM engine) for every round
+    regenerate = regenerate or shared
+    sample_solutions = sample_solutions or default_sampler(cfg, tokenizer, shared)
     writer = MetricsWriter(out / "metrics.jsonl", "exp-dpo")
     plan = round_steps(cfg.train.steps, cfg.train.dpo_rounds)
     start, resume_ckpt, round_log = _resume_point(checkpoint_dir, plan, buffer, writer)

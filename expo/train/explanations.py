@@ -141,6 +141,11 @@ def load_offline(explanations_dir: str | Path) -> tuple[list[dict[str, Any]], in
 class OnlineRegenerator:
     """`regenerate(model, rows)` for online ExPO: the explanations stage's sampler on the live policy.
 
+    One generator for the life of the training process, made on the first round: with the vLLM
+    backend that is the process's one engine (`expo.generation.engine`; in a GRPO run the one TRL's
+    rollouts already use), and each round pushes the current weights into it (`load_weights`, LoRA
+    merged) instead of building an engine per round. The transformers backend adopts the live module.
+
     With a `cache` (expo.explain's ExplanationCache), samples are keyed by the policy's parameter
     fingerprint, so a resumed run (or a second arm from the same weights) finds the explanations it
     already sampled instead of sampling them again. Without one, no fingerprint is computed (it hashes
@@ -152,14 +157,27 @@ class OnlineRegenerator:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.cache = cache
+        self.generator: Any = None
+
+    def generator_for(self, model: Any) -> Any:
+        """The process's generator, now sampling from `model`'s current weights."""
+        from expo.explain import generator_config
+        from expo.generation import make_generator
+
+        if self.generator is None:
+            # Sized for the longer explanation budget (vLLM's max_model_len); each call passes its own.
+            self.generator = make_generator(model, self.tokenizer,
+                                            generator_config(self.cfg.generation, self.cfg.explain),
+                                            memory=self.cfg.generation.vllm_train_memory)
+        else:
+            self.generator.load_weights(model)
+        return self.generator
 
     def __call__(self, model: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from expo.explain import generator_config, sample_explanations
-        from expo.generation import make_generator
+        from expo.explain import sample_explanations
         from expo.modeling import state_fingerprint
 
-        # Sized for the longer explanation budget (vLLM's max_model_len); each call passes its own.
-        generator = make_generator(model, self.tokenizer, generator_config(self.cfg.generation, self.cfg.explain))
+        generator = self.generator_for(model)
         explain = dataclasses.replace(self.cfg.explain, solve_rate_samples=0)
         model_key = state_fingerprint(model) if self.cache is not None else ""
         records, _stats = sample_explanations(generator, rows, explain, self.cfg.prompts, self.tokenizer,

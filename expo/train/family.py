@@ -28,6 +28,7 @@ from trl import GRPOConfig
 
 from expo.config import ExpoConfig, ModelConfig, TrainConfig
 from expo.errors import ConfigError
+from expo.generation.trl_rollouts import rollout_args
 from expo.io import write_json
 from expo.modeling import load_model
 from expo.prompts import solve_prompt
@@ -132,6 +133,7 @@ def grpo_args(cfg: ExpoConfig, checkpoint_dir: Path, on_gpu: bool, world: int | 
         **precision,  # autocast over fp32 master weights (see training_dtype)
         gradient_checkpointing=tc.gradient_checkpointing,
         disable_tqdm=True,
+        **rollout_args(cfg),  # vLLM rollouts (colocate or server); none for the transformers backend
     )
 
 

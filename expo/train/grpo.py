@@ -53,6 +53,7 @@ from trl.trainer.utils import RepeatSampler
 from expo.errors import ExpoError
 from expo.generation.base import first_eos
 from expo.generation.shared_prefix import sample_shared_prefix
+from expo.generation.trl_rollouts import shared_engine_rollouts
 from expo.losses import micro_batch_share, pack_scored_rows, scored_nll_sum, unsolved_groups
 from expo.train.explanations import ExplanationBuffer, Regenerate
 from expo.train.group_filter import GroupFilter, Selection, group_kinds, select_groups
@@ -101,7 +102,8 @@ class ExpoGRPOTrainer(GRPOTrainer):
         self._step_tokens = 0
         self._step_stats: dict[str, float] = {}
         self._clock = _StepClock()
-        super().__init__(*args, **kwargs)
+        with shared_engine_rollouts():  # TRL's colocate vLLM engine is the process's one engine
+            super().__init__(*args, **kwargs)
         self.add_callback(self._clock)
         backward = self.accelerator.backward
 

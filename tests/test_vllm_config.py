@@ -1,0 +1,31 @@
+"""The vLLM settings of `generation` (no vllm needed): defaults that change nothing, and bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from expo.config import ExpoConfig, load_config
+from expo.errors import ConfigError
+from expo.generation.trl_rollouts import engine_length, rollout_args
+
+
+def test_defaults_keep_transformers_rollouts_on_cpu():
+    cfg = ExpoConfig()
+    assert cfg.generation.backend == "auto" and cfg.generation.vllm_mode == "colocate"
+    assert rollout_args(cfg) == {}  # auto on a CPU: transformers, our shared-prefill path
+    cfg.generation.max_prompt_tokens, cfg.generation.max_new_tokens = 100, 20
+    assert engine_length(cfg) == 120
+    cfg.explain.max_new_tokens = 50
+    assert engine_length(cfg) == 150
+
+
+@pytest.mark.parametrize("override,key", [
+    ("generation.vllm_mode=server", "generation.vllm_server_url"),
+    ("generation.vllm_memory=0", "generation.vllm_memory"),
+    ("generation.vllm_train_memory=1.5", "generation.vllm_train_memory"),
+    ("generation.vllm_cpu_kv_gib=0", "generation.vllm_cpu_kv_gib"),
+    ("generation.vllm_mode=remote", "generation.vllm_mode"),
+])
+def test_bad_vllm_settings_name_their_key(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(None, [override])

@@ -20,7 +20,7 @@ import hashlib
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Callable, List  # List[str]: KFP's list parameter type, items typed
+from typing import Any, Callable
 
 from kfp import compiler, dsl
 from kfp import kubernetes as k8s
@@ -106,7 +106,7 @@ def build_pipeline(cfg: ExpoConfig, for_cluster: bool = True) -> Callable[..., A
     # descriptions from the docstring's Args; both come from the one table in expo.params.
     expo_pipeline.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
         inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=defaults[p.name],
-                          annotation=List[str] if p.type is list else p.type) for p in P.PARAMETERS])
+                          annotation=p.type) for p in P.PARAMETERS])
     expo_pipeline.__doc__ = P.docstring()
     return dsl.pipeline(name=_pipeline_name(cfg), description="ExPO: self-explanation-guided RL, with GRPO "
                         "baselines, verifier-based evaluation and gated MLflow registration.")(expo_pipeline)

@@ -23,7 +23,11 @@ def _compile(tmp_path, *overrides: str) -> dict:
     for o in overrides:
         args += ["--set", o]
     assert main(args) == 0
-    return next(yaml.safe_load_all(out.read_text()))
+    text = out.read_text()
+    # Every parameter in a task's text became a KFP placeholder (a List[str] annotation, for one,
+    # left `{{channel:...typing.List[str]...}}` behind, which KFP never fills in).
+    assert "{{channel:" not in text
+    return next(yaml.safe_load_all(text))
 
 
 def _tasks(spec: dict) -> dict:

@@ -94,6 +94,81 @@ def test_lineage_in_mlflow(cold_run):
     assert contexts == {"train", "eval"}
 
 
+def test_arm_runs_have_step_history_and_system_metrics(cold_run):
+    """Each arm's train run holds the loss at every step (posted as training ran, expo.train.live),
+    and every stage run holds MLflow system metrics."""
+    import mlflow
+
+    run_dir, _ = cold_run
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("expo")
+    stages = [r for r in client.search_runs([exp.experiment_id], max_results=100)
+              if r.data.tags.get("expo.role") == "stage"]
+    train_runs = {r.data.tags["expo.arm"]: r for r in stages if r.data.tags["expo.stage"] == "train"}
+    assert set(train_runs) == {"grpo", "exp-grpo"}
+    for arm, run in train_runs.items():
+        history = client.get_metric_history(run.info.run_id, "loss")
+        assert sorted(m.step for m in history) == [1, 2], arm  # smoke: 2 steps, each once
+    for run in stages:
+        assert "system/cpu_utilization_percentage" in run.data.metrics, run.data.tags["expo.stage"]
+        assert "system/system_memory_usage_megabytes" in run.data.metrics
+
+
+def test_registered_champion_is_a_servable_mlflow_model(cold_run, monkeypatch):
+    """The registered version is a transformers-flavor MLflow model from a LoggedModel carrying the
+    arm's metrics: mlflow.transformers.load_model takes the champion alias and generates."""
+    import mlflow
+
+    run_dir, _ = cold_run
+    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias("expo-smoke", "champion")
+    logged = client.get_logged_model(champion.source.removeprefix("models:/"))
+    assert {m.key for m in logged.metrics} >= {"hardest_level_pass_at_1"}
+    pipe = mlflow.transformers.load_model("models:/expo-smoke@champion")
+    out = pipe("What is 2 + 3?", max_new_tokens=8, do_sample=False)
+    assert isinstance(out[0]["generated_text"], str) and out[0]["generated_text"]
+    info = mlflow.models.get_model_info("models:/expo-smoke@champion")
+    assert info.signature is not None and "transformers" in info.flavors
+
+
+def test_report_has_the_learning_curve_and_names_the_registered_checkpoint(cold_run):
+    run_dir, _ = cold_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    checkpoint = summary["checkpoint"]  # smoke: validation every step, the last step kept
+    assert checkpoint["arm"] == summary["best_arm"] and (checkpoint["step"], checkpoint["chosen"]) == (2, "last")
+    html = (run_dir / "report.html").read_text()
+    assert 'id="validation"' in html and "validation_curve.png" in (run_dir / "report.md").read_text()
+    assert f"Checkpoint registered: arm {summary['best_arm']}, step 2 of 2 (the last step)." in html
+
+
+def test_report_of_the_run_renders_in_headless_chromium(cold_run, tmp_path):
+    """The real report of this pipeline run, screenshot by headless Chromium (the Makefile installs
+    Debian's chromium where it is missing; EXPO_NO_BROWSER=1 skips this on a machine without it)."""
+    import shutil
+
+    browser = shutil.which("chromium") or "/usr/bin/chromium"
+    if os.environ.get("EXPO_NO_BROWSER") == "1":
+        pytest.skip("EXPO_NO_BROWSER=1")
+    assert Path(browser).exists(), "no chromium: run `make test` as root, or apt-get install -y chromium"
+    run_dir, _ = cold_run
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                    f"--screenshot={shot}", "--window-size=1300,3000", (run_dir / "report.html").as_uri()],
+                   check=True, timeout=180, capture_output=True)
+    from matplotlib.image import imread
+
+    pixels = imread(shot)  # (H, W, channels) floats in [0, 1]
+    assert pixels.shape[:2] == (3000, 1300)
+    # Not a blank page: text and the plots leave many dark pixels and more than a few colours.
+    assert (pixels[..., :3].mean(axis=-1) < 0.5).mean() > 0.002
+    assert len({tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3)}) > 20
+
+
 def test_rerun_is_all_cache_hits_then_training_change_reruns_only_training(cold_run):
     run_dir, _ = cold_run
     again = expo_run(run_dir)
@@ -109,6 +184,12 @@ def test_rerun_is_all_cache_hits_then_training_change_reruns_only_training(cold_
     ran = executed(run_dir)
     assert not ran & {"prepare-data", "prepare-model", "evaluate", "generate-explanations"}, ran
     assert {"train", "evaluate-2", "report", "finish-run"} <= ran
+
+    # A second --set of a key only report and register read (a root parameter, register.gate_margin):
+    # every other task, training included, comes from the cache of the run just before.
+    margin = expo_run(run_dir, "--set", "train.learning_rate=0.001", "--set", "register.gate_margin=-0.5")
+    assert margin.returncode == 0, margin.stderr[-3000:]
+    assert executed(run_dir) == {"report", "register", "finish-run"}
 
 
 def test_the_terminal_is_short_alive_and_ends_with_the_table_uri_and_log(cold_run):

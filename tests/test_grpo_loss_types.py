@@ -25,7 +25,7 @@ from expo.errors import ConfigError
 from expo.prompts import solve_prompt
 from expo.train.family import build_trainer, grpo_args, load_policy, loss_args
 from expo.train.run import arm_config
-from trainkit import explanation, make_folders, rows, small_config, zero_reward
+from trainkit import explanation, grads, make_folders, manual_nll, rows, small_config, zero_reward
 
 LENGTHS = [1, 2, 3, 4, 1, 2, 3, 4]
 ADVANTAGES = [1.0, 0.0, 0.0, -1.0, 0.0, 2.0, 0.0, 0.0]
@@ -47,25 +47,6 @@ def make_trainer(tmp_path: Path, arm: str, reward: Any, n_rows: int = 4,
 def generation_batch(trainer: Any, questions: int = 2) -> list[dict[str, Any]]:
     G = trainer.num_generations
     return [trainer.train_dataset[i] for i in range(questions) for _ in range(G)]
-
-
-def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-            for n, p in model.named_parameters() if p.requires_grad}
-
-
-def manual_nll(model: torch.nn.Module, tok: Any, prompts: list[str], texts: list[str]) -> torch.Tensor:
-    """Token-mean NLL of each text after its prompt, one unpadded sequence at a time."""
-    total, count = 0.0, 0
-    for prompt, text in zip(prompts, texts, strict=True):
-        p = tok(prompt)["input_ids"]
-        t = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        ids = torch.tensor([p + t])
-        logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-        token_logps = logps.gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)[len(p) - 1:]
-        total = total - token_logps.sum()
-        count += len(t)
-    return total / count
 
 
 def fixed_batch(trainer: Any, generated: dict[str, Any]) -> dict[str, Any]:

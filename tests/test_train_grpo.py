@@ -12,7 +12,8 @@ import torch
 
 from expo.prompts import explain_prompt, solve_prompt
 from expo.train.family import build_trainer, load_policy
-from trainkit import boxed_reward, even_length_reward, explanation, make_folders, rows, small_config, zero_reward
+from trainkit import (boxed_reward, even_length_reward, explanation, grads, make_folders, manual_nll, rows,
+                      small_config, zero_reward)
 
 
 def make_trainer(tmp_path: Path, arm: str, reward: Any, double: bool = False, **train: Any) -> Any:
@@ -41,26 +42,6 @@ def step_loss(trainer: Any) -> tuple[torch.Tensor, dict[str, Any], list[dict[str
     trainer.model.zero_grad()
     loss = trainer.compute_loss(trainer.model, inputs)
     return loss, inputs, batch
-
-
-def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-            for n, p in model.named_parameters() if p.requires_grad}
-
-
-def manual_nll(model: torch.nn.Module, tok: Any, prompts: list[str], texts: list[str]) -> torch.Tensor:
-    """Token-mean NLL of each text after its prompt, one unpadded sequence at a time."""
-    total, count = 0.0, 0
-    for prompt, text in zip(prompts, texts, strict=True):
-        p = tok(prompt)["input_ids"]
-        t = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        ids = torch.tensor([p + t])
-        logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)  # (T-1, V)
-        targets = ids[0, 1:]
-        token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[len(p) - 1:]  # text tokens only
-        total = total - token_logps.sum()
-        count += len(t)
-    return total / count
 
 
 @pytest.mark.parametrize("arm,beta", [("grpo", 0.04), ("exp-grpo", 0.0)])

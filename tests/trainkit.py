@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from expo.config import ExpoConfig
 from expo.io import write_jsonl
 from expo.tiny import char_tokenizer, tiny_qwen2
@@ -66,3 +68,23 @@ def small_config(steps: int = 3, **train: Any) -> ExpoConfig:
     for key, value in train.items():
         setattr(cfg.train, key, value)
     return cfg
+
+
+def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def manual_nll(model: torch.nn.Module, tok: Any, prompts: list[str], texts: list[str]) -> torch.Tensor:
+    """Token-mean NLL of each text after its prompt, one unpadded sequence at a time."""
+    total, count = 0.0, 0
+    for prompt, text in zip(prompts, texts, strict=True):
+        p = tok(prompt)["input_ids"]
+        t = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([p + t])
+        logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)  # (T-1, V)
+        targets = ids[0, 1:]
+        token_logps = logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)[len(p) - 1:]  # text tokens only
+        total = total - token_logps.sum()
+        count += len(t)
+    return total / count

@@ -103,7 +103,7 @@ def run(kind: str, a: argparse.Namespace, out: Path) -> tuple[list[float], Any]:
         # --filter-groups: ExPO's dynamic sampling on (all-wrong groups kept for the term, correct ones
         # dropped and refilled); the logged group counts come back in the trainer's `filter_logs`.
         group_filter = GroupFilter(keep_wrong=True, max_rounds=3) if a.filter_groups else None
-        filter_logs = FilterLogs()
+        filter_logs = LoggedSeries("filter/refill_rounds")
         common["callbacks"].append(filter_logs)
         trainer = ExpoGRPOTrainer(**common, nll_term=term, buffer=buffer, group_filter=group_filter)
         trainer.filter_logs = filter_logs
@@ -112,15 +112,16 @@ def run(kind: str, a: argparse.Namespace, out: Path) -> tuple[list[float], Any]:
     return clock.times[1:], trainer
 
 
-class FilterLogs(TrainerCallback):
-    """Dynamic sampling's per-step refill rounds (`filter/refill_rounds`)."""
+class LoggedSeries(TrainerCallback):
+    """One logged metric's value at every step it is logged (e.g. `filter/refill_rounds`)."""
 
-    def __init__(self) -> None:
-        self.refill_rounds: list[float] = []
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.values: list[float] = []
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
-        if logs and "filter/refill_rounds" in logs:
-            self.refill_rounds.append(float(logs["filter/refill_rounds"]))
+        if logs and self.key in logs:
+            self.values.append(float(logs[self.key]))
 
 
 def regen_cost(a: argparse.Namespace, model: Any, repeats: int = 3) -> float:
@@ -134,17 +135,6 @@ def regen_cost(a: argparse.Namespace, model: Any, repeats: int = 3) -> float:
         regenerate(model, batch)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-class GenerationTimes(TrainerCallback):
-    """The trainer's own per-step `time/generation` (the rollouts' share of a step)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
-        if logs and "time/generation" in logs:
-            self.times.append(float(logs["time/generation"]))
 
 
 def rollout_steps(backend: str, folder: str, a: argparse.Namespace, out: Path
@@ -167,14 +157,14 @@ def rollout_steps(backend: str, folder: str, a: argparse.Namespace, out: Path
                   "explanation": f"{r['question'][8:-1]} is \\boxed{{{r['answer']}}}"} for r in rows],
                 len(rows))
     term = NLLTerm("expo", buffer.pick, lambda s: 0.04)
-    clock, gen = StepTimes(), GenerationTimes()
+    clock, gen = StepTimes(), LoggedSeries("time/generation")  # the rollouts' share
     trainer = ExpoGRPOTrainer(model=model, reward_funcs=[boxed_reward],
                               args=grpo_args(cfg, out / backend, False),
                               train_dataset=dataset, processing_class=tok, callbacks=[clock, gen],
                               nll_term=term, buffer=buffer)
     trainer.remove_callback(PrinterCallback)
     trainer.train()
-    return clock.times[1:], gen.times[1:]
+    return clock.times[1:], gen.values[1:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
               "prompts": a.prompts, "generations": a.generations, "tokens": a.tokens,
               "hidden": a.hidden, "timed_steps": len(grpo_times), "filter_groups": a.filter_groups}
     if a.filter_groups:
-        rounds = expo_trainer.filter_logs.refill_rounds
+        rounds = expo_trainer.filter_logs.values
         result["refill_rounds_mean"] = round(statistics.mean(rounds), 3) if rounds else None
     if real:
         print(f"{a.rollouts_model}: ExP-GRPO, {a.prompts} prompts x {a.generations} rollouts x "

@@ -3,7 +3,7 @@ summary and report it leaves, MLflow lineage, re-runs served from cache, and wha
 (at most 60 lines, a line at least every 30 s, the aligned table, the log file named last).
 
 One cold run is shared by the tests of this module (it takes a few minutes on 2 cores); the cached
-re-run and the partial re-run after a training change reuse its run folder.
+re-run and the partial re-run after a training change reuse its run folder, last.
 """
 
 import json
@@ -54,6 +54,9 @@ def cold_run(tmp_path_factory):
     proc, times = timed_expo_run(run_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     proc.line_times = times
+    # What the cold run left, read now: the re-run test below rewrites the log and summary.json.
+    proc.log_text = (run_dir / "expo-run.log").read_text()
+    proc.summary = json.loads((run_dir / "summary.json").read_text())
     return run_dir, proc
 
 
@@ -169,29 +172,6 @@ def test_report_of_the_run_renders_in_headless_chromium(cold_run, tmp_path):
     assert len({tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3)}) > 20
 
 
-def test_rerun_is_all_cache_hits_then_training_change_reruns_only_training(cold_run):
-    run_dir, _ = cold_run
-    again = expo_run(run_dir)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert executed(run_dir) == {"finish-run"}  # only the (uncached) exit handler executes
-    out = again.stdout.splitlines()
-    assert "steps ran (1): finish-run" in out  # only what really ran is said to have run ...
-    assert any(line.startswith("from cache (10): prepare-data, prepare-model, evaluate base") for line in out)
-    assert sum(" cached " in line for line in out) == 10  # ... and each cache hit has its one line
-
-    changed = expo_run(run_dir, "--set", "train.learning_rate=0.001")
-    assert changed.returncode == 0, changed.stderr[-3000:]
-    ran = executed(run_dir)
-    assert not ran & {"prepare-data", "prepare-model", "evaluate", "generate-explanations"}, ran
-    assert {"train", "evaluate-2", "report", "finish-run"} <= ran
-
-    # A second --set of a key only report and register read (a root parameter, register.gate_margin):
-    # every other task, training included, comes from the cache of the run just before.
-    margin = expo_run(run_dir, "--set", "train.learning_rate=0.001", "--set", "register.gate_margin=-0.5")
-    assert margin.returncode == 0, margin.stderr[-3000:]
-    assert executed(run_dir) == {"report", "register", "finish-run"}
-
-
 def test_the_terminal_is_short_alive_and_ends_with_the_table_uri_and_log(cold_run):
     """issue 17: at most 60 lines, none of kfp.local's dumps or colour codes, a line at least every
     30 s, an aligned table, "from cache" never said on a first run, the log file named last."""
@@ -220,7 +200,7 @@ def test_the_terminal_is_short_alive_and_ends_with_the_table_uri_and_log(cold_ru
     log = Path(lines[-1].removeprefix("log: "))
     log = log if log.is_absolute() else ROOT / log
     assert lines[-1].startswith("log: ") and log == run_dir / "expo-run.log"
-    text = log.read_text()
+    text = proc.log_text
     assert "Executing task" in text and "\x1b" not in text  # kfp.local's stream is kept, without colour
     assert "[progress] warm-up: step 150/150" in text
 
@@ -228,9 +208,36 @@ def test_the_terminal_is_short_alive_and_ends_with_the_table_uri_and_log(cold_ru
 def test_report_md_in_the_run_folder_stands_alone(cold_run):
     from tests.test_report_md_links import assert_links_resolve
 
-    run_dir, _ = cold_run
+    run_dir, proc = cold_run
     assert "accuracy_by_level.png" in assert_links_resolve(run_dir / "report.md")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = proc.summary
     assert {s["status"] for s in summary["stages"]} == {"done"} and summary["cached_steps"] == []
     assert json.loads((run_dir / "expo-run.json").read_text())["tracking_uri"] == \
         f"sqlite:///{run_dir / 'mlflow.db'}"
+
+
+def test_rerun_is_all_cache_hits_then_training_change_reruns_only_training(cold_run):
+    run_dir, _ = cold_run
+    again = expo_run(run_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert executed(run_dir) == {"finish-run"}  # only the (uncached) exit handler executes
+    out = again.stdout.splitlines()
+    assert "steps ran (1): finish-run" in out, again.stdout  # only what really ran is said to have run ...
+    assert any(line.startswith("from cache (10): ") for line in out), again.stdout
+    cached = json.loads((run_dir / "summary.json").read_text())["cached_steps"]
+    assert set(cached) == {"prepare-data", "prepare-model", "evaluate base", "generate-explanations",
+                           "train grpo", "train exp-grpo", "evaluate grpo", "evaluate exp-grpo", "report",
+                           "register"}, cached
+    assert sum(" cached " in line for line in out) == 10, again.stdout  # ... each hit has its one line
+
+    changed = expo_run(run_dir, "--set", "train.learning_rate=0.001")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    ran = executed(run_dir)
+    assert not ran & {"prepare-data", "prepare-model", "evaluate", "generate-explanations"}, ran
+    assert {"train", "evaluate-2", "report", "finish-run"} <= ran
+
+    # A second --set of a key only report and register read (a root parameter, register.gate_margin):
+    # every other task, training included, comes from the cache of the run just before.
+    margin = expo_run(run_dir, "--set", "train.learning_rate=0.001", "--set", "register.gate_margin=-0.5")
+    assert margin.returncode == 0, margin.stderr[-3000:]
+    assert executed(run_dir) == {"report", "register", "finish-run"}

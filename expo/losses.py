@@ -186,29 +186,5 @@ def unsolved_groups(rewards: torch.Tensor, num_generations: int, threshold: floa
     return ~(grouped >= threshold).any(dim=1)  # (B,)
 
 
-def group_advantages(rewards: torch.Tensor, num_generations: int, scale: bool = True) -> torch.Tensor:
-    """GRPO's group-relative advantages `A_i = r_i - mean(r)` (divided by std + 1e-4 when `scale`).
-
-    The reference for what TRL computes with `scale_rewards="group"`; used by tests and by the
-    benchmark's sanity check. Args: rewards (B * G,). Returns (B * G,).
-
-    >>> group_advantages(torch.tensor([1., 0., 0., 0.]), 2, scale=False).tolist()
-    [0.5, -0.5, 0.0, 0.0]
-    """
-    grouped = rewards.view(-1, num_generations)  # (B, G)
-    centred = grouped - grouped.mean(dim=1, keepdim=True)  # (B, G)
-    if scale:
-        centred = centred / (grouped.std(dim=1, keepdim=True) + 1e-4)
-    return centred.reshape(-1)  # (B * G,)
-
-
-def combine(grpo_loss: torch.Tensor, nll: torch.Tensor | None, beta: float
-            ) -> tuple[torch.Tensor, dict[str, float]]:
-    """`L_GRPO + beta * NLL`; with no explanation in the batch (nll None) or beta 0, the GRPO loss alone."""
-    term = beta * nll if (nll is not None and beta > 0.0) else torch.zeros((), device=grpo_loss.device)
-    total = grpo_loss + term
-    return total, {"grpo_loss": grpo_loss.item(), "expo_term": float(term.item()), "total_loss": total.item()}
-
-
 __all__ = ["SCHEDULES", "expo_beta_at", "token_mean_nll", "pack_scored_rows", "scored_nll_sum",
-           "micro_batch_share", "explanation_nll", "unsolved_groups", "group_advantages", "combine"]
+           "micro_batch_share", "explanation_nll", "unsolved_groups"]

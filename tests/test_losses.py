@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from expo.errors import ConfigError
-from expo.losses import (combine, expo_beta_at, group_advantages, pack_scored_rows, scored_nll_sum,
-                         token_mean_nll, unsolved_groups)
+from expo.losses import expo_beta_at, pack_scored_rows, scored_nll_sum, token_mean_nll, unsolved_groups
 
 
 @pytest.mark.parametrize("step,total,schedule,expected", [
@@ -167,22 +166,3 @@ def test_scored_nll_matches_naive_on_a_tiny_transformer() -> None:
 ])
 def test_unsolved_groups(rewards: list[float], G: int, expected: list[bool]) -> None:
     assert unsolved_groups(torch.tensor(rewards), G).tolist() == expected
-
-
-def test_group_advantages_by_hand() -> None:
-    """Group (1, 0, 0, 0): mean 1/4 -> (3/4, -1/4, -1/4, -1/4); sample std sqrt(1/4) = 0.5 scales by 2.
-    All-equal group (0, 0, 0, 0): all advantages 0, the GRPO blind spot ExPO fills."""
-    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-    assert group_advantages(r, 4, scale=False).tolist() == [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]
-    scaled = group_advantages(r, 4, scale=True)
-    assert scaled[:4].tolist() == pytest.approx([0.75 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001])
-    assert scaled[4:].abs().sum().item() == 0.0
-
-
-def test_combine() -> None:
-    grpo, nll = torch.tensor(0.5), torch.tensor(2.0)
-    total, stats = combine(grpo, nll, 0.25)
-    assert total.item() == 1.0
-    assert stats == {"grpo_loss": 0.5, "expo_term": 0.5, "total_loss": 1.0}
-    assert combine(grpo, None, 0.25)[0].item() == 0.5  # no explanation in the batch
-    assert combine(grpo, nll, 0.0)[0].item() == 0.5  # plain GRPO

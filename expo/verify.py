@@ -38,7 +38,7 @@ from expo.verify_pool import (HARD_GRACE_S, MAX_CHUNK, STARTUP_TIMEOUT_S, Judge,
                               VerifyError, default_pool, judge, usable_cpus)
 
 # The pool's names stay importable from here, where they were first defined: callers need one import.
-__all__ = ["HARD_GRACE_S", "MAX_CHUNK", "STARTUP_TIMEOUT_S", "Judge", "MathReward", "Outcome",
+__all__ = ["HARD_GRACE_S", "MAX_CHUNK", "STARTUP_TIMEOUT_S", "Judge", "Outcome",
            "VerifierPool", "VerifyError", "VerifyOptions", "completion_text", "default_pool",
            "extract_answer", "is_equivalent", "judge", "judge_batch", "locate_answer", "math_reward",
            "prepare_gold", "rewards", "usable_cpus"]
@@ -110,19 +110,6 @@ def math_reward(completions: Sequence[Any], answer: Sequence[Any], **kwargs: Any
     being the model's turn).
     """
     return rewards([completion_text(c) for c in completions], list(answer))
-
-
-class MathReward:
-    """`math_reward` with non-default options, as a picklable callable (a closure would not pickle)."""
-
-    __name__ = "math_reward"  # TRL names each reward's logged column after the function
-
-    def __init__(self, options: VerifyOptions | None = None) -> None:
-        self.options = options or VerifyOptions()
-
-    def __call__(self, completions: Sequence[Any], answer: Sequence[Any],
-                 **kwargs: Any) -> list[float | None]:
-        return rewards([completion_text(c) for c in completions], list(answer), self.options)
 
 
 def completion_text(completion: Any) -> str:

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from expo.errors import ConfigError
 from expo.verify import (
     HARD_GRACE_S,
-    MathReward,
     VerifierPool,
     VerifyError,
     VerifyOptions,
@@ -307,11 +306,8 @@ def test_math_reward_takes_trl_columns():
     assert got == [1.0, 0.0, None]
 
 
-def test_reward_functions_pickle():
+def test_reward_function_pickles():
     assert pickle.loads(pickle.dumps(math_reward)) is math_reward
-    reward = pickle.loads(pickle.dumps(MathReward(VerifyOptions(boxed_only=True))))
-    assert reward.__name__ == "math_reward" and reward.options.boxed_only
-    assert reward(["42", r"\boxed{42}"], answer=["42", "42"]) == [0.0, 1.0]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -291,12 +291,6 @@ def parent_run(key: str, cfg: TrackingConfig, tags: dict[str, str] | None = None
     return _parent(connect(cfg, run_dir), key, dict(tags or {}), pipeline)
 
 
-def tag_parent(key: str, tags: dict[str, str], cfg: TrackingConfig | None = None, *,
-               run_dir: Path | None = None) -> str:
-    """Add tags (e.g. {"kfp.run_id": ...}) to the parent run of `key`; returns its run id."""
-    return parent_run(key, cfg or TrackingConfig(), tags, run_dir=run_dir)
-
-
 def close_parent(key: str, status: Status, cfg: TrackingConfig | None = None, *,
                  tags: dict[str, str] | None = None, run_dir: Path | None = None) -> str:
     """End the parent run with the pipeline's status, after adding `tags` (e.g. the KFP run id).
@@ -509,5 +503,5 @@ __all__ = [
     "log_artifacts",
     "log_config", "log_dataset", "log_metrics", "log_metrics_series", "mlflow_key", "parent_run",
     "pipeline_key", "redact_params", "redact_uri", "resolve_tracking_uri", "set_tags", "sqlite_path",
-    "stage_run", "system_metrics", "tag_parent",
+    "stage_run", "system_metrics",
 ]

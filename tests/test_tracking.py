@@ -147,7 +147,7 @@ def test_same_key_reuses_parent_and_tags_it(sqlite_store):
     key = T.pipeline_key({"case": "reuse"})
     first = T.parent_run(key, cfg)
     assert T.parent_run(key, cfg) == first
-    assert T.tag_parent(key, {"kfp.run_id": "run-42"}, cfg) == first
+    assert T.parent_run(key, cfg, {"kfp.run_id": "run-42"}) == first  # tags the one it finds
     assert T.close_parent(key, "FAILED", cfg, tags={"kfp.status": "FAILED"}) == first
     (parent,) = _runs(sqlite_store, "reuse")
     assert parent.data.tags["kfp.run_id"] == "run-42" and parent.info.status == "FAILED"

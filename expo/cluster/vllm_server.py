@@ -13,7 +13,7 @@ NCCL's rendezvous connects pod to pod, and it needs no right beyond the pods get
 already uses. When the arm ends, however it ends, the step writes a stop file on the workspace; the
 pod's wrapper sees it, stops vLLM and exits 0, and the Job controller removes the finished Job after
 `ttlSecondsAfterFinished`. `activeDeadlineSeconds` bounds a server whose train step died without
-writing the file. So the pipeline's Role gains jobs create/get and still deletes nothing.
+writing the file. So the pipeline's Role gains jobs create and still deletes nothing.
 
     with rollout_server(cfg, "exp-grpo", model_dir) as cfg:   # cfg with vllm_server_url filled in
         train_in_pod(arm, cfg, ...)                            # or launch_trainjob(cfg, arm, ...)

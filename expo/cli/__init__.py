@@ -1,6 +1,7 @@
 """The `expo` command: one sub-command per module in this package.
 
-Each sub-command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+Each sub-command module exposes `add_arguments(parser)` and `run(args) -> int`; its one-line help is
+its entry in `COMMANDS`.
 These modules import nothing heavy at the top: each imports its stage (torch, mlflow, kfp) inside
 `run`, so `expo --help` stays fast and one stage's dependencies cost nothing to the others.
 """

@@ -6,8 +6,6 @@ import argparse
 
 from expo.cli import add_config_arguments
 
-HELP = "compile the pipeline to KFP IR YAML"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)

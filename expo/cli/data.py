@@ -20,8 +20,6 @@ from expo.cli import add_config_arguments
 if TYPE_CHECKING:
     from expo.config import DataConfig
 
-HELP = "prepare a data set: load, extract answers, dedupe, split"
-
 
 def _levels(text: str) -> list[int]:
     try:

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from expo.cli import add_config_arguments
 
-HELP = "verifier-based accuracy, pass@k by level, and the report"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR_OR_URI",

@@ -14,8 +14,6 @@ import argparse
 
 from expo.cli import add_config_arguments
 
-HELP = "sample and verify self-explanations of the known answers"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="data stage folder (train.jsonl)")

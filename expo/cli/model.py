@@ -16,8 +16,6 @@ import dataclasses
 
 from expo.cli import add_config_arguments
 
-HELP = "prepare the starting model (a path, a hub id, or the embedded tiny one)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", help="a Hugging Face hub id, a local model folder, or builtin:tiny "

@@ -17,7 +17,6 @@ import argparse
 import json
 from typing import Any
 
-HELP = "list a registered model's versions, aliases and key metrics"
 WIDTH = 100  # columns the default table fits in
 FIXED = ("version", "aliases", "arm", "gate")
 TAIL = ("created",)

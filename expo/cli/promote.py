@@ -14,8 +14,6 @@ import argparse
 
 from expo.cli.models import add_store_arguments
 
-HELP = "move a registry alias (champion by default) to a model version"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="registered model name, e.g. expo-tiny")

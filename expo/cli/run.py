@@ -13,8 +13,6 @@ import argparse
 
 from expo.cli import add_config_arguments
 
-HELP = "run the whole pipeline locally through kfp.local (embedded default with no arguments)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)

@@ -13,7 +13,6 @@ import argparse
 
 from expo.cli import add_config_arguments
 
-HELP = "train one arm: ExP-GRPO, GRPO, GRPO + expert-CoT SFT or ExP-DPO"
 ARMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo")  # expo.config.ALGORITHMS, kept literal: no import here
 
 

@@ -56,6 +56,7 @@ def timed(timings: dict[str, float], name: str, fn: Any, *args: Any, **kwargs: A
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from expo.artifacts import card_path, read_card
     from expo.config import load_pipeline_config
     from expo.data import prepare_data
     from expo.evaluate import evaluate_model
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings: dict[str, float] = {}
     if not (data / "train.jsonl").is_file():
         timed(timings, "data", prepare_data, cfg.data, data)
-    if not (model / "expo_model.json").is_file():
+    if not card_path(model).is_file():
         timed(timings, "warmup", prepare_model, cfg.model, data, model, prompts=cfg.prompts)
     base_file = out / "eval-base" / "metrics.json"
     base = read_json(base_file) if base_file.is_file() else timed(
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rounds[arm] = [round(r["accepted"] / r["samples"], 2) if r["samples"] else None
                        for r in summary.get("explanation_rounds", [])]
     acceptance = {lv: round(100 * s["acceptance_rate"], 1) for lv, s in stats["by_level"].items()}
-    warm = read_json(model / "expo_model.json").get("warmup", {})
+    warm = read_card(model).get("warmup", {})
     return {"seed": args.seed, "tag": args.tag, "overrides": args.overrides, "results": results,
             "acceptance": acceptance, "online_acceptance": rounds, "timings_s": timings,
             "warmup_final_loss": warm.get("final_loss"),

@@ -59,8 +59,8 @@ from typing import Any
 
 from expo.answers import Found
 from expo.config import ExplainConfig, ExpoConfig, GenerationConfig, PromptConfig
-from expo.errors import DataError
-from expo.io import read_jsonl, write_json, write_jsonl
+from expo.artifacts import fingerprint, read_table
+from expo.io import write_json, write_jsonl
 from expo.progress import rate, watch
 from expo.prompts import explain_prompt, solve_prompt
 
@@ -618,12 +618,9 @@ def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str 
     the data carry solutions); return the statistics."""
     from expo.evaluate import in_distribution_check
     from expo.generation import make_generator
-    from expo.modeling import fingerprint, load_model
+    from expo.modeling import load_model
 
-    train_file = Path(data_dir) / "train.jsonl"
-    if not train_file.is_file():
-        raise DataError(f"data folder {str(data_dir)!r} has no train.jsonl (run the data stage first)")
-    rows = read_jsonl(train_file)
+    rows = read_table(data_dir, "train.jsonl", hint=" (run the data stage first)")
     model, tokenizer = load_model(model_dir, cfg.model)
     generator = make_generator(model, tokenizer, generator_config(cfg.generation, cfg.explain))
     output_dir = Path(output_dir)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from expo.artifacts import read_card
 
 Numbers = dict[str, float]
 
@@ -25,10 +26,11 @@ def _prepare_data(m: Numbers, params: dict[str, Any], files: dict[str, str]) -> 
 
 
 def _prepare_model(m: Numbers, params: dict[str, Any], files: dict[str, str]) -> str:
-    meta_file = Path(files.get("model", "")) / "expo_model.json"
-    if not files.get("model") or not meta_file.is_file():
+    if not files.get("model"):
         return ""
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    meta = read_card(files["model"])
+    if not meta:
+        return ""
     warmup = meta.get("warmup") or {}
     if warmup.get("steps"):
         loss = warmup.get("final_loss")

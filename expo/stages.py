@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from expo.artifacts import META_FILE, read_card
 from expo.config import ExpoConfig, from_dict, to_dict
 from expo.explain import IN_DISTRIBUTION_FILE
 from expo.io import read_json, read_jsonl, write_json
@@ -98,7 +99,7 @@ def checkpoint_dir(config: str, arm: str, *input_dirs: str) -> Path | None:
     h = hashlib.sha256(config.encode())
     h.update(arm.encode())
     for input_dir in input_dirs:
-        for name in ("stats.json", "expo_model.json"):
+        for name in ("stats.json", META_FILE):
             marker = Path(input_dir) / name
             if marker.is_file():
                 h.update(marker.read_bytes())
@@ -166,7 +167,7 @@ def prepare_model(config: str, data_dir: str, output_dir: str, params: str = "")
     cfg = load_stage_config(config, params)
     with _stage_run(cfg, config, "prepare_model", params_text=params):
         prepare(cfg.model, data_dir, output_dir, prompts=cfg.prompts)
-        meta = _model_meta(output_dir)
+        meta = read_card(output_dir)
         tracking.set_tags({"expo.base_model": meta.get("base", cfg.model.source),
                            "expo.fingerprint": meta.get("fingerprint", "")})
         metrics = {key: float(value) for key, value in meta.get("metrics", {}).items()}
@@ -212,6 +213,7 @@ def train(config: str, arm: str, data_dir: str, model_dir: str, explanations_dir
           output_dir: str, params: str = "") -> dict[str, float]:
     from expo import tracking
     from expo.cluster.pod import train_in_pod
+    from expo.cluster.vllm_server import rollout_server
     from expo.cpu import share_cpu_threads
 
     from expo.train.live import RUN_ID_ENV, unposted
@@ -222,7 +224,9 @@ def train(config: str, arm: str, data_dir: str, model_dir: str, explanations_dir
     with _stage_run(cfg, config, "train", arm=arm, params_text=params) as run:
         resume_from = checkpoint_dir(config, arm, data_dir, model_dir, explanations_dir)
         # Rank 0 of the training processes posts step metrics to this run as they happen.
-        with _environment({RUN_ID_ENV: run.run_id, "MLFLOW_TRACKING_URI": run.conn.uri}):
+        # vLLM server mode with no server URL: a rollout server for this arm, for as long as it trains.
+        with _environment({RUN_ID_ENV: run.run_id, "MLFLOW_TRACKING_URI": run.conn.uri}), \
+                rollout_server(cfg, arm, model_dir) as cfg:
             if cfg.cluster.train_nodes > 1:
                 from expo.cluster import launch_trainjob
 
@@ -279,7 +283,7 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
             evaluations[metrics["name"]] = metrics
         training, validation, selections = {}, {}, {}
         for train_dir in train_dirs:
-            meta = _model_meta(Path(train_dir) / "model")
+            meta = read_card(Path(train_dir) / "model")
             arm_name = meta.get("arm", Path(train_dir).name)
             steps_file = Path(train_dir) / "metrics.jsonl"
             if steps_file.is_file():
@@ -369,7 +373,7 @@ def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: s
     cfg = load_stage_config(config, params)
     summary = read_json(Path(summary_dir) / "summary.json")
     with _stage_run(cfg, config, "register", arm=arm, params_text=params) as run:
-        meta = _model_meta(model_dir)
+        meta = read_card(model_dir)
         arm_summary = summary["models"][arm]
         gate_metric = cfg.register.gate_metric
         metrics = {gate_metric: gate_value(arm_summary, gate_metric)}
@@ -422,14 +426,9 @@ def trained_model(model_dir: str | Path) -> Path:
 
 def _find_arm_model(model_dirs: list[str], arm: str) -> Path:
     for model_dir in model_dirs:
-        if _model_meta(model_dir).get("arm") == arm:
+        if read_card(model_dir).get("arm") == arm:
             return Path(model_dir)
     raise FileNotFoundError(f"no trained model for arm {arm!r} among {model_dirs}")
-
-
-def _model_meta(model_dir: str | Path) -> dict[str, Any]:
-    meta_file = Path(model_dir) / "expo_model.json"
-    return read_json(meta_file) if meta_file.is_file() else {}
 
 
 def _numbers(data: dict[str, Any], prefix: str = "") -> dict[str, float]:

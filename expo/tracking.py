@@ -41,6 +41,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 import expo
+from expo.artifacts import hash_file
 from expo.config import TrackingConfig, flatten
 from expo.errors import TrackingError
 
@@ -392,11 +393,7 @@ def log_config(cfg_dict: dict[str, Any]) -> dict[str, str]:
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes, 16 hex characters (the data set digest used in lineage tags)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return hash_file(path).hexdigest()[:16]
 
 
 def log_dataset(path: str | Path, context: Literal["train", "eval", "test", "explanations"],

@@ -141,6 +141,7 @@ def no_tracking_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def make_model_dir(tmp_path_factory: pytest.TempPathFactory):
     """Factory: a saved tiny Qwen2 + char tokenizer (safetensors) whose weights depend on `seed`, so
     different seeds are different models and one seed is the same content (same fingerprint)."""
+    from expo.artifacts import write_card
     from expo.tiny import char_tokenizer, tiny_qwen2
 
     root = tmp_path_factory.mktemp("models")
@@ -155,7 +156,7 @@ def make_model_dir(tmp_path_factory: pytest.TempPathFactory):
             model = tiny_qwen2(tok, hidden=32, layers=1, heads=2, max_positions=128, seed=seed)
             model.save_pretrained(out, safe_serialization=True)
             tok.save_pretrained(out)
-            (out / "expo_model.json").write_text(f'{{"base": "builtin:tiny", "arm": "{arm}"}}')
+            write_card(out, {"base": "builtin:tiny", "arm": arm})
             (out / "checkpoints" / "checkpoint-1").mkdir(parents=True)  # must not be registered
             (out / "checkpoints" / "checkpoint-1" / "optimizer.pt").write_bytes(b"x" * 10)
             return out

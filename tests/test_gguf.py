@@ -9,7 +9,8 @@ import pytest
 from expo.config import ModelConfig
 from expo.errors import ModelError
 from expo.gguf import is_gguf_source, locate_gguf
-from expo.modeling import META_FILE, load_model, prepare_model
+from expo.artifacts import META_FILE
+from expo.modeling import load_model, prepare_model
 from tests.realmodel import SMOLLM2_GGUF, SMOLLM2_SOURCE, smollm2_folder
 
 

@@ -1,4 +1,4 @@
-"""Safe model loading, fingerprints and the prepare_model stage, on tiny models saved in the test."""
+"""Safe model loading, live-weight fingerprints and the prepare_model stage, on tiny models saved in the test."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import shutil
 import pytest
 import torch
 
+from expo.artifacts import META_FILE, fingerprint
 from expo.config import ModelConfig
 from expo.errors import ModelError
 from expo.io import read_json
 from expo.modeling import (
     check_source,
-    fingerprint,
     load_model,
     prepare_model,
     resolve_dtype,
@@ -94,22 +94,6 @@ def test_dtype_auto_is_fp32_on_cpu_and_bf16_on_a_capable_gpu(monkeypatch):
     assert resolve_dtype("auto", "cuda:0") == torch.float32
 
 
-def test_fingerprint_follows_content_not_location(model_dir, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(model_dir, copy)
-    assert fingerprint(copy) == fingerprint(model_dir)
-    (copy / "README.md").write_text("notes")  # not a model file
-    assert fingerprint(copy) == fingerprint(model_dir)
-    other = tmp_path / "other"
-    save_tiny(other, seed=1)  # other weights
-    assert fingerprint(other) != fingerprint(model_dir)
-    config = (copy / "config.json").read_text()
-    (copy / "config.json").write_text(config.replace("\"rms_norm_eps\"", "\"rms_norm_eps\" ", 1))
-    assert fingerprint(copy) != fingerprint(model_dir)
-    with pytest.raises(ModelError):
-        fingerprint(tmp_path / "absent")
-
-
 def test_state_fingerprint_changes_with_every_weight_update():
     tok = char_tokenizer()
     a, b = (tiny_qwen2(tok, hidden=32, layers=1, heads=2, seed=0) for _ in range(2))
@@ -123,7 +107,7 @@ def test_state_fingerprint_changes_with_every_weight_update():
 def test_prepare_model_copies_a_local_model_as_safetensors(model_dir, tmp_path):
     out = prepare_model(ModelConfig(source=str(model_dir)), tmp_path / "data", tmp_path / "out")
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
-    meta = read_json(out / "expo_model.json")
+    meta = read_json(out / META_FILE)
     assert meta["base"] == str(model_dir) and meta["fingerprint"] == fingerprint(out)
     model, _ = load_model(out, ModelConfig(), device="cpu")
     reference, _ = load_model(model_dir, ModelConfig(), device="cpu")

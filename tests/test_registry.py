@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 
 from expo import registry as R
 from expo import tracking as T
+from expo.artifacts import fingerprint
 from expo.config import RegisterConfig, TrackingConfig
 from expo.errors import ModelError, TrackingError
 
@@ -39,16 +40,6 @@ def _champion(uri: str, name: str) -> int | None:
     return int(aliases["champion"]) if "champion" in aliases else None
 
 
-def test_content_fingerprint_ignores_checkpoints_and_metadata(make_model_dir, tmp_path):
-    a = make_model_dir(0)
-    fp = R.content_fingerprint(a)
-    assert fp == R.content_fingerprint(a) and len(fp) == 16
-    assert R.content_fingerprint(make_model_dir(1)) != fp  # other weights
-    (a / "checkpoints" / "checkpoint-1" / "extra.bin").write_bytes(b"y")
-    assert R.content_fingerprint(a) == fp  # resumable training state is not the model
-    assert R.content_fingerprint(make_model_dir(0, arm="grpo")) == fp  # expo_model.json differs only
-
-
 def test_register_is_idempotent_and_tags_lineage(mlflow_server, make_model_dir, unique_name):
     run_id = _run_id(mlflow_server, unique_name)
     first = _register(mlflow_server, make_model_dir, unique_name, 0, 0.5, run_id,
@@ -60,7 +51,7 @@ def test_register_is_idempotent_and_tags_lineage(mlflow_server, make_model_dir, 
     assert [int(v.version) for v in client.search_model_versions(f"name='{unique_name}'")] == [1]
     mv = client.get_model_version(unique_name, "1")
     assert mv.run_id == run_id and mv.tags["expo.source_run"] == run_id
-    assert mv.tags[R.FINGERPRINT_TAG] == R.content_fingerprint(make_model_dir(0))
+    assert mv.tags[R.FINGERPRINT_TAG] == fingerprint(make_model_dir(0))
     assert mv.tags["expo.arm"] == "exp-grpo" and mv.tags["expo.base_model"] == "builtin:tiny"
     assert mv.tags["expo.data.train_digest"] == "d1" and mv.tags["expo_beta"] == "0.04"
     assert float(mv.tags["expo.metric.hardest_level_pass_at_1"]) == 0.5  # the second call changed nothing

@@ -8,6 +8,7 @@ import io
 import pytest
 
 from expo import progress as P
+from expo.artifacts import META_FILE
 from expo.headlines import headline
 from expo.terminal import Console, duration, format_table, strip_ansi
 
@@ -177,9 +178,9 @@ def test_headlines(task, metrics, params, expected):
 
 
 def test_prepare_model_headline_reads_the_model_card(tmp_path):
-    (tmp_path / "expo_model.json").write_text('{"base": "builtin:tiny", "warmup": {"steps": 1500, '
-                                              '"final_loss": 0.01234, "parameters": 1790000}}')
+    (tmp_path / META_FILE).write_text('{"base": "builtin:tiny", "warmup": {"steps": 1500, '
+                                      '"final_loss": 0.01234, "parameters": 1790000}}')
     assert headline("prepare-model", {}, {}, {"model": str(tmp_path)}) == \
         "builtin:tiny: 1.79M parameters, warm-up 1,500 steps, final loss 0.0123"
-    (tmp_path / "expo_model.json").write_text("{not json")
+    (tmp_path / META_FILE).write_text("{not json")
     assert headline("prepare-model", {}, {}, {"model": str(tmp_path)}) == ""  # never raises

@@ -9,9 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from expo.answers import last_boxed
+from expo.artifacts import read_card
 from expo.config import ModelConfig, PromptConfig
 from expo.errors import DataError
-from expo.io import read_json, write_jsonl
+from expo.io import write_jsonl
 from expo.modeling import load_tokenizer
 from expo.toy.model import WARMUP_LEVELS, TinyArch, WarmupRecipe, build_warm_model, warmup_pairs
 from expo.toy.task import (NUMBERS, QUESTION_PREFIX, UNFAMILIAR_BAD, UNFAMILIAR_GOOD, generate_rows, has_property,
@@ -66,7 +67,7 @@ def test_build_warm_model_saves_a_loadable_seeded_model(tmp_path) -> None:
                            recipe=WarmupRecipe(batch_size=4))
     assert out == tmp_path / "m"
     assert (out / "model.safetensors").is_file()
-    meta = read_json(out / "expo_model.json")
+    meta = read_card(out)
     assert meta["base"] == "builtin:tiny" and meta["warmup"]["steps"] == 3
     assert meta["warmup"]["examples"] == 3 * 6 + 900  # 6 rows of level 1: two formats, one hint-only; repeats
     tok = load_tokenizer(out)
@@ -80,7 +81,7 @@ def test_build_warm_model_saves_a_loadable_seeded_model(tmp_path) -> None:
     # Same seed, same weights: the warm-up is reproducible.
     again = build_warm_model(ModelConfig(warmup_steps=3, seed=1), data_dir, tmp_path / "m2", arch=SMALL,
                              recipe=WarmupRecipe(batch_size=4))
-    assert read_json(again / "expo_model.json")["fingerprint"] == meta["fingerprint"]
+    assert read_card(again)["fingerprint"] == meta["fingerprint"]
 
 
 def test_warmup_without_easy_rows_is_a_data_error(tmp_path) -> None:

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from expo.config import EMBEDDED_MODEL, load_config
     from expo.errors import ConfigError
     from expo.io import read_json
-    from expo.modeling import META_FILE, prepare_model
+    from expo.artifacts import META_FILE
+    from expo.modeling import prepare_model
 
     cfg = load_config(args.config, args.overrides)
     model_cfg = dataclasses.replace(cfg.model, source=args.source) if args.source else cfg.model

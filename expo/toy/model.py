@@ -21,12 +21,11 @@ a 7 is then a fact about a token, learned from examples (docs/embedded-default.m
 
 How: `build_warm_model(cfg, data_dir, output_dir)` reads `data_dir/train.jsonl` (rows of the data
 stage), trains `cfg.warmup_steps` AdamW steps of next-token loss on the completion tokens only,
-seeded by `cfg.seed`, and saves safetensors, the tokenizer and `expo_model.json`.
+seeded by `cfg.seed`, and saves safetensors, the tokenizer and the model card.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import time
@@ -35,9 +34,10 @@ from pathlib import Path
 
 import torch
 
+from expo.artifacts import fingerprint, write_card
 from expo.config import EMBEDDED_MODEL, ModelConfig, PromptConfig
 from expo.errors import DataError
-from expo.io import read_jsonl, write_json
+from expo.io import read_jsonl
 from expo.progress import Progress
 from expo.tiny import char_tokenizer, tiny_qwen2
 from expo.toy.task import (FAMILIAR_BAD, FAMILIAR_GOOD, NUMBERS, TASK_CHARS, has_property, make_problem,
@@ -90,9 +90,9 @@ def build_warm_model(cfg: ModelConfig, data_dir: str | Path, output_dir: str | P
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
-    write_json(output_dir / "expo_model.json", {
+    write_card(output_dir, {
         "base": EMBEDDED_MODEL,
-        "fingerprint": _fingerprint(output_dir / "model.safetensors"),
+        "fingerprint": fingerprint(output_dir),
         "arm": None,
         "warmup": {"steps": cfg.warmup_steps, "seed": cfg.seed, "levels": list(WARMUP_LEVELS),
                    "examples": len(pairs), "final_loss": losses[-1] if losses else None,
@@ -231,11 +231,3 @@ def _collate(batch: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Ten
         labels[i, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
         mask[i, : len(seq)] = 1
     return ids, labels, mask
-
-
-def _fingerprint(weights: Path) -> str:
-    digest = hashlib.sha256()
-    with open(weights, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from expo.errors import DataError
-from expo.io import read_jsonl
+from expo.artifacts import read_table
 
 
 class Regenerate(Protocol):
@@ -126,13 +125,8 @@ class ExplanationBuffer:
 
 def load_offline(explanations_dir: str | Path) -> tuple[list[dict[str, Any]], int]:
     """The accepted rows of an explanations stage folder (`explanations.jsonl`) and the number of samples."""
-    path = Path(explanations_dir) / "explanations.jsonl"
-    if not path.is_file():
-        raise DataError(f"explanations folder {str(explanations_dir)!r} has no explanations.jsonl")
-    rows = read_jsonl(path)
-    for i, row in enumerate(rows):
-        if "id" not in row or "explanation" not in row or "accepted" not in row:
-            raise DataError(f"{path}: row {i + 1} lacks one of 'id', 'explanation', 'accepted'")
+    rows = read_table(explanations_dir, "explanations.jsonl", ("id", "explanation", "accepted"),
+                      kind="explanations")
     return [row for row in rows if row["accepted"]], len(rows)
 
 

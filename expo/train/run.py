@@ -4,7 +4,7 @@
 
 Reads `data_dir/train.jsonl`, the model folder, and (exp-grpo, exp-dpo) `explanations_dir/explanations.jsonl`.
 Writes `output_dir/metrics.jsonl` (one line per step), `checkpoint-N/` folders every
-`train.checkpoint_every` steps (under `checkpoint_dir`, default `output_dir/checkpoints`), `output_dir/model/` (safetensors, tokenizer, `expo_model.json`) and
+`train.checkpoint_every` steps (under `checkpoint_dir`, default `output_dir/checkpoints`), `output_dir/model/` (safetensors, tokenizer, the model card) and
 `output_dir/summary.json`. A killed run called again with the same arguments resumes from its newest
 intact checkpoint and ends where an uninterrupted run ends. Every argument is checked before any work.
 
@@ -22,9 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from expo.artifacts import card_path, fingerprint, read_card, read_table, write_card
 from expo.config import ALGORITHMS, ExpoConfig
 from expo.errors import ConfigError, DataError
-from expo.io import read_json, read_jsonl, write_json
+from expo.io import write_json
 from expo.losses import SCHEDULES, expo_beta_at
 from expo.train.explanations import ExplanationBuffer, Regenerate, load_offline
 
@@ -63,16 +64,7 @@ def validate_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str
 
 
 def _train_rows(data_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(data_dir) / "train.jsonl"
-    if not path.is_file():
-        raise DataError(f"data folder {str(data_dir)!r} has no train.jsonl")
-    rows = read_jsonl(path)
-    if not rows:
-        raise DataError(f"{path} has no rows")
-    for i, row in enumerate(rows):
-        if not {"id", "question", "answer"} <= set(row):
-            raise DataError(f"{path}: row {i + 1} lacks one of 'id', 'question', 'answer'")
-    return rows
+    return read_table(data_dir, "train.jsonl", ("id", "question", "answer"), nonempty=True)
 
 
 def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | Path,
@@ -89,7 +81,7 @@ def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | 
     rows = validate_arm(arm, cfg, data_dir, model_dir, explanations_dir)
     cfg = arm_config(cfg, arm)
     out = Path(output_dir)
-    if (out / "model" / "expo_model.json").is_file():
+    if card_path(out / "model").is_file():
         raise ConfigError(f"output folder {str(out)!r} already holds a trained model; choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     reward_fn = reward_fn or default_reward()
@@ -148,12 +140,9 @@ def make_buffer(cfg: ExpoConfig, explanations_dir: str | Path | None) -> Explana
 
 
 def write_model_card(model_dir: Path, parent_dir: str | Path, arm: str, cfg: ExpoConfig) -> None:
-    """`expo_model.json` beside the weights: lineage (base, parent), arm and the ExPO weight."""
-    parent = Path(parent_dir) / "expo_model.json"
-    parent_card = read_json(parent) if parent.is_file() else {}
-    from expo.modeling import fingerprint
-
-    write_json(model_dir / "expo_model.json", {
+    """The model card beside the weights: lineage (base, parent), arm and the ExPO weight."""
+    parent_card = read_card(parent_dir)
+    write_card(model_dir, {
         "base": parent_card.get("base", str(parent_dir)), "parent": str(parent_dir), "arm": arm,
         "expo_beta": cfg.train.expo_beta if arm == "exp-grpo" else 0.0,
         "expo_beta_schedule": cfg.train.expo_beta_schedule, "steps": cfg.train.steps,

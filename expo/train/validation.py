@@ -28,6 +28,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from expo.artifacts import card_path, fingerprint, read_card, write_card
 from expo.config import EvaluateConfig, ExpoConfig
 from expo.io import read_json, read_jsonl, write_json
 
@@ -128,7 +129,7 @@ def select_checkpoint(cfg: ExpoConfig, out: str | Path, final_step: int) -> dict
     """Put the chosen weights in `out/model` and write `selection.json`; returns it.
 
     `last`: the final weights stay. `best`: the best validated weights replace them (tokenizer and
-    expo_model.json stay; expo_model.json gains `selected_step`). Without validation: last."""
+    the model card stay; the card gains `selected_step`). Without validation: last."""
     out = Path(out)
     tc = cfg.train
     history = read_jsonl(out / VALIDATION_FILE) if (out / VALIDATION_FILE).is_file() else []
@@ -143,15 +144,12 @@ def select_checkpoint(cfg: ExpoConfig, out: str | Path, final_step: int) -> dict
             if path.name != "step.json":
                 shutil.copy2(path, model / path.name)
         shutil.rmtree(best)
-    card_file = out / "model" / "expo_model.json"
-    if card_file.is_file():
-        from expo.modeling import fingerprint
-
-        card = read_json(card_file)
+    if card_path(out / "model").is_file():
+        card = read_card(out / "model")
         card.update({"selected_step": step, "selected_by": how})
         if how == "best":  # other weights than the card was written for
             card["fingerprint"] = fingerprint(out / "model")
-        write_json(card_file, card)
+        write_card(out / "model", card)
     value = next((h["value"] for h in history if h["step"] == step), None)
     selection = {"select": tc.select_checkpoint, "chosen": how, "step": step, "final_step": final_step,
                  "metric": tc.select_metric, "value": value, "validations": len(history)}

@@ -6,7 +6,7 @@ prepare_data -> prepare_model (warm-up) -> evaluate_model (base) -> generate_exp
 train_arm (each of train.arms, TRL) -> evaluate_model (each arm). Prints a table (pass@1 / pass@k by
 level for every model, explanation acceptance by level, seconds per stage), then one JSON line.
 
-Why: `bench/toy_experiment.py` is a prototype with its own GRPO loop; `expo run` uses `train_arm`, so
+Why: the removed prototype `bench/toy_experiment.py` had its own GRPO loop; `expo run` uses `train_arm`, so
 the embedded default's numbers must come from this path (docs/embedded-default.md).
 
 Reuse: stages whose output already exists under `--out` are not run again (data, warm model, base

@@ -316,6 +316,34 @@ def training_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
             ("img", Image("training_curves.png", _png(fig), "training curves"))]
 
 
+# (column, how to read it from a step's filter/* keys): counts of the batch's groups by kind.
+_GROUP_KINDS = (("all-correct", "filter/share_correct"), ("all-wrong", "filter/share_wrong"),
+                ("mixed", "filter/share_mixed"))
+
+
+def group_filter_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
+    """Dynamic sampling step by step (train.filter_groups): the groups each step generated (over all
+    its rounds) by kind, the groups dropped and the refill rounds. Only arms that logged `filter/groups`."""
+    rows = []
+    for arm, steps in training.items():
+        for i, s in enumerate(steps):
+            groups = s.get("filter/groups")
+            if not isinstance(groups, (int, float)):
+                continue
+            kinds = [f"{round(groups * s.get(key, 0.0)):d}" for _, key in _GROUP_KINDS]
+            rows.append([arm, str(s.get("step", i + 1)), f"{groups:.0f}", *kinds,
+                         f"{s.get('filter/dropped', 0):.0f}", f"{s.get('filter/refill_rounds', 0):.0f}"])
+    if not rows:
+        return []
+    return [("h2", "Dynamic sampling, per step"),
+            ("p", "Groups each step generated, over all its rounds, by kind (all-correct groups are "
+                  "dropped: no signal for either term; all-wrong groups keep their ExPO term), the groups "
+                  "dropped and the generation rounds added to refill the batch."),
+            _source_note("training"),
+            ("table", Table("group_filter", ["arm", "step", "groups generated", *[k for k, _ in _GROUP_KINDS],
+                                             "dropped", "refill rounds"], rows))]
+
+
 def _phase_means(steps: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Mean seconds per step of each phase; "other" is the step time the named phases leave out."""
     def mean(key: str) -> float | None:
@@ -504,7 +532,7 @@ def build_blocks(evaluations: dict[str, dict[str, Any]] | None, training: dict[s
         blocks += accuracy_section(evaluations) + split_note(evaluations) + delta_section(evaluations)
         blocks += pass_at_k_section(evaluations) + test_section(evaluations)
     if training:
-        blocks += training_section(training) + timing_section(training)
+        blocks += training_section(training) + group_filter_section(training) + timing_section(training)
     blocks += validation_section(validation, checkpoint)
     if explanation_stats:
         blocks += explanation_section(explanation_stats)

@@ -185,6 +185,27 @@ def test_training_without_known_keys_is_omitted(tmp_path):
     assert page.tables == {}
 
 
+def test_dynamic_sampling_counts_per_step(tmp_path):
+    """The group counts of train.filter_groups, step by step: shares of the generated groups turned
+    back into counts (4 groups: 1/4 correct, 1/2 wrong, 1/4 mixed -> 1, 2, 1), and an arm that ran
+    without the filter has no rows."""
+    steps = [{"step": 1, "filter/groups": 4.0, "filter/share_correct": 0.25, "filter/share_wrong": 0.5,
+              "filter/share_mixed": 0.25, "filter/dropped": 1.0, "filter/refill_rounds": 0.0},
+             {"step": 2, "filter/groups": 8.0, "filter/share_correct": 0.5, "filter/share_wrong": 0.375,
+              "filter/share_mixed": 0.125, "filter/dropped": 4.0, "filter/refill_rounds": 1.0}]
+    write_report(tmp_path, None, training={"exp-grpo": steps, "grpo": [{"step": 1, "loss": 0.1}]}, title="t")
+    page = PageParser()
+    page.feed((tmp_path / "report.html").read_text())
+    assert page.tables["group_filter"] == [  # body rows (columns: arm, step, groups generated,
+        # all-correct, all-wrong, mixed, dropped, refill rounds)
+        ["exp-grpo", "1", "4", "1", "2", "1", "1", "0"],
+        ["exp-grpo", "2", "8", "4", "3", "1", "4", "1"],
+    ]
+    md = (tmp_path / "report.md").read_text()
+    assert "Dynamic sampling, per step" in md
+    assert "| arm | step | groups generated | all-correct | all-wrong | mixed | dropped | refill rounds |" in md
+
+
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium")
 def test_report_renders_in_headless_chromium(tmp_path):
     path = write_report(tmp_path / "r", {"base": _metrics("base", [2, 1, 0, 0])}, training=_training(),

@@ -320,7 +320,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     acceptance_floor: float = 0.5  # collapse guard: refresh from the buffer below this acceptance
     seed: int = 0
-    # Validation during training (expo.train.validation; GRPO-family arms): pass@1 by level on a
+    # Validation during training (expo.train.validation; the arms on the GRPO trainer): pass@1 by level on a
     # stratified subset of the validation split every eval_every steps and at the last step (0 = off),
     # a learning curve in MLflow and the report. select_checkpoint: the weights evaluated and
     # registered, "last" or "best" on select_metric.

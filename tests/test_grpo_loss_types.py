@@ -23,7 +23,8 @@ import torch
 from expo.config import ExpoConfig, load_config
 from expo.errors import ConfigError
 from expo.prompts import solve_prompt
-from expo.train.family import build_trainer, grpo_args, load_policy, loss_args
+from expo.train.grpo_training import build_trainer, grpo_args, loss_args
+from expo.train.policy import load_policy
 from expo.train.run import arm_config
 from trainkit import explanation, grads, make_folders, manual_nll, rows, small_config, zero_reward
 
@@ -191,7 +192,7 @@ def test_skip_unsolved_rollouts_masks_the_wrong_group(tmp_path: Path) -> None:
 
 def test_a_filtered_step_trains(tmp_path: Path) -> None:
     """An optimizer step through Trainer.train with dynamic sampling on: its line carries the counts."""
-    from expo.train.metrics import MetricsWriter
+    from expo.train.metrics_jsonl import MetricsWriter
 
     trainer, _ = make_trainer(tmp_path, "exp-grpo", kind_reward, steps=1, expo_beta=BETA, filter_groups=True,
                               rollouts_per_micro_batch=4)

@@ -66,7 +66,7 @@ def test_a_store_that_does_not_answer_never_stops_training(tmp_path):
 
 
 def test_metrics_writer_posts_each_step_on_rank_0(mlflow_server, unique_name, tmp_path, monkeypatch):
-    from expo.train.metrics import MetricsWriter
+    from expo.train.metrics_jsonl import MetricsWriter
 
     run_id = _run(mlflow_server, unique_name)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)

@@ -108,7 +108,7 @@ def test_prompt_text_round_trips_to_the_template_ids(tok: Any) -> None:
 
 def grpo_paths(tok: Any, tmp_path: Path, cfg: ExpoConfig) -> dict[str, list[int]]:
     """(b) the rollout prompt ids TRL tokenized from the trainer's data set, (c) the NLL conditioning."""
-    from expo.train.family import build_trainer
+    from expo.train.grpo_training import build_trainer
 
     write_jsonl(tmp_path / "expl" / "explanations.jsonl", [ACCEPTED])
 

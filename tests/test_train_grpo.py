@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from expo.prompts import explain_prompt, solve_prompt
-from expo.train.family import build_trainer, load_policy
+from expo.train.grpo_training import build_trainer
+from expo.train.policy import load_policy
 from trainkit import (boxed_reward, even_length_reward, explanation, grads, make_folders, manual_nll, rows,
                       small_config, zero_reward)
 
@@ -203,7 +204,7 @@ def test_micro_batches_add_up_to_the_whole_steps_term(tmp_path: Path) -> None:
 def test_batch_plan_splits_the_global_batch(prompts: int, G: int, micro: int | None, world: int,
                                             want: tuple[int, int, int]) -> None:
     from expo.config import TrainConfig
-    from expo.train.family import batch_plan
+    from expo.train.grpo_training import batch_plan
 
     tc = TrainConfig(prompts_per_step=prompts, num_generations=G, rollouts_per_micro_batch=micro)
     plan = batch_plan(tc, world)
@@ -220,7 +221,7 @@ def test_batch_plan_refuses_uneven_splits(prompts: int, G: int, micro: int | Non
                                           key: str) -> None:
     from expo.config import TrainConfig
     from expo.errors import ConfigError
-    from expo.train.family import batch_plan
+    from expo.train.grpo_training import batch_plan
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         batch_plan(TrainConfig(prompts_per_step=prompts, num_generations=G, rollouts_per_micro_batch=micro),
@@ -230,8 +231,8 @@ def test_batch_plan_refuses_uneven_splits(prompts: int, G: int, micro: int | Non
 def test_grpo_args_follow_the_world_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With 2 processes each gets half the prompts: per device x processes x steps per generation is
     the configured global batch. The world size comes from $WORLD_SIZE (torchrun and accelerate set it)."""
-    from expo.train.family import grpo_args
-    from expo.train.run import world_size
+    from expo.train.distributed import world_size
+    from expo.train.grpo_training import grpo_args
 
     cfg = small_config(rollouts_per_micro_batch=2)  # 2 prompts x 4 rollouts = 8
     args = grpo_args(cfg, tmp_path, on_gpu=False, world=2)  # not via the env: TRL would init torch.distributed
@@ -252,14 +253,14 @@ def test_grpo_args_follow_the_world_size(tmp_path: Path, monkeypatch: pytest.Mon
     ("bfloat16", False, False, {"bf16": False, "fp16": False}),  # CPU: fp32 throughout
 ])
 def test_mixed_precision_flags(dtype: str, on_gpu: bool, bf16_ok: bool, want: dict[str, bool]) -> None:
-    from expo.train.family import mixed_precision
+    from expo.train.policy import mixed_precision
 
     assert mixed_precision(dtype, on_gpu, bf16_ok) == want
 
 
 def test_bf16_on_a_gpu_without_bf16_is_a_config_error() -> None:
     from expo.errors import ConfigError
-    from expo.train.family import mixed_precision
+    from expo.train.policy import mixed_precision
 
     with pytest.raises(ConfigError, match="model.dtype"):
         mixed_precision("bfloat16", True, False)
@@ -267,14 +268,14 @@ def test_bf16_on_a_gpu_without_bf16_is_a_config_error() -> None:
 
 def test_grpo_args_set_bf16_autocast_on_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What grpo_args hands TRL for a bf16 recipe on a bf16 GPU (TRL's own GPU checks are bypassed)."""
-    from expo.train import family
+    from expo.train import grpo_training
 
     captured: dict[str, Any] = {}
-    monkeypatch.setattr(family, "GRPOConfig", lambda **kw: captured.update(kw) or kw)
+    monkeypatch.setattr(grpo_training, "GRPOConfig", lambda **kw: captured.update(kw) or kw)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     cfg = small_config()
     cfg.model.dtype = "bfloat16"
-    family.grpo_args(cfg, tmp_path, on_gpu=True)
+    grpo_training.grpo_args(cfg, tmp_path, on_gpu=True)
     assert captured["bf16"] is True and captured["fp16"] is False and captured["use_cpu"] is False
 
 

@@ -185,7 +185,7 @@ def test_one_engine_per_process(smollm2_dir, vgen, real):
 ])
 def test_grpo_args_ask_trl_for_vllm_rollouts(tmp_path, mode, explain_tokens, expect):
     from expo.config import ExpoConfig
-    from expo.train.family import grpo_args
+    from expo.train.grpo_training import grpo_args
 
     cfg = ExpoConfig()
     cfg.generation.backend, cfg.generation.vllm_mode = "vllm", mode

@@ -4,7 +4,7 @@ With `cluster.train_nodes: 1` the pipeline gives the train step one pod with `cl
 GPUs (pipelines/). Running `train_arm` in that process would use one of them, so with more than one
 GPU visible the step starts `torchrun --standalone --nproc-per-node N -m expo.cluster.worker ...`
 (the TrainJob's worker entry, without the TrainJob), waits for it, and reads the summary rank 0
-wrote. The configured batch is global (expo.train.family.batch_plan), so N changes the speed of a
+wrote. The configured batch is global (expo.train.grpo_training.batch_plan), so N changes the speed of a
 step, not what a step is. One GPU or none (a laptop, CPU CI) trains in this process as before.
 
     summary = train_in_pod("exp-grpo", cfg, data_dir, model_dir, explanations_dir, output_dir,
@@ -102,7 +102,7 @@ def train_in_pod(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str
 
         return train_arm(arm, cfg, data_dir, model_dir, explanations_dir, output_dir,
                          checkpoint_dir=checkpoint_dir)
-    from expo.train.family import batch_plan
+    from expo.train.grpo_training import batch_plan
     from expo.train.run import validate_arm
 
     validate_arm(arm, cfg, data_dir, model_dir, explanations_dir)  # one clear line here, not N tracebacks

@@ -82,7 +82,7 @@ def launch_trainjob(
     complete checkpoint instead of starting over. `run_id`: the arm's MLflow run, which rank 0 posts
     step metrics to while the job runs (expo.train.live).
     """
-    from expo.train.family import batch_plan  # heavy (TRL): only once a job is launched
+    from expo.train.grpo_training import batch_plan  # heavy (TRL): only once a job is launched
 
     batch_plan(cfg.train, cfg.cluster.train_nodes * max(cfg.cluster.gpus_train, 1))
     name = job_name(arm)

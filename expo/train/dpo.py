@@ -35,11 +35,13 @@ from expo.config import ExpoConfig
 from expo.errors import ConfigError, DataError
 from expo.io import read_json, read_jsonl, write_json, write_jsonl
 from expo.prompts import solve_prompt
-from expo.train.explanations import OnlineRegenerator, Regenerate
-from expo.train.family import finish, lora_config, load_policy
-from expo.train.metrics import MetricsWriter
+from expo.train.distributed import is_main_process, world_size
+from expo.train.explanations import OnlineRegenerator, Regenerate, make_buffer
+from expo.train.final_model import save_final_model
+from expo.train.metrics_jsonl import MetricsWriter
+from expo.train.policy import load_policy, lora_config
 from expo.train.resume import latest_valid_checkpoint
-from expo.train.run import RewardFn, is_main_process, make_buffer, world_size
+from expo.train.rewards import RewardFn
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +180,11 @@ def train_dpo(cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path
     if tried and not any(e["steps"] for e in tried):  # a round with steps planned trains iff it had pairs
         raise DataError(f"exp-dpo: none of its {len(tried)} round(s) had a pair: {NO_PAIRS}")
     steps = sum(e["steps"] for e in round_log)
-    summary = finish("exp-dpo", cfg, model, steps, buffer, tokenizer, model_dir, out, writer, resume_ckpt)
+    summary = save_final_model("exp-dpo", cfg, model, steps, buffer, tokenizer, model_dir, out, writer,
+                               resume_ckpt)
     summary.update(rounds=len(plan), planned_steps=plan, round_log=round_log)
     if is_main_process():
-        write_json(out / "summary.json", summary)  # finish wrote it without the rounds
+        write_json(out / "summary.json", summary)  # save_final_model wrote it without the rounds
     return summary
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from expo.artifacts import read_table
+from expo.config import ExpoConfig
 
 
 class Regenerate(Protocol):
@@ -130,6 +131,14 @@ def load_offline(explanations_dir: str | Path) -> tuple[list[dict[str, Any]], in
     return [row for row in rows if row["accepted"]], len(rows)
 
 
+def make_buffer(cfg: ExpoConfig, explanations_dir: str | Path | None) -> ExplanationBuffer:
+    """The buffer seeded with the initial policy's accepted explanations (the collapse guard's floor)."""
+    buffer = ExplanationBuffer(capacity=max(cfg.explain.keep_per_question, 1) * 2,
+                               acceptance_floor=cfg.train.acceptance_floor)
+    if explanations_dir is not None:
+        accepted, samples = load_offline(explanations_dir)
+        buffer.seed(accepted, samples)
+    return buffer
 
 
 class OnlineRegenerator:
@@ -179,4 +188,5 @@ class OnlineRegenerator:
         return records
 
 
-__all__ = ["ExplanationBuffer", "OnlineRegenerator", "Regenerate", "RoundStats", "load_offline"]
+__all__ = ["ExplanationBuffer", "OnlineRegenerator", "Regenerate", "RoundStats", "load_offline",
+           "make_buffer"]

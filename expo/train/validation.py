@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 from expo.artifacts import card_path, fingerprint, read_card, write_card
 from expo.config import EvaluateConfig, ExpoConfig
 from expo.io import read_json, read_jsonl, write_json
+from expo.train.distributed import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ class Validator(TrainerCallback):
         self.best = max((h["value"] for h in self.history if not math.isnan(h["value"])), default=-math.inf)
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-        from expo.train.run import is_main_process
-
         step, every = state.global_step, self.cfg.train.eval_every
         if not is_main_process() or model is None or not (step % every == 0 or step == state.max_steps):
             return

@@ -1,4 +1,5 @@
-"""The GRPO family (grpo, exp-grpo, grpo-sft): config mapping, trainer assembly, resume, final save.
+"""The arms on the GRPO trainer (grpo, exp-grpo, grpo-sft; see expo.train.arms): TRL's GRPOConfig from
+ours, the trainer assembled with the arm's NLL term, resume, the final save.
 
 One optimizer step = `prompts_per_step` prompts x `num_generations` rollouts: the GLOBAL batch, the
 same whatever the number of processes. It is generated once and used once: each of the W processes
@@ -8,15 +9,11 @@ optimizer step (gradient_accumulation_steps = steps_per_generation = A, num_iter
 "step" means the same thing in our schedule, our logs and TRL's checkpoints. For example
 32 prompts x 8 rollouts = 256 per step on 8 GPUs = 32 per GPU = 4 micro-batches of 8.
 
-Precision: the policy is trained with fp32 master weights whenever `model.dtype` is a half dtype (or
-auto), and bf16 / fp16 is the compute dtype (TRL's autocast flags) on a GPU: AdamW updates of
-lr x ~1 are far below bf16's resolution near typical weights, so pure-bf16 weights mostly never move.
-With LoRA the frozen base stays in the half dtype (PEFT keeps the adapter itself in fp32).
+Precision (fp32 master weights, half-precision autocast): expo.train.policy.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,21 +23,21 @@ from datasets import Dataset
 from transformers import PrinterCallback
 from trl import GRPOConfig
 
-from expo.config import ExpoConfig, ModelConfig, TrainConfig
+from expo.config import ExpoConfig, TrainConfig
 from expo.errors import ConfigError
 from expo.generation.trl_rollouts import rollout_args
-from expo.io import write_json
-from expo.modeling import load_model
 from expo.prompts import solve_prompt
-from expo.train.explanations import Regenerate
+from expo.train.arms import arm_spec
+from expo.train.distributed import world_size
+from expo.train.explanations import Regenerate, make_buffer
+from expo.train.final_model import save_final_model
 from expo.train.group_filter import GroupFilter
 from expo.train.grpo import EXPO_STATE_FILE, ExpoGRPOTrainer, NLLTerm
-from expo.train.metrics import MetricsWriter
+from expo.train.metrics_jsonl import MetricsWriter
+from expo.train.policy import load_policy, lora_config, mixed_precision
 from expo.train.progress import StepProgress
 from expo.train.resume import latest_valid_checkpoint
-from expo.train.run import RewardFn, beta_of, is_main_process, make_buffer, world_size, write_model_card
-
-HALF_DTYPES = ("bfloat16", "float16")
+from expo.train.rewards import RewardFn
 
 
 @dataclass(frozen=True)
@@ -75,33 +72,6 @@ def batch_plan(tc: TrainConfig, world: int) -> BatchPlan:
     return BatchPlan(world=world, per_process=per_process, micro=micro, accumulation=per_process // micro)
 
 
-def mixed_precision(dtype: str, on_gpu: bool, bf16_supported: bool) -> dict[str, bool]:
-    """TRL's `bf16` / `fp16` autocast flags for `model.dtype` (the compute dtype while training).
-
-    CPU: none (fp32 throughout; this project's CPUs have no fast bf16). GPU: the configured half
-    dtype, "auto" = bf16 where supported; the weights themselves stay fp32 (`training_dtype`).
-
-    >>> mixed_precision("bfloat16", True, True), mixed_precision("bfloat16", False, False)
-    ({'bf16': True, 'fp16': False}, {'bf16': False, 'fp16': False})
-    """
-    if not on_gpu or dtype == "float32":
-        return {"bf16": False, "fp16": False}
-    if dtype == "float16":
-        return {"bf16": False, "fp16": True}
-    if dtype == "bfloat16" and not bf16_supported:
-        raise ConfigError("config key 'model.dtype': this GPU does not support bfloat16; "
-                          "use float16 or float32")
-    return {"bf16": bf16_supported, "fp16": False}
-
-
-def training_dtype(cfg: ExpoConfig) -> str:
-    """The dtype the policy's weights are loaded in for training: fp32 master weights, except the
-    frozen base of a LoRA run, which keeps a configured half dtype (its adapter is fp32 anyway)."""
-    if cfg.train.lora and cfg.model.dtype in HALF_DTYPES:
-        return cfg.model.dtype
-    return "float32" if cfg.model.dtype in ("auto", *HALF_DTYPES) else cfg.model.dtype
-
-
 def grpo_args(cfg: ExpoConfig, checkpoint_dir: Path, on_gpu: bool, world: int | None = None) -> GRPOConfig:
     """Our TrainConfig in TRL's terms (`world`: training processes, default $WORLD_SIZE). Notes inline."""
     tc = cfg.train
@@ -130,7 +100,7 @@ def grpo_args(cfg: ExpoConfig, checkpoint_dir: Path, on_gpu: bool, world: int | 
         save_total_limit=3,  # the newest may be damaged by a kill; keep earlier ones to fall back to
         report_to=[],
         use_cpu=not on_gpu,
-        **precision,  # autocast over fp32 master weights (see training_dtype)
+        **precision,  # autocast over fp32 master weights (expo.train.policy.training_dtype)
         gradient_checkpointing=tc.gradient_checkpointing,
         disable_tqdm=True,
         **rollout_args(cfg),  # vLLM rollouts (colocate or server); none for the transformers backend
@@ -164,35 +134,18 @@ def group_filter(tc: TrainConfig, has_nll_term: bool) -> GroupFilter | None:
                        max_rounds=tc.filter_max_rounds)
 
 
-def lora_config(cfg: ExpoConfig) -> Any:
-    """A LoRA adapter on every linear layer (rank lora_r, alpha 2r) when train.lora is on."""
-    if not cfg.train.lora:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.train.lora_r, lora_alpha=2 * cfg.train.lora_r, lora_dropout=0.0,
-                      target_modules="all-linear", task_type="CAUSAL_LM")
-
-
-def load_policy(model_dir: str | Path, cfg: ExpoConfig) -> tuple[Any, Any, bool]:
-    """(model, tokenizer, on_gpu), the model in training mode with weights in `training_dtype(cfg)`
-    (fp32 master weights for a configured bf16 / fp16: the trainer's autocast computes in it).
-    Under torchrun each process takes its own GPU (LOCAL_RANK)."""
-    on_gpu = torch.cuda.is_available()
-    model_cfg = ModelConfig(**{**vars(cfg.model), "dtype": training_dtype(cfg)})
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if on_gpu else "cpu"
-    model, tokenizer = load_model(model_dir, model_cfg, device=device)
-    model.train()
-    return model, tokenizer, on_gpu
-
-
 def nll_term(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], buffer: Any) -> NLLTerm | None:
-    if arm == "exp-grpo" and cfg.train.expo_beta > 0:
-        return NLLTerm("expo", buffer.pick, beta_of(arm, cfg), cfg.train.expo_on)
-    if arm == "grpo-sft" and cfg.train.sft_beta > 0:
+    """The arm's NLL term (None when it has none or its weight is 0): self-explanations from the
+    buffer ("expo") or the data set's reference solutions ("sft"), weighted per step by the arm table."""
+    spec = arm_spec(arm)
+    if not spec.has_nll_term(cfg.train):
+        return None
+    if spec.nll == "expo":
+        text_for = buffer.pick
+    else:
         solutions = {str(r["id"]): r["solution"] for r in rows if str(r.get("solution") or "").strip()}
-        return NLLTerm("sft", solutions.get, beta_of(arm, cfg), cfg.train.expo_on)
-    return None
+        text_for = solutions.get
+    return NLLTerm(spec.nll, text_for, spec.weight_at(cfg.train), cfg.train.expo_on)
 
 
 def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: Any, tokenizer: Any,
@@ -203,8 +156,9 @@ def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: 
         {"prompt": solve_prompt(r["question"], tokenizer, cfg.prompts), "id": str(r["id"]), "answer": r["answer"]}
         for r in rows
     ])
-    buffer = make_buffer(cfg, explanations_dir) if arm == "exp-grpo" else None
-    online = arm == "exp-grpo" and cfg.explain.mode == "online" and cfg.train.expo_beta > 0
+    spec = arm_spec(arm)
+    buffer = make_buffer(cfg, explanations_dir) if spec.nll == "expo" else None  # the expo term's texts
+    online = spec.nll == "expo" and cfg.explain.mode == "online" and spec.has_nll_term(cfg.train)
     if online and regenerate is None:
         regenerate = default_regenerate(cfg, tokenizer)
     term = nll_term(arm, cfg, rows, buffer)
@@ -226,10 +180,11 @@ def default_regenerate(cfg: ExpoConfig, tokenizer: Any) -> Regenerate:
     return OnlineRegenerator(cfg, tokenizer)
 
 
-def train_grpo_family(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path,
-                      explanations_dir: str | Path | None, out: Path, *, reward_fn: RewardFn,
-                      regenerate: Regenerate | None, callbacks: list[Any] | None,
-                      checkpoint_dir: Path) -> dict[str, Any]:
+def train_grpo(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path,
+               explanations_dir: str | Path | None, out: Path, *, reward_fn: RewardFn,
+               regenerate: Regenerate | None, callbacks: list[Any] | None,
+               checkpoint_dir: Path) -> dict[str, Any]:
+    """Train one arm on the GRPO trainer (resuming from the newest intact checkpoint) and save it."""
     model, tokenizer, on_gpu = load_policy(model_dir, cfg)
     writer = MetricsWriter(out / "metrics.jsonl", arm)  # writes its file on the main process only
     trainer = build_trainer(arm, cfg, rows, model, tokenizer, on_gpu, explanations_dir, checkpoint_dir,
@@ -240,36 +195,12 @@ def train_grpo_family(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], mod
         trainer.load_expo_state(str(resume))
     writer.restore(resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    summary = finish(arm, cfg, trainer.accelerator.unwrap_model(trainer.model), trainer.state.global_step,
-                     trainer.buffer, tokenizer, model_dir, out, writer, resume)
+    summary = save_final_model(arm, cfg, trainer.accelerator.unwrap_model(trainer.model),
+                               trainer.state.global_step, trainer.buffer, tokenizer, model_dir, out, writer,
+                               resume)
     trainer.accelerator.wait_for_everyone()  # no process exits (ending the job) before rank 0 has saved
     return summary
 
 
-def finish(arm: str, cfg: ExpoConfig, model: Any, steps: int, buffer: Any, tokenizer: Any,
-           model_dir: str | Path, out: Path, writer: MetricsWriter, resumed_from: Path | None) -> dict[str, Any]:
-    """Save the final model folder (LoRA merged into plain weights) and the summary; the files are
-    written by the main process alone (every process returns the summary)."""
-    final = out / "model"
-    main = is_main_process()
-    if main:
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        model.save_pretrained(final, safe_serialization=True)
-        tokenizer.save_pretrained(final)
-        write_model_card(final, model_dir, arm, cfg)
-    summary = {
-        "arm": arm, "steps": steps, "model_dir": str(final),
-        "metrics_path": str(out / "metrics.jsonl"), "resumed_from": str(resumed_from) if resumed_from else None,
-        "final_metrics": writer.rows[-1] if writer.rows else {},
-        "expo_beta": cfg.train.expo_beta if arm == "exp-grpo" else 0.0,
-    }
-    if buffer is not None:
-        summary["explanation_rounds"] = [vars(r) for r in buffer.rounds]
-    if main:
-        write_json(out / "summary.json", summary)
-    return summary
-
-
-__all__ = ["BatchPlan", "batch_plan", "mixed_precision", "training_dtype", "grpo_args", "loss_args",
-           "group_filter", "lora_config", "load_policy", "build_trainer", "train_grpo_family", "finish"]
+__all__ = ["BatchPlan", "batch_plan", "grpo_args", "loss_args", "group_filter", "nll_term", "build_trainer",
+           "train_grpo"]

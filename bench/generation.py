@@ -33,7 +33,7 @@ import torch
 
 from expo.config import GenerationConfig
 from expo.generation.hf import HFGenerator
-from expo.tiny import char_tokenizer, tiny_qwen2
+from expo.scratch_models import char_tokenizer, tiny_qwen2
 
 
 def make_prompts(count: int) -> list[str]:

@@ -99,7 +99,7 @@ def vllm_generation_rate(model, device, batch: int, prompt_len: int, new_tokens:
 
     from expo.config import GenerationConfig
     from expo.generation import make_generator
-    from expo.tiny import char_tokenizer
+    from expo.scratch_models import char_tokenizer
 
     tok = char_tokenizer()
     folder = tempfile.mkdtemp(prefix="bench-gpu-")

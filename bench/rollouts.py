@@ -29,7 +29,7 @@ from transformers import GenerationConfig
 
 from expo.generation.hf import left_pad
 from expo.generation.shared_prefix import sample_shared_prefix
-from expo.tiny import tiny_qwen2
+from expo.scratch_models import tiny_qwen2
 from expo.toy.model import TinyArch, toy_tokenizer
 from expo.toy.task import generate_rows
 

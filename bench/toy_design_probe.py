@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> dict:
     from expo.answers import last_boxed
     from expo.config import load_pipeline_config
     from expo.prompts import explain_prompt, solve_prompt
-    from expo.tiny import tiny_qwen2
+    from expo.scratch_models import tiny_qwen2
     from expo.toy.model import TinyArch, WarmupRecipe, WARMUP_LEVELS, toy_tokenizer, train_supervised, warmup_pairs
     from expo.toy.task import generate_rows
 

@@ -40,7 +40,7 @@ from trl import GRPOTrainer
 from expo.config import ExpoConfig
 from expo.losses import expo_beta_at
 from expo.prompts import solve_prompt
-from expo.tiny import char_tokenizer, tiny_qwen2
+from expo.scratch_models import char_tokenizer, tiny_qwen2
 from expo.train.explanations import ExplanationBuffer, OnlineRegenerator
 from expo.train.grpo_training import grpo_args
 from expo.train.group_filter import GroupFilter

@@ -142,7 +142,7 @@ def make_model_dir(tmp_path_factory: pytest.TempPathFactory):
     """Factory: a saved tiny Qwen2 + char tokenizer (safetensors) whose weights depend on `seed`, so
     different seeds are different models and one seed is the same content (same fingerprint)."""
     from expo.artifacts import write_card
-    from expo.tiny import char_tokenizer, tiny_qwen2
+    from expo.scratch_models import char_tokenizer, tiny_qwen2
 
     root = tmp_path_factory.mktemp("models")
     lock = threading.Lock()  # racing-registration tests call this from several threads

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from expo import registry as R
 from expo import tracking as T
 from expo.cli import main
-from expo.cli.models import format_table
+from expo.cli.registered_models import format_table
 from expo.config import RegisterConfig, TrackingConfig
 
 pytestmark = pytest.mark.usefixtures("no_tracking_env", "only_registry_commands")

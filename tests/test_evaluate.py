@@ -17,7 +17,7 @@ from expo.evaluate import (build_metrics, find_model_folder, flat_metrics, in_di
                            run_evaluation, summarize_levels)
 from expo.io import read_json, read_jsonl, write_jsonl
 from expo.metrics import Z95
-from expo.tiny import char_tokenizer, tiny_qwen2
+from expo.scratch_models import char_tokenizer, tiny_qwen2
 
 
 @dataclass

@@ -23,7 +23,7 @@ from expo.explain import (
 )
 from expo.generation import Completion
 from expo.io import read_json, read_jsonl, write_jsonl
-from expo.tiny import char_tokenizer, tiny_qwen2
+from expo.scratch_models import char_tokenizer, tiny_qwen2
 
 HINT = "The correct answer is"  # start of the default hint sentence: marks an explanation prompt
 

@@ -9,7 +9,7 @@ from expo.config import GenerationConfig
 from expo.errors import ModelError
 from expo.generation import Generator, make_generator, resolve_backend, vllm_available
 from expo.generation.hf import HFGenerator, left_pad
-from expo.tiny import char_tokenizer, tiny_qwen2
+from expo.scratch_models import char_tokenizer, tiny_qwen2
 
 PROMPTS = ["What is 2+3?", "x", "A much longer prompt than the others, to force padding.", "hi there"]
 

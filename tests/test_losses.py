@@ -132,7 +132,7 @@ def test_scored_nll_matches_naive_on_a_tiny_transformer() -> None:
     """A tiny Qwen2 (attention, RoPE): left-padded prompts with position ids give the same NLL and the
     same gradient as each row run alone, unpadded, with full logits (float64; a scored prompt or pad
     token, or a pad the text attends to, would be off by far more than the tolerance)."""
-    from expo.tiny import char_tokenizer, tiny_qwen2
+    from expo.scratch_models import char_tokenizer, tiny_qwen2
 
     tok = char_tokenizer()
     torch.manual_seed(0)

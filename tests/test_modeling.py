@@ -20,7 +20,7 @@ from expo.modeling import (
     resolve_dtype,
     state_fingerprint,
 )
-from expo.tiny import char_tokenizer, tiny_qwen2
+from expo.scratch_models import char_tokenizer, tiny_qwen2
 
 
 def save_tiny(folder, seed=0, safetensors=True):
@@ -146,7 +146,7 @@ def test_prepare_model_builds_the_embedded_model_through_the_toy_module(monkeypa
 
 
 def test_cli_model_prints_the_fingerprint(model_dir, tmp_path, capsys):
-    from expo.cli import model as cli
+    from expo.cli import prepare_model as cli
 
     args = argparse.Namespace(source=str(model_dir), data="", output=str(tmp_path / "out"), config=None,
                               overrides=[])

@@ -24,7 +24,7 @@ from expo.config import ExpoConfig, GenerationConfig, PromptConfig
 from expo.generation.hf import HFGenerator
 from expo.io import write_jsonl
 from expo.prompts import explain_content, explain_prompt, solve_content, solve_prompt
-from expo.tiny import tiny_qwen2
+from expo.scratch_models import tiny_qwen2
 
 QUESTION = "What is 2+3?"
 ANSWER = "5"

@@ -6,7 +6,7 @@ import pytest
 
 from expo.config import PromptConfig
 from expo.prompts import HINT_SEPARATOR, explain_prompt, hint_sentence, prompt_ids, solve_prompt
-from expo.tiny import char_tokenizer
+from expo.scratch_models import char_tokenizer
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"

@@ -11,7 +11,7 @@ import pytest
 from expo.config import ExpoConfig
 from expo.errors import DataError
 from expo.io import read_json, read_jsonl
-from expo.tiny import char_tokenizer
+from expo.scratch_models import char_tokenizer
 from expo.train import train_arm
 from expo.train.dpo import build_pairs, round_steps
 from trainkit import boxed_reward, make_folders, rows, small_config

@@ -14,7 +14,7 @@ import torch
 
 from expo.config import ExpoConfig
 from expo.io import write_jsonl
-from expo.tiny import char_tokenizer, tiny_qwen2
+from expo.scratch_models import char_tokenizer, tiny_qwen2
 
 
 def boxed_reward(completions: list[str], answer: list[str], **kwargs: Any) -> list[float]:

@@ -15,17 +15,20 @@ import sys
 from expo import __version__
 from expo.errors import ExpoError
 
-# command name -> (module, one-line help). Order is the order `expo --help` lists them.
+# command name -> (module, one-line help): `expo model` is cli/prepare_model.py, `expo models`
+# cli/registered_models.py. Order is the order `expo --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("expo.cli.run", "run the whole pipeline locally through kfp.local (embedded default with no arguments)"),
+    "run": ("expo.cli.run",
+            "run the whole pipeline locally through kfp.local (embedded default with no arguments)"),
     "compile": ("expo.cli.compile", "compile the pipeline to KFP IR YAML"),
     "submit": ("expo.cli.submit", "compile and submit the pipeline to a Kubeflow Pipelines endpoint"),
     "data": ("expo.cli.data", "prepare a data set: load, extract answers, dedupe, split"),
-    "model": ("expo.cli.model", "prepare the starting model (a path, a hub id, or the embedded tiny one)"),
+    "model": ("expo.cli.prepare_model",
+              "prepare the starting model (a path, a hub id, or the embedded tiny one)"),
     "explain": ("expo.cli.explain", "sample and verify self-explanations of the known answers"),
     "train": ("expo.cli.train", "train one arm: ExP-GRPO, GRPO, GRPO + expert-CoT SFT or ExP-DPO"),
     "evaluate": ("expo.cli.evaluate", "verifier-based accuracy, pass@k by level, and the report"),
-    "models": ("expo.cli.models", "list a registered model's versions, aliases and key metrics"),
+    "models": ("expo.cli.registered_models", "list a registered model's versions, aliases and key metrics"),
     "promote": ("expo.cli.promote", "move a registry alias (champion by default) to a model version"),
 }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from expo.cli.models import add_store_arguments
+from expo.cli.registered_models import add_store_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

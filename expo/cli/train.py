@@ -13,7 +13,8 @@ import argparse
 
 from expo.cli import add_config_arguments
 
-ARMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo")  # expo.config.ALGORITHMS, kept literal: no import here
+# = expo.config.ALGORITHMS (tests/test_train_arms.py checks it); a literal: `expo --help` imports no config
+ARMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

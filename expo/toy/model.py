@@ -39,7 +39,7 @@ from expo.config import EMBEDDED_MODEL, ModelConfig, PromptConfig
 from expo.errors import DataError
 from expo.io import read_jsonl
 from expo.progress import Progress
-from expo.tiny import char_tokenizer, tiny_qwen2
+from expo.scratch_models import char_tokenizer, tiny_qwen2
 from expo.toy.task import (FAMILIAR_BAD, FAMILIAR_GOOD, NUMBERS, TASK_CHARS, has_property, make_problem,
                            parse_numbers, verification)
 

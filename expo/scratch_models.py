@@ -1,5 +1,6 @@
-"""Tiny causal LMs and character-level tokenizers built locally (no hub): for tests, benchmarks and
-the embedded default. A standard architecture (Qwen2) so the same code paths serve real models.
+"""Models and tokenizers built from scratch in this process (random weights, no hub): tiny Qwen2 causal
+LMs and character-level tokenizers, for tests, benchmarks and the embedded default (expo.toy warms one
+up on its task). A standard architecture (Qwen2) so the same code paths serve real models.
 
     tok = char_tokenizer()
     model = tiny_qwen2(tok, hidden=64, layers=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from expo.tiny import char_tokenizer
+from expo.scratch_models import char_tokenizer
 
 
 def test_words_are_single_tokens_longest_first(tmp_path):

@@ -41,9 +41,7 @@ class Arm:
     explanations: bool  # reads the explanations stage (an ExplanationBuffer)
 
     def beta(self, tc: TrainConfig) -> float:
-        """The configured weight of the NLL term (0 without one): expo_beta or sft_beta.
-
-        This is also the `expo_beta` the model card and the summary record for the arm."""
+        """The configured weight of the NLL term (0 without one): expo_beta or sft_beta."""
         if self.nll == "expo":
             return tc.expo_beta
         if self.nll == "sft":

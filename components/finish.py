@@ -8,4 +8,4 @@ def finish_run(config: str, run_id: str, status: dsl.PipelineTaskFinalStatus):
     """Exit handler: close the MLflow parent run with the pipeline's final status."""
     from expo import stages
 
-    stages.finish(config, status.state, run_id)
+    stages.finish_run(config, status.state, run_id)

@@ -46,7 +46,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -59,6 +58,7 @@ from typing import Any
 
 from expo.answers import Found
 from expo.config import ExplainConfig, ExpoConfig, GenerationConfig, PromptConfig
+from expo import workspace
 from expo.artifacts import fingerprint, read_table
 from expo.io import write_json, write_jsonl
 from expo.progress import rate, watch
@@ -607,7 +607,7 @@ def cache_root(cache_dir: str, output_dir: Path) -> Path:
     """`<output>/cache` by default; a configured folder lives in the workspace shared by runs."""
     if not cache_dir:
         return output_dir / "cache"
-    return Path(os.environ.get("EXPO_WORKSPACE") or output_dir) / cache_dir
+    return (workspace.root() or output_dir) / cache_dir
 
 
 def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str | Path,

@@ -8,15 +8,15 @@ LoggedModel, and the version is registered from it (`models:/<model_id>`), so
 The weights are copied from the folder, never loaded. A LoRA adapter folder (no config.json; the train
 stage merges LoRA arms, so only a hand-registered adapter is one) is registered as plain files with its
 base as a tag, and `load_model_from_registry` loads it onto that base. The version carries its lineage
-as tags: source run, content fingerprint (`expo.artifacts.fingerprint`), data digests, arm, expo_beta, base model, evaluation metrics
-(`expo.metric.<name>`). It gets alias `candidate`. The same content registered twice (same
-`expo.fingerprint`) returns the existing version.
+as tags: source run, content fingerprint (`expo.artifacts.fingerprint`), data digests, arm, expo_beta,
+base model, evaluation metrics (`expo.metric.<name>`). It gets alias `candidate`. The same content
+registered twice (same `expo.fingerprint`) returns the existing version.
 
-The promotion gate (`gate_and_promote`) moves alias `champion` only when the candidate beats the current
-champion on `cfg.gate_metric` by more than `cfg.gate_margin`; every decision and its numbers are written
-on the candidate (`expo.gate.*`). MLflow has no compare-and-set for aliases (a gate that read a stale
-champion would overwrite a better one), so every alias move holds `registry_lock`: a file lock for SQLite,
-and for a server a lock registered model `<name>.expo-lock` (creating a name is atomic on the server).
+The promotion gate (`gate_and_promote`; the rule is expo.gates.candidate_vs_champion) moves alias
+`champion` only when the candidate beats the current champion on `cfg.gate_metric` by more than
+`cfg.gate_margin`; every decision and its numbers are written on the candidate (`expo.gate.*`). MLflow
+has no compare-and-set for aliases (a gate that read a stale champion would overwrite a better one), so
+every alias move holds `registry_lock`: a file lock for SQLite, and for a server a lock registered model `<name>.expo-lock` (creating a name is atomic on the server).
 
     info = log_and_register(out, "expo-tiny", cfg.register, tags, metrics, run_id, tracking=cfg.tracking)
     gate_and_promote("expo-tiny", info.version, cfg.register, tracking=cfg.tracking)
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expo import gates
 from expo.artifacts import fingerprint as model_fingerprint, read_card
 from expo.config import RegisterConfig, TrackingConfig
 from expo.errors import ModelError, TrackingError
@@ -412,14 +413,7 @@ def _decide(conn: Connection, name: str, version: int, cfg: RegisterConfig,
             champion: int | None) -> GateDecision:
     cand = _metric_value(conn, name, version, cfg.gate_metric)
     champ = _metric_value(conn, name, champion, cfg.gate_metric) if champion is not None else None
-    if champion == version:
-        decision = "already-champion"
-    elif cand is None or (champion is not None and champ is None):
-        decision = "no-metric"  # cannot prove an improvement: the champion stays
-    elif champion is None or cand > champ + cfg.gate_margin:
-        decision = "promoted"
-    else:
-        decision = "kept"
+    decision = gates.candidate_vs_champion(version, champion, cand, champ, cfg.gate_margin)
     return GateDecision(decision, version, champion, cand, champ, cfg.gate_metric)
 
 

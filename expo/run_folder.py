@@ -1,8 +1,17 @@
-"""Which tracking store `expo models` and `expo promote` talk to, found the way a user expects.
+"""The local run folder of `expo run` (`./expo-runs/<name>`): its layout, and which tracking store
+`expo models` and `expo promote` talk to, found the way a user expects.
 
-Why: `expo run` keeps its MLflow store in its run folder (`expo-runs/<name>/mlflow.db`), so a plain
-`./mlflow.db` default finds nothing after a local run, and opening it would create an empty store as
-a side effect. The order, first match wins:
+The run folder is local only; the workspace (expo.workspace) is the folder shared by steps and runs,
+which `expo run` puts inside it as `workspace/` and a cluster mounts as a PVC. Layout:
+
+    expo-runs/<name>/expo-run.json   where the run's tracking store and log are (RUN_RECORD)
+                     expo-run.log    kfp.local's full output (LOG_FILE)
+                     mlflow.db       the tracking store, unless MLFLOW_TRACKING_URI points elsewhere
+                     workspace/      $EXPO_WORKSPACE (WORKSPACE_DIR)
+                     kfp/, kfp-cache/, config.yaml, summary.json, report.html, report.md
+
+Why the store lookup: `expo run` keeps its MLflow store in its run folder, so a plain `./mlflow.db`
+default finds nothing after a local run, and opening it would create an empty store as a side effect. The order, first match wins:
 
 1. `--tracking-uri URI`;
 2. `--run DIR`: the store that run folder's `expo-run.json` names, else its `mlflow.db`;
@@ -26,6 +35,19 @@ from expo.errors import TrackingError
 
 RUN_RECORD = "expo-run.json"  # written by `expo run` in its run folder
 RUNS_DIR = "expo-runs"
+STORE_FILE = "mlflow.db"  # the SQLite tracking store of a run folder (expo.tracking.resolve_tracking_uri)
+LOG_FILE = "expo-run.log"  # kfp.local's full output: executor dumps, task logs, warnings
+WORKSPACE_DIR = "workspace"  # the run's $EXPO_WORKSPACE
+
+
+def default_run_dir(name: str) -> Path:
+    """`./expo-runs/<name>`: where `expo run` works without --output."""
+    return Path(RUNS_DIR) / name
+
+
+def workspace_of(run_dir: Path) -> Path:
+    """The workspace (expo.workspace) of a local run folder."""
+    return run_dir / WORKSPACE_DIR
 
 
 def _sqlite(db: Path) -> str:
@@ -42,13 +64,13 @@ def store_of_run(run_dir: Path) -> str | None:
             uri = ""
         if uri:
             return uri
-    return _sqlite(run_dir / "mlflow.db") if (run_dir / "mlflow.db").is_file() else None
+    return _sqlite(run_dir / STORE_FILE) if (run_dir / STORE_FILE).is_file() else None
 
 
 def last_run(root: Path) -> Path | None:
     """The run folder under `root` whose record (or store) changed last."""
     def stamp(folder: Path) -> float:
-        marks = [folder / RUN_RECORD, folder / "mlflow.db"]
+        marks = [folder / RUN_RECORD, folder / STORE_FILE]
         return max((m.stat().st_mtime for m in marks if m.is_file()), default=-1.0)
 
     folders = [f for f in root.glob("*") if f.is_dir() and stamp(f) >= 0] if root.is_dir() else []
@@ -76,8 +98,8 @@ def find_tracking_uri(tracking_uri: str = "", run: str | None = None,
         uri = store_of_run(newest)
         if uri is not None:
             return _checked(uri, f"last run {os.path.relpath(newest, cwd)}")
-    if (cwd / "mlflow.db").is_file():
-        return _sqlite(cwd / "mlflow.db"), "./mlflow.db"
+    if (cwd / STORE_FILE).is_file():
+        return _sqlite(cwd / STORE_FILE), f"./{STORE_FILE}"
     raise TrackingError(f"no tracking store found: no --tracking-uri, --run, $MLFLOW_TRACKING_URI, run "
                         f"folder under ./{RUNS_DIR}/ or ./mlflow.db "
                         "(run `expo run` first, or pass --run DIR)")
@@ -92,4 +114,5 @@ def _checked(uri: str, why: str) -> tuple[str, str]:
     return uri, why
 
 
-__all__ = ["RUN_RECORD", "RUNS_DIR", "find_tracking_uri", "last_run", "store_of_run"]
+__all__ = ["LOG_FILE", "RUN_RECORD", "RUNS_DIR", "STORE_FILE", "WORKSPACE_DIR", "default_run_dir",
+           "find_tracking_uri", "last_run", "store_of_run", "workspace_of"]

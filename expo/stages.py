@@ -19,10 +19,12 @@ from typing import Any
 
 import yaml
 
+from expo import gates, workspace
 from expo.artifacts import META_FILE, read_card
-from expo.config import ExpoConfig, from_dict, to_dict
+from expo.config import ExpoConfig, to_dict
 from expo.explain import IN_DISTRIBUTION_FILE
 from expo.io import read_json, read_jsonl, write_json
+from expo.sections import partial_config
 
 # Which config sections each stage reads: its cache key covers these and nothing else.
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -34,7 +36,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("train", "explain", "generation", "prompts", "model", "cluster"),
     "report": ("evaluate", "register", "train"),
     "register": ("register", "model", "train"),
-    "finish": (),
+    "finish_run": (),  # the exit handler
 }
 
 
@@ -66,18 +68,10 @@ def stage_config_dict(text: str, params_text: str = "") -> dict[str, Any]:
 
 
 def load_stage_config(text: str, params_text: str = "") -> ExpoConfig:
-    """Rebuild the config from a stage's YAML and its parameters (sections it does not read keep their
-    defaults)."""
-    cfg = from_dict(ExpoConfig, stage_config_dict(text, params_text))
-    cfg.validate()
-    return cfg
-
-
-def workspace() -> Path | None:
-    """The shared folder that outlives a pipeline run ($EXPO_WORKSPACE: the run folder locally, a PVC
-    on a cluster): checkpoints to resume from and each run's summary live there."""
-    root = os.environ.get("EXPO_WORKSPACE")
-    return Path(root) if root else None
+    """Rebuild the config from a stage's YAML and its parameters. A section the text does not hold is
+    an expo.sections.MissingSection: library code that reads it raises one ConfigError naming it,
+    instead of running on defaults that may differ from the pipeline's config."""
+    return partial_config(stage_config_dict(text, params_text))
 
 
 def run_record_dir(run_key: str) -> Path | None:
@@ -86,14 +80,14 @@ def run_record_dir(run_key: str) -> Path | None:
     key, or the pipeline's run-key text (expo.params.run_key_text) with every parameter's value."""
     from expo.params import run_key_from_text
 
-    root = workspace()
-    return None if root is None else root / "runs" / run_key_from_text(run_key)
+    root = workspace.root()
+    return None if root is None else workspace.run_record_dir(root, run_key_from_text(run_key))
 
 
 def checkpoint_dir(config: str, arm: str, *input_dirs: str) -> Path | None:
     """A stable checkpoint folder for one training task, keyed by what it trains on (not by the
     run), so a killed run's retry or the next `expo run` resumes instead of starting over."""
-    root = workspace()
+    root = workspace.root()
     if root is None:
         return None
     h = hashlib.sha256(config.encode())
@@ -103,7 +97,7 @@ def checkpoint_dir(config: str, arm: str, *input_dirs: str) -> Path | None:
             marker = Path(input_dir) / name
             if marker.is_file():
                 h.update(marker.read_bytes())
-    return root / "checkpoints" / f"{arm}-{h.hexdigest()[:16]}"
+    return workspace.checkpoints_dir(root, f"{arm}-{h.hexdigest()[:16]}")
 
 
 @contextlib.contextmanager
@@ -126,13 +120,13 @@ def _stage_run(cfg: ExpoConfig, config: str, stage: str, arm: str | None = None,
 
 
 def record_error(message: str) -> None:
-    """Keep a stage's one-line error where `expo run` finds it ($EXPO_WORKSPACE/errors/<pipeline run id>):
+    """Keep a stage's one-line error where `expo run` finds it (expo.workspace.error_file):
     kfp.local only reports which task failed, and the cause would be lost in the task log. The first
     error of a run wins (a later one is usually a consequence, e.g. the exit handler's)."""
-    root, run_id = workspace(), os.environ.get("EXPO_PIPELINE_RUN_ID", "")
+    root, run_id = workspace.root(), os.environ.get("EXPO_PIPELINE_RUN_ID", "")
     if root is None or not run_id:
         return
-    path = root / "errors" / f"{run_id}.txt"
+    path = workspace.error_file(root, run_id)
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "x", encoding="utf-8") as fh:  # "x": never overwrite the first error
@@ -296,8 +290,9 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
         expl_stats = read_json(expl_stats_file) if expl_stats_file.is_file() else None
         in_dist_file = Path(explanations_dir) / IN_DISTRIBUTION_FILE
         in_dist = read_json(in_dist_file) if in_dist_file.is_file() else None
-        summary = build_summary(evaluations, cfg)
-        decision = registration_decision(summary, cfg)
+        summary = build_summary(evaluations)
+        decision = gates.best_arm_vs_base(summary["models"], cfg.register.gate_metric,
+                                          cfg.register.gate_margin)
         summary.update(decision)
         if decision["best_arm"] in selections:  # which training step the candidate's weights are
             summary["checkpoint"] = {"arm": decision["best_arm"], **selections[decision["best_arm"]]}
@@ -309,11 +304,11 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
         if decision["best_arm"]:
             link_tree(_find_arm_model([str(Path(d) / "model") for d in train_dirs], decision["best_arm"]),
                       Path(best_model_dir))
-        write_json(Path(output_dir) / "summary.json", summary)
+        write_json(Path(output_dir) / workspace.SUMMARY_FILE, summary)
         record = run_record_dir(run_key)
         if record is not None:
-            write_json(record / "summary.json", summary)
-            for name in ("report.html", "report.md"):
+            write_json(record / workspace.SUMMARY_FILE, summary)
+            for name in workspace.REPORT_FILES:
                 if (Path(output_dir) / name).is_file():
                     (record / name).write_bytes((Path(output_dir) / name).read_bytes())
         tracking.log_artifacts(output_dir, "report")
@@ -322,7 +317,7 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
     return summary
 
 
-def build_summary(evaluations: dict[str, dict], cfg: ExpoConfig) -> dict[str, Any]:
+def build_summary(evaluations: dict[str, dict]) -> dict[str, Any]:
     """{"models": {name: {"levels": {"1": {"pass@1": .., "pass@k": ..}}, "overall": {...}}}} on the
     validation split (the held-out fraction: the gate decides on it), "evaluated_on" saying so, and
     with a test set (data.test_source) "test": {"source": .., "models": {name: same shape}}."""
@@ -340,43 +335,18 @@ def build_summary(evaluations: dict[str, dict], cfg: ExpoConfig) -> dict[str, An
     return summary
 
 
-def gate_value(model_summary: dict[str, Any], metric: str) -> float:
-    """The gate metric of one model: `hardest_level_pass@1` or `overall_<metric>`."""
-    levels = model_summary.get("levels", {})
-    if metric.startswith("hardest_level_") and levels:
-        hardest = max(levels, key=int)
-        return float(levels[hardest].get(metric.removeprefix("hardest_level_"), math.nan))
-    if metric.startswith("overall_"):
-        return float(model_summary.get("overall", {}).get(metric.removeprefix("overall_"), math.nan))
-    return math.nan
-
-
-def registration_decision(summary: dict[str, Any], cfg: ExpoConfig) -> dict[str, Any]:
-    """Pick the best trained arm by the gate metric; register it only if it beats the base model."""
-    models = summary["models"]
-    metric = cfg.register.gate_metric
-    base_value = gate_value(models["base"], metric)
-    arms = {name: gate_value(m, metric) for name, m in models.items() if name != "base"}
-    arms = {name: value for name, value in arms.items() if not math.isnan(value)}
-    if not arms:
-        return {"best_arm": "", "best_value": math.nan, "base_value": base_value, "register": False}
-    best = max(sorted(arms), key=arms.get)
-    improved = math.isnan(base_value) or arms[best] > base_value + cfg.register.gate_margin
-    return {"best_arm": best, "best_value": arms[best], "base_value": base_value, "register": improved}
-
-
 def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: str,
              params: str = "") -> dict[str, Any]:
     """Register the chosen arm's model, alias it `candidate`, and run the champion gate."""
     from expo import registry
 
     cfg = load_stage_config(config, params)
-    summary = read_json(Path(summary_dir) / "summary.json")
+    summary = read_json(Path(summary_dir) / workspace.SUMMARY_FILE)
     with _stage_run(cfg, config, "register", arm=arm, params_text=params) as run:
         meta = read_card(model_dir)
         arm_summary = summary["models"][arm]
         gate_metric = cfg.register.gate_metric
-        metrics = {gate_metric: gate_value(arm_summary, gate_metric)}
+        metrics = {gate_metric: gates.gate_value(arm_summary, gate_metric)}
         metrics.update({f"level{lv}_{k}": v for lv, vals in arm_summary["levels"].items()
                         for k, v in vals.items()})
         tags = {"expo.arm": arm, "expo.algorithm": arm, "expo.base_model": meta.get("base", ""),
@@ -388,11 +358,11 @@ def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: s
     result = {**dataclasses.asdict(version), "gate": dataclasses.asdict(decision)}
     record = run_record_dir(run_key)
     if record is not None:
-        write_json(record / "registered.json", result)
+        write_json(record / workspace.REGISTERED_FILE, result)
     return result
 
 
-def finish(config: str, status: str, run_id: str) -> None:
+def finish_run(config: str, status: str, run_id: str) -> None:
     """The exit handler: tag the parent run with the KFP run id and close it with the pipeline status."""
     from expo import tracking
 

@@ -44,6 +44,7 @@ import expo
 from expo.artifacts import hash_file
 from expo.config import TrackingConfig, flatten
 from expo.errors import TrackingError
+from expo.run_folder import STORE_FILE
 
 # MLflow 3 phones home at exit by default; pipeline pods often have no egress and it delays every step.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -139,7 +140,7 @@ def resolve_tracking_uri(cfg: TrackingConfig, run_dir: Path | None = None) -> st
         return env
     folder = Path(run_dir) if run_dir is not None else Path.cwd()
     folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(folder / STORE_FILE).resolve()}"
 
 
 def sqlite_path(uri: str) -> Path | None:

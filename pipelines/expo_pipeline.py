@@ -28,12 +28,11 @@ from kfp import kubernetes as k8s
 import components as c
 from expo import params as P
 from expo.config import ExpoConfig, to_dict
+from expo.cluster.trainjob import KUEUE_LABEL, MLFLOW_CLIENT_LABEL
 from expo.stages import STAGE_SECTIONS, stage_config_yaml
+from expo.workspace import MOUNT_PATH, WORKSPACE_ENV
 
-WORKSPACE = "/workspace"  # where the shared PVC is mounted in every pod that moves model folders
-KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-STAGES = ("prepare_data", "prepare_model", "evaluate", "generate_explanations", "train", "report", "register",
-          "finish")
+STAGES = tuple(STAGE_SECTIONS)  # one task (or more) per stage, in the order they run
 
 
 def static_key(cfg: ExpoConfig) -> str:
@@ -67,7 +66,7 @@ def build_pipeline(cfg: ExpoConfig, for_cluster: bool = True) -> Callable[..., A
         values = dict(zip(names, args))  # KFP channels, filled in at run time
         par = {stage: P.template(P.stage_params(STAGE_SECTIONS[stage]), values) for stage in STAGES}
         key = P.run_key_text(static, values)
-        closer = place.small(c.finish_run(config=conf["finish"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+        closer = place.small(c.finish_run(config=conf["finish_run"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
                              cache=False, retries=True)
         with dsl.ExitHandler(closer, name="expo-run"):
             data = place.small(c.prepare_data(config=conf["prepare_data"], params=par["prepare_data"]),
@@ -160,10 +159,10 @@ class _Placement:
         if not self.for_cluster:
             return task
         task.set_container_image(self.cluster.image)
-        task.set_env_variable("EXPO_WORKSPACE", WORKSPACE)
-        k8s.mount_pvc(task, pvc_name=self.cluster.workspace_pvc, mount_path=WORKSPACE)
+        task.set_env_variable(WORKSPACE_ENV, MOUNT_PATH)
+        k8s.mount_pvc(task, pvc_name=self.cluster.workspace_pvc, mount_path=MOUNT_PATH)
         # manifests/base NetworkPolicy admits only pods with this label to the MLflow server.
-        k8s.add_pod_label(task, label_key="expo.pipeline/mlflow-client", label_value="true")
+        k8s.add_pod_label(task, label_key=MLFLOW_CLIENT_LABEL, label_value="true")
         # Credentials come from Kubernetes secrets at run time; no value is ever in the compiled YAML.
         k8s.use_secret_as_env(task, secret_name=self.cluster.mlflow_secret, secret_key_to_env={
             "tracking-uri": "MLFLOW_TRACKING_URI", "username": "MLFLOW_TRACKING_USERNAME",

@@ -26,17 +26,14 @@ from typing import Any
 
 import yaml
 
+from expo import workspace
 from expo.config import ExpoConfig, to_dict
 from expo.errors import ExpoError
 from expo.io import read_json, write_json
+from expo.run_folder import LOG_FILE, RUN_RECORD, default_run_dir, workspace_of
 from expo.terminal import Console, format_table
 from pipelines.expo_pipeline import build_pipeline, pipeline_arguments, run_key
 
-LOG_FILE = "expo-run.log"  # kfp.local's full output: executor dumps, task logs, warnings
-
-
-def default_run_dir(cfg: ExpoConfig) -> Path:
-    return Path("expo-runs") / cfg.name
 
 
 def check_writable(run_dir: Path) -> None:
@@ -97,7 +94,6 @@ def shown_path(path: Path) -> str:
 def write_run_record(run_dir: Path, tracking_uri: str, log_file: Path) -> None:
     """`expo-run.json`: where this run's tracking store and log are, for `expo models`/`expo promote`
     run later from the same folder (expo.run_folder reads it). Credentials never enter it."""
-    from expo.run_folder import RUN_RECORD
     from expo.tracking import redact_uri
 
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -108,7 +104,7 @@ def write_run_record(run_dir: Path, tracking_uri: str, log_file: Path) -> None:
 def _failure_cause(exc: RuntimeError, run_dir: Path) -> str:
     """The failed stage's own one-line error (expo.stages.record_error), else kfp.local's message
     without its colour codes."""
-    recorded = run_dir / "workspace" / "errors" / f"{os.environ.get('EXPO_PIPELINE_RUN_ID', '')}.txt"
+    recorded = workspace.error_file(workspace_of(run_dir), os.environ.get("EXPO_PIPELINE_RUN_ID", ""))
     if recorded.is_file():
         return recorded.read_text(encoding="utf-8").strip()
     return re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0] if str(exc) else repr(exc))
@@ -120,7 +116,7 @@ def _set_run_environment(cfg: ExpoConfig, run_dir: Path) -> None:
     from expo.tracking import resolve_tracking_uri
 
     os.environ["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(cfg.tracking, run_dir)
-    os.environ["EXPO_WORKSPACE"] = str(run_dir / "workspace")
+    os.environ[workspace.WORKSPACE_ENV] = str(workspace_of(run_dir))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     os.environ["EXPO_PIPELINE_RUN_ID"] = f"local-{stamp}-{uuid.uuid4().hex[:6]}"
     # kfp.local runs the ParallelFor's iterations (one per arm) at once: they share the cores (expo.cpu).
@@ -142,11 +138,11 @@ def collect_summary(cfg: ExpoConfig, run_dir: Path,
                     stages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Gather the report's summary, the registration and the stage records into run_dir/summary.json;
     copy the report, with the images report.md links, beside it."""
-    record = run_dir / "workspace" / "runs" / run_key(cfg)
-    if not (record / "summary.json").is_file():
+    record = workspace.run_record_dir(workspace_of(run_dir), run_key(cfg))
+    if not (record / workspace.SUMMARY_FILE).is_file():
         raise ExpoError(f"the pipeline finished but left no summary in {record}")
-    summary = read_json(record / "summary.json")
-    registered = record / "registered.json"
+    summary = read_json(record / workspace.SUMMARY_FILE)
+    registered = record / workspace.REGISTERED_FILE
     info = read_json(registered) if summary.get("register") and registered.is_file() else {}
     summary["registered_model_uri"] = info.get("uri")
     summary["registered_aliases"] = info.get("aliases", [])
@@ -156,7 +152,7 @@ def collect_summary(cfg: ExpoConfig, run_dir: Path,
     summary["stages"] = stages or []
     summary["cached_steps"] = [s["label"] for s in summary["stages"] if s["status"] == "cached"]
     write_json(run_dir / "summary.json", summary)
-    for name in ("report.html", "report.md"):
+    for name in workspace.REPORT_FILES:
         if (record / name).is_file():
             shutil.copyfile(record / name, run_dir / name)
     copy_report_images(run_dir / "report.md", record, *report_folders(summary["stages"]))
@@ -235,7 +231,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def main_run(cfg: ExpoConfig, output: str | None, verbose: bool = False) -> int:
-    run_dir = Path(output) if output else default_run_dir(cfg)
+    run_dir = Path(output) if output else default_run_dir(cfg.name)
     console = Console(sys.stdout)
     summary = run_local(cfg, run_dir, console, verbose=verbose)
     console.line()

@@ -57,7 +57,8 @@ def test_hash_file_streams_in_chunks_like_one_read(tmp_path):
     path.write_bytes(data)
     assert hash_file(path).hexdigest() == hashlib.sha256(data).hexdigest()
     digest = hashlib.sha256(b"prefix")
-    assert hash_file(path, digest) is digest and digest.hexdigest() == hashlib.sha256(b"prefix" + data).hexdigest()
+    assert hash_file(path, digest) is digest
+    assert digest.hexdigest() == hashlib.sha256(b"prefix" + data).hexdigest()
 
 
 def test_model_card_round_trip(tmp_path):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from expo.cluster.trainjob import WORKSPACE, build_trainjob
+from expo.cluster.trainjob import build_trainjob
+from expo.workspace import MOUNT_PATH
 from expo.io import read_json
 from tests.trainkit import make_folders, small_config
 
@@ -36,14 +37,14 @@ def test_trainjob_command_trains_an_arm_through_accelerate(tmp_path):
         "expo-exp-grpo-test",
         cfg,
         "exp-grpo",
-        f"{WORKSPACE}/data",
-        f"{WORKSPACE}/model",
-        f"{WORKSPACE}/out",
+        f"{MOUNT_PATH}/data",
+        f"{MOUNT_PATH}/model",
+        f"{MOUNT_PATH}/out",
         "ns",
-        explanations_path=f"{WORKSPACE}/explanations",
+        explanations_path=f"{MOUNT_PATH}/explanations",
     )
     trainer = job["spec"]["trainer"]
-    args = [a.replace(WORKSPACE, str(tmp_path)) for a in trainer["args"]]
+    args = [a.replace(MOUNT_PATH, str(tmp_path)) for a in trainer["args"]]
     env = {
         **os.environ,
         "PET_NODE_RANK": "0",

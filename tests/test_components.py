@@ -10,7 +10,7 @@ from kfp import dsl
 
 import components as c
 from expo.config import load_pipeline_config
-from expo.stages import stage_config_yaml
+from expo.stages import STAGE_SECTIONS, stage_config_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -34,9 +34,7 @@ def chain(tmp_path_factory):
     mp.setenv("EXPO_PIPELINE_RUN_ID", "components-test-run")
     mp.setenv("EXPO_WORKSPACE", str(root / "workspace"))
     cfg = load_pipeline_config(None, TINY)
-    conf = {stage: stage_config_yaml(cfg, stage) for stage in
-            ("prepare_data", "prepare_model", "evaluate", "generate_explanations", "train", "report",
-             "register", "finish")}
+    conf = {stage: stage_config_yaml(cfg, stage) for stage in STAGE_SECTIONS}
     a = {}
     a["data"], a["data_m"] = artifact(dsl.Dataset, root, "data"), artifact(dsl.Metrics, root, "data_m")
     c.prepare_data.python_func(config=conf["prepare_data"], data=a["data"], metrics=a["data_m"])
@@ -67,7 +65,7 @@ def chain(tmp_path_factory):
                                  summary=outs["summary"])
     status = dsl.PipelineTaskFinalStatus(state="SUCCEEDED", pipeline_job_resource_name="r",
                                          pipeline_task_name="t", error_code=None, error_message=None)
-    c.finish_run.python_func(config=conf["finish"], run_id="kfp-run-1", status=status)
+    c.finish_run.python_func(config=conf["finish_run"], run_id="kfp-run-1", status=status)
     yield root, a, decision, uri
     mp.undo()
 

@@ -5,10 +5,10 @@ import pytest
 import yaml
 
 from expo.config import load_config
+from expo.stages import STAGE_SECTIONS
 from pipelines.expo_pipeline import build_pipeline, compile_pipeline, run_key
 
-STAGES = ["prepare-data", "prepare-model", "evaluate", "generate-explanations", "train", "report",
-          "register", "finish-run"]
+STAGES = [stage.replace("_", "-") for stage in STAGE_SECTIONS]  # each stage's component, as KFP names it
 GPU_STEPS = ["exec-train", "exec-generate-explanations", "exec-evaluate", "exec-evaluate-2"]
 
 

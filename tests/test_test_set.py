@@ -99,7 +99,7 @@ def test_evaluation_covers_the_test_set_by_level(tmp_path, make_model_dir):
     assert test["split"] == "test" and test["source"] == str(tmp_path / "test.jsonl")
     assert test["questions"] == 3 and set(test["by_level"]) == {"1", "2", "3"}
     assert len(read_jsonl(tmp_path / "eval" / "test_samples.jsonl")) == 3 * 2
-    summary = build_summary({"base": metrics}, cfg)
+    summary = build_summary({"base": metrics})
     assert set(summary["models"]["base"]["levels"]) == set(metrics["by_level"])  # validation, as before
     assert summary["test"]["source"] == str(tmp_path / "test.jsonl")
     assert set(summary["test"]["models"]["base"]["levels"]) == {"1", "2", "3"}

@@ -17,9 +17,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from expo.cluster.launch import LogSink, TrainJobResult, launch_and_wait
-from expo.cluster.trainjob import WORKSPACE, build_trainjob
+from expo.cluster.trainjob import build_trainjob
 from expo.config import ExpoConfig
 from expo.errors import ConfigError
+from expo.workspace import MOUNT_PATH
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -54,7 +55,7 @@ def in_pods(path: Path | None, workspace: Path) -> str | None:
     """Where the job's pods see `path` (a folder under this pod's workspace mount): under /workspace."""
     if path is None:
         return None
-    return str(PurePosixPath(WORKSPACE) / path.resolve().relative_to(workspace.resolve()).as_posix())
+    return str(PurePosixPath(MOUNT_PATH) / path.resolve().relative_to(workspace.resolve()).as_posix())
 
 
 def launch_trainjob(
@@ -67,7 +68,7 @@ def launch_trainjob(
     *,
     api_client: Any = None,
     namespace: str | None = None,
-    workspace: str | Path = WORKSPACE,
+    workspace: str | Path = MOUNT_PATH,
     poll_s: float = 15.0,
     log_sink: LogSink | None = print,
     run_id: str | None = None,

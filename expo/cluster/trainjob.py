@@ -22,8 +22,10 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from expo.config import ExpoConfig, to_dict
+from expo.config import ExpoConfig
 from expo.errors import ConfigError
+from expo.sections import given_dict
+from expo.workspace import MOUNT_PATH, WORKSPACE_ENV
 
 KUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RUN_ID_ENV = "EXPO_MLFLOW_RUN_ID"  # expo.train.live.RUN_ID_ENV (not imported: that module pulls in MLflow)
@@ -32,7 +34,6 @@ GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
 PLURAL = "trainjobs"
 TRAINER_RELEASE = "v2.3.0"  # the Kubeflow Trainer release whose TrainJob API this object follows
-WORKSPACE = "/workspace"  # where the workspace PVC is mounted in every TrainJob pod
 NODE_CONTAINER = "node"  # the trainer container and replicated job of torch runtimes
 PATCH_MANAGER = "expo-pipeline"  # owner of our runtimePatches entry
 MLFLOW_CLIENT_LABEL = "expo.pipeline/mlflow-client"  # the NetworkPolicy lets only these pods reach MLflow
@@ -137,7 +138,7 @@ def worker_args(
     # and it holds no credential (those come from the secret in _env).
     args = [
         "--config-json",
-        json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":")),
+        json.dumps(given_dict(cfg), sort_keys=True, separators=(",", ":")),
         "--arm",
         arm,
         "--data",
@@ -167,8 +168,8 @@ def _env(cfg: ExpoConfig, run_id: str | None = None) -> list[dict[str, Any]]:
         from_secret("MLFLOW_TRACKING_URI", "tracking-uri"),
         from_secret("MLFLOW_TRACKING_USERNAME", "username"),
         from_secret("MLFLOW_TRACKING_PASSWORD", "password"),
-        {"name": "EXPO_WORKSPACE", "value": WORKSPACE},
-        {"name": "HF_HOME", "value": f"{WORKSPACE}/.cache/huggingface"},  # shared, writable model cache
+        {"name": WORKSPACE_ENV, "value": MOUNT_PATH},
+        {"name": "HF_HOME", "value": f"{MOUNT_PATH}/.cache/huggingface"},  # shared, writable model cache
     ] + ([{"name": RUN_ID_ENV, "value": run_id}] if run_id else []) + (
         [from_named("HF_TOKEN", cfg.cluster.hf_token_secret, "token")] if cfg.cluster.hf_token_secret else [])
 
@@ -188,7 +189,7 @@ def _workspace_patch(pvc: str, labels: dict[str, str]) -> dict[str, Any]:
         "spec": {
             "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": pvc}}],
             "containers": [
-                {"name": NODE_CONTAINER, "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE}]}
+                {"name": NODE_CONTAINER, "volumeMounts": [{"name": "workspace", "mountPath": MOUNT_PATH}]}
             ],
         },
     }
@@ -212,10 +213,10 @@ def _check_in_workspace(what: str, path: str) -> None:
     if (
         not p.is_absolute()
         or ".." in p.parts
-        or not p.is_relative_to(WORKSPACE)
-        or p == PurePosixPath(WORKSPACE)
+        or not p.is_relative_to(MOUNT_PATH)
+        or p == PurePosixPath(MOUNT_PATH)
     ):
         raise ConfigError(
-            f"TrainJob {what} {path!r}: must be a folder under {WORKSPACE} (the shared volume "
+            f"TrainJob {what} {path!r}: must be a folder under {MOUNT_PATH} (the shared volume "
             "every training node mounts)"
         )

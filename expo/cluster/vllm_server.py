@@ -31,9 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from expo.cluster.trainjob import KUEUE_LABEL, WORKSPACE
+from expo.cluster.trainjob import KUEUE_LABEL
 from expo.config import ExpoConfig
 from expo.errors import ConfigError, ExpoError
+from expo.workspace import MOUNT_PATH
 
 PORT = 8000  # vLLM's HTTP API; the NCCL group (TRL's vllm_group_port, 51216) is pod to pod as well
 STOP_FILE = "stop"  # written by the train step when the arm ends; the server pod then exits
@@ -95,8 +96,8 @@ def build_server_job(name: str, cfg: ExpoConfig, arm: str, model_path: str, stop
     """The batch/v1 Job (a dict for BatchV1Api) that serves `model_path` (under /workspace) for `arm`."""
     for what, path in (("model_path", model_path), ("stop_path", stop_path)):
         p = PurePosixPath(path)
-        if not p.is_absolute() or ".." in p.parts or not p.is_relative_to(WORKSPACE):
-            raise ConfigError(f"vLLM server {what} {path!r}: must lie under {WORKSPACE} (the shared volume)")
+        if not p.is_absolute() or ".." in p.parts or not p.is_relative_to(MOUNT_PATH):
+            raise ConfigError(f"vLLM server {what} {path!r}: must lie under {MOUNT_PATH} (the shared volume)")
     cluster = cfg.cluster
     labels = {"app.kubernetes.io/part-of": "expo-pipeline", "app.kubernetes.io/component": "vllm-server",
               "expo.pipeline/arm": arm}
@@ -107,12 +108,12 @@ def build_server_job(name: str, cfg: ExpoConfig, arm: str, model_path: str, stop
         "command": ["/bin/sh", "-c", _wrapper(server_command(cfg, model_path), stop_path)],
         # TRL's weight sync goes through vLLM's development endpoints (/init_weight_transfer_engine).
         "env": [{"name": "VLLM_SERVER_DEV_MODE", "value": "1"},
-                {"name": "HF_HOME", "value": f"{WORKSPACE}/.cache/huggingface"}],
+                {"name": "HF_HOME", "value": f"{MOUNT_PATH}/.cache/huggingface"}],
         "ports": [{"name": "http", "containerPort": PORT}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": 10,
                            "failureThreshold": 3},
         "resources": {"requests": dict(gpus), "limits": dict(gpus)},
-        "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE},
+        "volumeMounts": [{"name": "workspace", "mountPath": MOUNT_PATH},
                          {"name": "dshm", "mountPath": "/dev/shm"}],  # tensor-parallel workers share memory
     }
     pod_labels = dict(labels)  # no MLflow client label: the server never talks to MLflow
@@ -171,7 +172,7 @@ def wait_ready(core: Any, name: str, namespace: str, timeout_s: float, poll_s: f
 
 @contextlib.contextmanager
 def rollout_server(cfg: ExpoConfig, arm: str, model_dir: str | Path, *, api_client: Any = None,
-                   namespace: str | None = None, workspace: str | Path = WORKSPACE,
+                   namespace: str | None = None, workspace: str | Path = MOUNT_PATH,
                    ready_timeout_s: float = 1800.0, poll_s: float = 10.0) -> Iterator[ExpoConfig]:
     """`cfg` for the arm's training: unchanged unless it needs a server (needs_server); then a copy
     whose `generation.vllm_server_url` points at a server started for it, stopped when the block ends.

@@ -17,8 +17,9 @@ import argparse
 import json
 import sys
 
-from expo.config import ExpoConfig, from_dict
+from expo.config import ExpoConfig
 from expo.errors import ConfigError, ExpoError
+from expo.sections import partial_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,9 +43,7 @@ def load_config_json(text: str) -> ExpoConfig:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--config-json: not valid JSON ({exc.msg} at character {exc.pos})") from None
-    cfg = from_dict(ExpoConfig, data)
-    cfg.validate()
-    return cfg
+    return partial_config(data)  # the sections the train step was given, as in its own process
 
 
 def main(argv: list[str] | None = None) -> int:

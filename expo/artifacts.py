@@ -11,6 +11,8 @@ One definition of each, so a stage that writes a folder and one that reads it ca
   (resumable training state). The same bytes give the same key whatever the folder is called, so it
   keys the explanation cache, and the MLflow tag `expo.fingerprint` holds it both on the prepare-model
   run and on every registered version (where it makes registration idempotent).
+- **A downloaded model**: an MLflow download holds the Hugging Face folder at its top or one level
+  down (the transformers flavor); `find_model_folder` finds it.
 - **A required table**: a stage that needs `train.jsonl` (or `explanations.jsonl`) from an earlier
   stage's folder raises DataError naming the folder and the file, not a bare FileNotFoundError.
 
@@ -97,6 +99,18 @@ def fingerprint(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
+def find_model_folder(root: Path, source: str = "") -> Path:
+    """The folder under `root` that holds a Hugging Face model (config.json), shallowest first.
+
+    MLflow layouts differ: a version registered from a folder is that folder; a transformers-flavour
+    model keeps the weights one level down. `source` (the URI it came from) names it in the error.
+    """
+    candidates = sorted((p.parent for p in root.rglob("config.json")), key=lambda p: len(p.parts))
+    if not candidates:
+        raise ModelError(f"model {source or str(root)!r}: downloaded, but no config.json inside")
+    return candidates[0]
+
+
 def read_table(folder: str | Path, name: str, keys: Sequence[str] = (), *, kind: str = "data",
                hint: str = "", nonempty: bool = False) -> list[dict[str, Any]]:
     """The rows of `folder/name`, a JSONL table an earlier stage wrote.
@@ -116,5 +130,5 @@ def read_table(folder: str | Path, name: str, keys: Sequence[str] = (), *, kind:
     return rows
 
 
-__all__ = ["META_FILE", "MODEL_FILES", "PICKLE_WEIGHTS", "SAFE_WEIGHTS", "card_path", "fingerprint",
-           "hash_file", "model_files", "read_card", "read_table", "write_card"]
+__all__ = ["META_FILE", "MODEL_FILES", "PICKLE_WEIGHTS", "SAFE_WEIGHTS", "card_path", "find_model_folder",
+           "fingerprint", "hash_file", "model_files", "read_card", "read_table", "write_card"]

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from expo.artifacts import find_model_folder
 from expo.config import EvaluateConfig, ExpoConfig, PromptConfig, TrackingConfig
 from expo.errors import DataError, ExpoError, ModelError, TrackingError
 from expo.io import read_json, read_jsonl, write_json, write_jsonl
@@ -115,18 +116,6 @@ def resolve_model(source: str, dst: str | Path, tracking: TrackingConfig | None 
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TrackingError(f"cannot download model {source!r} from MLflow: {first}") from None
     return find_model_folder(root, source)
-
-
-def find_model_folder(root: Path, source: str = "") -> Path:
-    """The folder under `root` that holds a Hugging Face model (config.json), shallowest first.
-
-    MLflow layouts differ: a version registered from a folder is that folder; a transformers-flavour
-    model keeps the weights one level down.
-    """
-    candidates = sorted((p.parent for p in root.rglob("config.json")), key=lambda p: len(p.parts))
-    if not candidates:
-        raise ModelError(f"model {source or str(root)!r}: downloaded, but no config.json inside")
-    return candidates[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from expo import gates
-from expo.artifacts import fingerprint as model_fingerprint, read_card
+from expo.artifacts import find_model_folder, read_card
+from expo.artifacts import fingerprint as model_fingerprint
 from expo.config import RegisterConfig, TrackingConfig
 from expo.errors import ModelError, TrackingError
 from expo.tracking import Connection, connect, mlflow_key, redact_uri, sqlite_path
@@ -530,8 +531,6 @@ def download_model(uri: str, dst: str | Path, *, tracking: TrackingConfig | None
     root = Path(path)
     if (root / "config.json").is_file() or (root / "adapter_config.json").is_file():
         return root
-    from expo.evaluate import find_model_folder
-
     folder = find_model_folder(root, uri)
     # The transformers flavor keeps the tokenizer apart (components/tokenizer): put it beside the weights,
     # so the folder is a whole Hugging Face model folder again.

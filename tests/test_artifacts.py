@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from expo.artifacts import META_FILE, card_path, fingerprint, hash_file, read_card, read_table, write_card
+from expo.artifacts import (META_FILE, card_path, find_model_folder, fingerprint, hash_file, read_card, read_table,
+                             write_card)
 from expo.errors import DataError, ModelError
 from expo.io import write_jsonl
 
@@ -59,6 +60,18 @@ def test_hash_file_streams_in_chunks_like_one_read(tmp_path):
     digest = hashlib.sha256(b"prefix")
     assert hash_file(path, digest) is digest
     assert digest.hexdigest() == hashlib.sha256(b"prefix" + data).hexdigest()
+
+
+def test_find_model_folder_takes_the_shallowest_config(tmp_path):
+    nested = tmp_path / "art" / "model" / "weights"
+    nested.mkdir(parents=True)
+    (nested / "config.json").write_text("{}")
+    assert find_model_folder(tmp_path / "art") == nested
+    (tmp_path / "art" / "model" / "config.json").write_text("{}")  # one level up wins
+    assert find_model_folder(tmp_path / "art") == tmp_path / "art" / "model"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="models:/x/1.*no config.json"):
+        find_model_folder(tmp_path / "empty", "models:/x/1")
 
 
 def test_model_card_round_trip(tmp_path):

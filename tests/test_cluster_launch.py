@@ -262,7 +262,7 @@ def test_job_state_reads_conditions_then_progress(status, phase, reason):
 
 
 def test_launch_trainjob_stages_inputs_and_fetches_the_model(tmp_path):
-    """submit.launch_trainjob: inputs copied onto the workspace, the job's output copied back."""
+    """submit_trainjob.launch_trainjob: inputs copied onto the workspace, the job's output copied back."""
     from expo.cluster import launch_trainjob
 
     workspace, task = tmp_path / "workspace", tmp_path / "task"

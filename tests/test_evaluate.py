@@ -12,7 +12,7 @@ import torch
 from expo.answers import UnbalancedBraces, last_boxed
 from expo.config import EvaluateConfig, ExpoConfig, PromptConfig
 from expo.errors import ConfigError, DataError, ModelError, TrackingError
-from expo.evaluate import (build_metrics, find_model_folder, flat_metrics, in_distribution_check,
+from expo.evaluate import (build_metrics, flat_metrics, in_distribution_check,
                            load_eval_rows, mean_token_logprobs, model_summary, resolve_model,
                            run_evaluation, summarize_levels)
 from expo.io import read_json, read_jsonl, write_jsonl
@@ -144,13 +144,6 @@ def test_resolve_model_local_paths(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path / "m"), tmp_path / "dl") == tmp_path / "m"
-    nested = tmp_path / "art" / "model" / "weights"
-    nested.mkdir(parents=True)
-    (nested / "config.json").write_text("{}")
-    assert find_model_folder(tmp_path / "art") == nested
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="no config.json"):
-        find_model_folder(tmp_path / "empty")
 
 
 def test_resolve_model_from_mlflow_registry(tmp_path, monkeypatch, no_tracking_env, sqlite_store):

@@ -112,8 +112,6 @@ def test_expo_train_has_no_import_cycle() -> None:
     assert find_cycle(train) is None
 
 
-@pytest.mark.xfail(strict=True, reason="expo.evaluate imports expo.registry.download_model and expo.registry "
-                                       "imports expo.evaluate.find_model_folder (issue 21: not yet moved)")
 def test_expo_has_no_import_cycle() -> None:
     graph = import_graph(ROOT / "expo")
     assert len(graph) > 50

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from expo.config import load_pipeline_config
     from expo.params import parse_cli
-    from pipelines.submit import submit
+    from pipelines.kfp_client import submit
 
     cfg = load_pipeline_config(args.config, args.overrides)
     arguments = parse_cli(args.params)

@@ -185,7 +185,7 @@ def rollout_server(cfg: ExpoConfig, arm: str, model_dir: str | Path, *, api_clie
         return
     from kubernetes import client  # here: only the cluster path needs the client
 
-    from expo.cluster.submit import _api_client, _own_namespace, in_pods, stage_inputs
+    from expo.cluster.submit_trainjob import _api_client, _own_namespace, in_pods, stage_inputs
 
     try:
         api_client = api_client or _api_client()

@@ -1,4 +1,6 @@
-"""Submitting the compiled pipeline to a Kubeflow Pipelines endpoint."""
+"""The Kubeflow Pipelines client side of `expo submit`: compile the pipeline and start a run on an
+endpoint (the CLI command is expo/cli/submit.py; a TrainJob from inside a task is
+expo/cluster/submit_trainjob.py)."""
 
 from __future__ import annotations
 

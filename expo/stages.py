@@ -349,7 +349,7 @@ def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: s
         metrics = {gate_metric: gates.gate_value(arm_summary, gate_metric)}
         metrics.update({f"level{lv}_{k}": v for lv, vals in arm_summary["levels"].items()
                         for k, v in vals.items()})
-        tags = {"expo.arm": arm, "expo.algorithm": arm, "expo.base_model": meta.get("base", ""),
+        tags = {"expo.arm": arm, "expo.base_model": meta.get("base", ""),
                 "expo.expo_beta": str(meta.get("expo_beta", cfg.train.expo_beta))}
         version = registry.log_and_register(model_dir, cfg.register.model_name, cfg.register, tags=tags,
                                             metrics=metrics, run_id=run.run_id, tracking=cfg.tracking)

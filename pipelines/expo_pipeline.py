@@ -32,7 +32,6 @@ from expo.cluster.trainjob import KUEUE_LABEL, MLFLOW_CLIENT_LABEL
 from expo.stages import STAGE_SECTIONS, stage_config_yaml
 from expo.workspace import MOUNT_PATH, WORKSPACE_ENV
 
-STAGES = tuple(STAGE_SECTIONS)  # one task (or more) per stage, in the order they run
 
 
 def static_key(cfg: ExpoConfig) -> str:
@@ -57,14 +56,15 @@ def pipeline_arguments(cfg: ExpoConfig) -> dict[str, Any]:
 def build_pipeline(cfg: ExpoConfig, for_cluster: bool = True) -> Callable[..., Any]:
     """The pipeline function for `cfg`. `for_cluster=False` leaves out Kubernetes-only settings
     (kfp.local ignores them and warns about each)."""
-    conf = {stage: stage_config_yaml(cfg, stage, parameterised=True) for stage in STAGES}
+    conf = {stage: stage_config_yaml(cfg, stage, parameterised=True) for stage in STAGE_SECTIONS}
     static = static_key(cfg)
     place = _Placement(cfg, for_cluster)
     names = [p.name for p in P.PARAMETERS]
 
     def expo_pipeline(*args: Any) -> None:
         values = dict(zip(names, args))  # KFP channels, filled in at run time
-        par = {stage: P.template(P.stage_params(STAGE_SECTIONS[stage]), values) for stage in STAGES}
+        par = {stage: P.template(P.stage_params(sections), values)
+               for stage, sections in STAGE_SECTIONS.items()}
         key = P.run_key_text(static, values)
         closer = place.small(c.finish_run(config=conf["finish_run"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
                              cache=False, retries=True)

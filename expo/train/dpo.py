@@ -40,6 +40,7 @@ from expo.train.explanations import OnlineRegenerator, Regenerate, make_buffer
 from expo.train.final_model import save_final_model
 from expo.train.metrics_jsonl import MetricsWriter
 from expo.train.policy import load_policy, lora_config
+from expo.train.progress import StepProgress
 from expo.train.resume import latest_valid_checkpoint
 from expo.train.rewards import RewardFn
 
@@ -147,6 +148,7 @@ def train_dpo(cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path
     regenerate = regenerate or shared
     sample_solutions = sample_solutions or default_sampler(cfg, tokenizer, shared)
     writer = MetricsWriter(out / "metrics.jsonl", "exp-dpo")
+    progress = StepProgress("exp-dpo", total=cfg.train.steps)  # one step N/steps over all rounds
     plan = round_steps(cfg.train.steps, cfg.train.dpo_rounds)
     start, resume_ckpt, round_log = _resume_point(checkpoint_dir, plan, buffer, writer)
     policy = _latest_policy(checkpoint_dir, start)
@@ -164,8 +166,10 @@ def train_dpo(cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path
             entry["pairs"] = len(pairs)
             if pairs:
                 done_steps = sum(e["steps"] for e in round_log)
+                progress.offset = done_steps
                 model = _train_round(model, tokenizer, pairs, cfg, folder, r, plan[r], on_gpu, writer,
-                                     done_steps, callbacks, resume_ckpt if r == start else None)
+                                     done_steps, [progress, *(callbacks or [])],
+                                     resume_ckpt if r == start else None)
                 entry["steps"] = plan[r]
             else:
                 entry["skipped"] = NO_PAIRS

@@ -19,6 +19,7 @@ from expo.progress import Progress
 FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reward", ("reward", "reward_mean")),
     ("expo", ("expo_term",)),  # weight x NLL: what the ExPO term added to the loss
+    ("margin", ("rewards/margins",)),  # ExP-DPO: chosen minus rejected implicit reward (TRL's DPO log)
     ("loss", ("total_loss", "loss")),
 )
 
@@ -37,18 +38,24 @@ def step_text(step: int, total: int, logs: dict[str, Any]) -> str:
 
 
 class StepProgress(TrainerCallback):
-    """Prints `step_text` for arm `arm` as the trainer logs each step."""
+    """Prints `step_text` for arm `arm` as the trainer logs each step.
 
-    def __init__(self, arm: str, every_s: float = 2.0) -> None:
+    `total` (default: the trainer's max_steps) and `offset` (steps done before this trainer) count an
+    arm trained by several trainers in turn, ExP-DPO's rounds, as one `step N/total` sequence.
+    """
+
+    def __init__(self, arm: str, every_s: float = 2.0, total: int | None = None) -> None:
         self.tick = Progress(f"train {arm}", every_s=every_s)
         self.main = int(os.environ.get("RANK", "0")) == 0
+        self.total, self.offset = total, 0
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                **kw: Any) -> None:
         if not self.main or not logs or "loss" not in logs or "train_loss" in logs:
             return
-        total = state.max_steps or args.max_steps
-        self.tick.update(step_text(state.global_step, total, logs), force=state.global_step >= total)
+        total = self.total or state.max_steps or args.max_steps
+        step = self.offset + state.global_step
+        self.tick.update(step_text(step, total, logs), force=step >= total)
 
 
 __all__ = ["StepProgress", "step_text"]

@@ -61,11 +61,8 @@ def missing(cfg: ExpoConfig) -> list[str]:
 def given_dict(cfg: ExpoConfig) -> dict[str, Any]:
     """`cfg` as plain data without its missing sections (what partial_config rebuilds it from)."""
     absent = missing(cfg)
-    present = dataclasses.replace(cfg, **{name: ExpoConfig.__dataclass_fields__[name].default_factory()
-                                          for name in absent})  # type: ignore[misc]
-    data = to_dict(present)
-    for name in absent:
-        del data[name]
+    data: dict[str, Any] = {"name": cfg.name}
+    data.update({name: to_dict(getattr(cfg, name)) for name in SECTIONS if name not in absent})
     return data
 
 

@@ -2,8 +2,9 @@
 
 Each function wraps one library stage with its MLflow nested run, so a KFP component (components/)
 is one call here and nothing else, and the same stages run from tests without kfp. Every stage takes
-only the config sections it depends on (`stage_config_yaml`), so changing a training setting leaves
-the data, model and explanation steps' inputs untouched and KFP serves them from cache.
+only the config sections it depends on (`STAGE_SECTIONS`, `stage_config_yaml`), so changing a training
+setting leaves the data, model and explanation steps' inputs untouched and KFP serves them from cache;
+reading any other section is an error (`load_stage_config`, expo.sections), not a silent default.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from expo.answers import last_boxed
-from expo.artifacts import read_card
+from expo.artifacts import fingerprint, read_card
 from expo.config import ModelConfig, PromptConfig
 from expo.errors import DataError
 from expo.io import write_jsonl
@@ -69,6 +69,7 @@ def test_build_warm_model_saves_a_loadable_seeded_model(tmp_path) -> None:
     assert (out / "model.safetensors").is_file()
     meta = read_card(out)
     assert meta["base"] == "builtin:tiny" and meta["warmup"]["steps"] == 3
+    assert meta["fingerprint"] == fingerprint(out)  # the folder's, as on every other model card
     assert meta["warmup"]["examples"] == 3 * 6 + 900  # 6 rows of level 1: two formats, one hint-only; repeats
     tok = load_tokenizer(out)
     model = AutoModelForCausalLM.from_pretrained(out)

@@ -146,6 +146,7 @@ def test_sigkill_mid_training_then_rerun_resumes_and_matches_an_uninterrupted_ru
     import torch
     from safetensors.torch import load_file
 
+    from expo.artifacts import META_FILE
     from expo.config import load_config
     from expo.io import read_json, read_jsonl
     from expo.stages import load_stage_config, stage_config_yaml
@@ -166,7 +167,7 @@ def test_sigkill_mid_training_then_rerun_resumes_and_matches_an_uninterrupted_ru
     # The same training uninterrupted, on the very inputs the pipeline used, with a fresh checkpoint folder.
     cfg = load_stage_config(stage_config_yaml(load_config(run.out / "config.yaml"), "train"))
     data = _step_outputs(run.out, "prepare-data", "train.jsonl")[0]
-    model = _step_outputs(run.out, "prepare-model", "expo_model.json")[0]
+    model = _step_outputs(run.out, "prepare-model", META_FILE)[0]
     explanations = _step_outputs(run.out, "generate-explanations", "explanations.jsonl")[0]
     whole = tmp_path / "whole"
     train_arm("grpo", cfg, data, model, explanations, whole, checkpoint_dir=tmp_path / "ckpt")

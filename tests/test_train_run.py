@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from expo.artifacts import card_path, read_card
 from expo.errors import ConfigError, DataError
 from expo.io import read_jsonl
 from expo.modeling import load_tokenizer
@@ -36,7 +36,7 @@ def test_outputs_metrics_and_model_folder(tmp_path: Path) -> None:
         assert row["explanations_used"] == 2.0 and row["acceptance"] == 1.0
         assert row["time/generation"] > 0 and row["time/backward"] > 0
     assert summary["steps"] == 2 and summary["final_metrics"]["step"] == 2
-    card = json.loads((tmp_path / "out" / "model" / "expo_model.json").read_text())
+    card = read_card(tmp_path / "out" / "model")
     assert card["arm"] == "exp-grpo" and card["expo_beta"] == 0.1 and card["parent"] == str(f["model"])
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
     assert load_tokenizer(tmp_path / "out" / "model")("1+1=")["input_ids"]
@@ -65,7 +65,7 @@ def test_bad_configs_fail_before_any_work(tmp_path: Path, arm: str, change: dict
 def test_refuses_to_overwrite_a_trained_model(tmp_path: Path) -> None:
     f = make_folders(tmp_path)
     (tmp_path / "out" / "model").mkdir(parents=True)
-    (tmp_path / "out" / "model" / "expo_model.json").write_text("{}")
+    card_path(tmp_path / "out" / "model").write_text("{}")
     with pytest.raises(ConfigError, match="already holds a trained model"):
         train_arm("grpo", small_config(), f["data"], f["model"], None, tmp_path / "out", reward_fn=zero_reward)
 

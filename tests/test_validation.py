@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from expo.artifacts import read_card
 from expo.config import load_config
 from expo.errors import ConfigError
 from expo.io import read_json, read_jsonl, write_json, write_jsonl
 from expo.train import train_arm
-from expo.train.validation import curve_rows, select_checkpoint
+from expo.train.validation import _gate_value, curve_rows, select_checkpoint
 from tests.trainkit import boxed_reward, make_folders, small_config
 
 
@@ -39,11 +40,22 @@ def test_select_best_replaces_the_weights_and_says_which_step(tmp_path, make_mod
     assert selection == {"select": "best", "chosen": "best", "step": 2, "final_step": 3,
                          "metric": "hardest_level_pass@1", "value": 0.3, "validations": 3}
     assert all((_weights(out / "model")[k] == _weights(best)[k]).all() for k in _weights(best))
-    card = read_json(out / "model" / "expo_model.json")
+    card = read_card(out / "model")
     assert (card["selected_step"], card["selected_by"]) == (2, "best")
     assert not (out / "best").exists() and read_json(out / "selection.json") == selection
     assert curve_rows(read_jsonl(out / "validation.jsonl"))[1] == {
         "step": 2, "val/overall/pass_at_1": 0.35, "val/level1/pass_at_1": 0.4, "val/level5/pass_at_1": 0.3}
+
+
+@pytest.mark.parametrize("levels, overall, metric, expected", [
+    ({"1": 0.5, "10": 0.25, "2": 0.75}, 0.5, "hardest_level_pass@1", 0.25),  # level 10 by number, not text
+    ({"1": 0.5, "5": 0.1}, 0.3, "overall_pass@1", 0.3),
+    ({}, 0.3, "hardest_level_pass@1", None),  # no level: no hardest level
+    ({"1": 0.5}, 0.3, "overall_pass@8", None),  # a validation point holds pass@1 only
+])
+def test_gate_value_of_a_validation_point(levels, overall, metric, expected):
+    value = _gate_value(levels, overall, metric)
+    assert value != value if expected is None else value == expected  # None: NaN
 
 
 def test_best_needs_validation():

@@ -20,7 +20,6 @@ replaced atomically and `stats.json` goes last, so a failed run leaves what was 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expo.artifacts import hash_file
 from expo.config import DataConfig
 from expo.data import split as splitting
 from expo.data.normalize import (FILTER_REASONS, SKIP_REASONS, Schema, Skip, normalise_row, question_key,
@@ -214,7 +214,7 @@ def _check_against(cfg: DataConfig, output_dir: Path) -> None:
 
 
 def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hash_file(path).hexdigest()
 
 
 def _level_counts(train: list[dict[str, Any]], held: list[dict[str, Any]]) -> dict[str, dict[str, int]]:

@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 
 from expo.artifacts import card_path, fingerprint, read_card, write_card
 from expo.config import EvaluateConfig, ExpoConfig
+from expo.gates import gate_value
 from expo.io import read_json, read_jsonl, write_json
 from expo.train.distributed import is_main_process
 
@@ -41,12 +42,13 @@ BEST_DIR = "best"
 
 
 def _gate_value(levels: dict[str, float], overall: float, metric: str) -> float:
-    """`hardest_level_pass@1` or `overall_pass@1` of one validation (NaN for other metrics)."""
-    if metric == "hardest_level_pass@1" and levels:
-        return levels[max(levels, key=int)]
-    if metric == "overall_pass@1":
-        return overall
-    return math.nan
+    """`hardest_level_pass@1` or `overall_pass@1` of one validation (NaN for other metrics).
+
+    The gate's own reading (expo.gates.gate_value), so "the hardest level" means the same while
+    training and at the report: a validation point holds pass@1 alone, put here in a summary's shape.
+    """
+    summary = {"levels": {lv: {"pass@1": v} for lv, v in levels.items()}, "overall": {"pass@1": overall}}
+    return gate_value(summary, metric)
 
 
 class Validator(TrainerCallback):

@@ -94,13 +94,13 @@ def test_the_wrapper_stops_vllm_on_the_stop_file_and_passes_a_crash_through(tmp_
     """The pod's shell script, run for real with stand-ins for vLLM: a server that runs until stopped
     ends with 0 once the stop file appears; a server that dies ends with its own status."""
     stop = tmp_path / "stop"
-    runs = subprocess.Popen(["/bin/sh", "-c", _wrapper(["sleep", "600"], str(stop))])
+    runs = subprocess.Popen(["/bin/sh", "-c", _wrapper(["sleep", "600"], str(stop), poll_s=0.2)])
     time.sleep(1)
     assert runs.poll() is None  # serving
     stop.write_text("done\n")
     assert runs.wait(timeout=30) == 0
-    crash = subprocess.run(["/bin/sh", "-c", _wrapper(["sh", "-c", "exit 3"], str(tmp_path / "never"))],
-                           timeout=30)
+    crash = subprocess.run(["/bin/sh", "-c", _wrapper(["sh", "-c", "exit 3"], str(tmp_path / "never"),
+                                                      poll_s=0.2)], timeout=30)
     assert crash.returncode == 3
 
 

@@ -81,11 +81,11 @@ def server_command(cfg: ExpoConfig, model_path: str) -> list[str]:
     ]
 
 
-def _wrapper(command: list[str], stop_file: str) -> str:
+def _wrapper(command: list[str], stop_file: str, poll_s: float = 5.0) -> str:
     """Run vLLM until the stop file appears (exit 0) or vLLM itself exits (its status)."""
     return (
         f"{shlex.join(command)} & pid=$!; "
-        f'while [ ! -f {shlex.quote(stop_file)} ] && kill -0 "$pid" 2>/dev/null; do sleep 5; done; '
+        f'while [ ! -f {shlex.quote(stop_file)} ] && kill -0 "$pid" 2>/dev/null; do sleep {poll_s:g}; done; '
         f'if [ -f {shlex.quote(stop_file)} ]; then kill "$pid"; wait "$pid"; exit 0; fi; '
         'wait "$pid"'
     )

@@ -7,9 +7,11 @@ the run's log file (pipelines/local_output.py routes it). The rules:
 
 - a stage prints `started` when it really runs, and ends with `done`/`FAILED` and its wall time, or with
   `cached` alone when kfp.local served it from cache; the end line carries the stage's headline;
-- while a stage runs, a line at least every `interval_s` seconds (its latest progress line, or
-  `still running`), so a silent minute never happens; on a terminal a live status line shows the
-  latest progress in between, rewritten in place;
+- while stages run, the terminal gets a line at least every `interval_s` seconds (the latest progress
+  line of the running stage silent longest, or `still running`), so a silent minute never happens; any
+  line counts, and stages running side by side (the arms) take turns instead of each printing its own
+  heartbeat, so the line count grows with the run's length, not with how many stages share it; on a
+  terminal a live status line shows the latest progress in between, rewritten in place;
 - colour and the live line only on a terminal (never in a file or a pipe), and never with $NO_COLOR.
 
     console = Console(sys.stdout)
@@ -99,9 +101,10 @@ class Console:
 
     out: TextIO
     colour: bool | None = None
-    interval_s: float = 28.0  # a line per running stage at least this often (the bar: every 30 s)
+    interval_s: float = 28.0  # a line at least this often while a stage runs (the bar: every 30 s)
     clock: Callable[[], float] = time.monotonic
     lines: int = 0  # permanent lines written so far
+    last_line_at: float | None = None  # when the latest permanent line was written (clock time)
     _stages: dict[int, _Stage] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _next_key: int = 0
@@ -120,6 +123,7 @@ class Console:
             self._clear_status()
             self.out.write((text if self.colour else strip_ansi(text)) + "\n")
             self.lines += 1
+            self.last_line_at = self.clock()
             self._draw_status()
             self.out.flush()
 
@@ -179,12 +183,14 @@ class Console:
             self._stage_line(stage.label, status, None if status == "cached" else seconds, headline)
 
     def tick(self) -> None:
-        """Called about once a second: the progress line of every stage silent for `interval_s`."""
+        """Called about once a second: after `interval_s` without a line, one progress line, from
+        the running stage whose own last line is oldest."""
         with self._lock:
             now = self.clock()
-            for stage in list(self._stages.values()):
-                if not stage.running or now - stage.last_line < self.interval_s:
-                    continue
+            running = [s for s in self._stages.values() if s.running]
+            quiet = self.last_line_at is None or now - self.last_line_at >= self.interval_s
+            if running and quiet:
+                stage = min(running, key=lambda s: s.last_line)
                 stage.last_line = now
                 detail = stage.latest if stage.fresh else "still running"
                 stage.fresh = False

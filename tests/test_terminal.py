@@ -84,6 +84,32 @@ def test_a_stage_that_runs_prints_started_progress_and_done():
     assert console.lines == 4 and "\x1b" not in out.getvalue()  # a StringIO is no terminal: no colour
 
 
+def test_stages_side_by_side_take_turns_so_lines_grow_with_time_not_with_stages():
+    """Two arms train at once: one heartbeat per 28 s for the terminal, the arm silent longest first;
+    any line (a stage ending) restarts the 28 s."""
+    out, clock = io.StringIO(), Clock()
+    console = Console(out, clock=clock, interval_s=28.0)
+    grpo, expo = console.stage_started("train grpo"), console.stage_started("train exp-grpo")
+    console.stage_running(grpo)
+    console.stage_running(expo)
+    console.progress(grpo, "train grpo", "step 3/50")
+    console.progress(expo, "train exp-grpo", "step 2/50")
+    for _ in range(3):  # 84 s: three heartbeats in all, not six
+        clock.now += 28
+        console.tick()
+    clock.now += 20
+    console.stage_finished(grpo, "done", 104.0, "50 steps")
+    clock.now += 20  # 20 s after the done line: no heartbeat yet
+    console.tick()
+    clock.now += 8
+    console.tick()
+    assert [line.split("  ")[0] + " " + line.split()[2] for line in out.getvalue().splitlines()] == [
+        "train grpo started", "train exp-grpo started",
+        "train grpo running", "train exp-grpo running", "train grpo running",  # in turns
+        "train grpo done", "train exp-grpo running",
+    ]
+
+
 def test_a_cache_hit_is_one_line_without_time_and_progress_inside_names_its_source():
     out, clock = io.StringIO(), Clock()
     console = Console(out, clock=clock, interval_s=5.0)

@@ -17,6 +17,7 @@ import pytest
 
 from expo.cluster import TrainJobError, launch_trainjob
 from expo.io import read_json, read_jsonl
+from expo.train.resume import checkpoint_problem
 from tests.test_cluster_launch import COMPLETE, FAILED, NS, FakeKubeAPI
 from tests.trainkit import make_folders, small_config
 
@@ -47,7 +48,9 @@ def test_retried_trainjob_resumes_from_the_last_complete_checkpoint(tmp_path):
         seen.append(body)
         proc = _worker(body, workspace)
         deadline = time.monotonic() + 300
-        while not (checkpoints / "checkpoint-2" / "trainer_state.json").is_file():
+        # Killed once checkpoint 2 is whole (what resume checks), not when its first file appears: the
+        # trainer writes trainer_state.json before the rest, and a kill in between rightly resumes from 1.
+        while not (checkpoints / "checkpoint-2").is_dir() or checkpoint_problem(checkpoints / "checkpoint-2"):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)  # the node dies: preempted, OOM-killed

@@ -60,7 +60,8 @@ def test_the_server_job_serves_the_model_for_trl_and_ends_itself():
     job = build_server_job("expo-vllm-1a2b3c4d", cfg, "exp-grpo", "/workspace/vllm-servers/x/model",
                            "/workspace/vllm-servers/x/stop", NS)
     spec = job["spec"]
-    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"]) == (0, 7200) and spec["ttlSecondsAfterFinished"] > 0
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"]) == (0, 7200)
+    assert spec["ttlSecondsAfterFinished"] > 0
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
@@ -169,7 +170,8 @@ class _Handler(BaseHTTPRequestHandler):
         if urlparse(self.path).path != JOBS:
             return self._reply(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
         if self.server.create_status != 201:
-            return self._reply(self.server.create_status, {"kind": "Status", "code": 403, "reason": "Forbidden"})
+            return self._reply(self.server.create_status,
+                               {"kind": "Status", "code": 403, "reason": "Forbidden"})
         self.server.jobs[body["metadata"]["name"]] = body
         self._reply(201, body)
 
@@ -221,7 +223,8 @@ def test_rollout_server_starts_waits_hands_the_url_and_stops(tmp_path):
 def test_rollout_server_refusals_and_timeouts_are_one_clear_error(tmp_path, monkeypatch):
     pytest.importorskip("kubernetes")
     cfg = server_cfg()
-    with FakeKubeAPI(ready_after=1, create_status=403) as api, pytest.raises(VllmServerError, match="jobs create"):
+    refused = pytest.raises(VllmServerError, match="jobs create")
+    with FakeKubeAPI(ready_after=1, create_status=403) as api, refused:
         with rollout_server(cfg, "grpo", _model(tmp_path), api_client=api.client(), namespace=NS,
                             workspace=tmp_path / "ws"):
             pass

@@ -205,8 +205,9 @@ def rollout_server(cfg: ExpoConfig, arm: str, model_dir: str | Path, *, api_clie
     try:
         client.BatchV1Api(api_client).create_namespaced_job(namespace, job)
     except client.ApiException as exc:
-        raise VllmServerError(f"vLLM server {namespace}/{name}: the API refused to create its Job: "
-                              f"HTTP {exc.status} {exc.reason} (the pipeline's Role needs jobs create)") from None
+        raise VllmServerError(
+            f"vLLM server {namespace}/{name}: the API refused to create its Job: HTTP {exc.status} "
+            f"{exc.reason} (the pipeline's Role needs jobs create)") from None
     try:
         url = wait_ready(client.CoreV1Api(api_client), name, namespace, ready_timeout_s, poll_s)
         served = copy.deepcopy(cfg)

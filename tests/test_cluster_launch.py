@@ -9,8 +9,6 @@ of the answers, not the Trainer controller.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -20,6 +18,7 @@ kubernetes = pytest.importorskip("kubernetes")
 
 from expo.cluster import TrainJobError, build_trainjob, job_state, launch_and_wait  # noqa: E402
 from expo.config import load_config  # noqa: E402
+from tests.fake_http import JsonHandler, LocalServer  # noqa: E402
 
 NS = "expo"
 JOBS = f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"
@@ -46,40 +45,20 @@ FAILED = {
 SUSPENDED = {"conditions": [{"type": "Suspended", "status": "True", "reason": "Suspended", "message": ""}]}
 
 
-class FakeKubeAPI(ThreadingHTTPServer):
+class FakeKubeAPI(LocalServer):
     """A FAKE Kubernetes API server (not a cluster): answers the TrainJob, pod-list and pod-log paths.
 
     `statuses` is the sequence of TrainJob `status` objects returned by successive GETs (the last one
     repeats); `create_error` makes the POST answer that HTTP status instead of 201.
     """
 
-    daemon_threads = True
-
     def __init__(self, statuses: list[dict], log: str = "", create_error: int | None = None, on_create=None):
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.statuses, self.log_text, self.create_error = list(statuses), log, create_error
         self.on_create = on_create  # stands in for the training nodes: called with the created object
         self.jobs: dict[str, dict] = {}
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, query)
         self.gets = 0
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.shutdown()
-        self.server_close()
-
-    def client(self):
-        conf = kubernetes.client.Configuration()
-        conf.host = self.url
-        return kubernetes.client.ApiClient(conf)
 
     def status_now(self) -> dict:
         status = self.statuses[min(self.gets, len(self.statuses) - 1)]
@@ -87,19 +66,8 @@ class FakeKubeAPI(ThreadingHTTPServer):
         return status
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: FakeKubeAPI
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def _reply(self, code: int, body, content_type: str = "application/json") -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _status(self, code: int, reason: str, message: str) -> None:
         self._reply(

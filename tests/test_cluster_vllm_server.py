@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -26,6 +24,7 @@ from expo.cluster.vllm_server import (
 )
 from expo.config import ExpoConfig
 from expo.errors import ConfigError
+from tests.fake_http import JsonHandler, LocalServer
 
 NS = "expo"
 JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
@@ -122,48 +121,19 @@ def test_server_url_once_ready_and_an_ended_pod_fails():
         server_url(_pod("Failed", False))
 
 
-class FakeKubeAPI(ThreadingHTTPServer):
+class FakeKubeAPI(LocalServer):
     """A FAKE Kubernetes API (not a cluster): creates Jobs, lists their pod, Ready from the Nth look."""
 
-    daemon_threads = True
-
     def __init__(self, ready_after: int, create_status: int = 201):
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.ready_after, self.create_status = ready_after, create_status
         self.jobs: dict[str, dict] = {}
         self.looks = 0
         self.selectors: list[str] = []
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.shutdown()
-        self.server_close()
-
-    def client(self):
-        import kubernetes
-
-        conf = kubernetes.client.Configuration()
-        conf.host = f"http://127.0.0.1:{self.server_address[1]}"
-        return kubernetes.client.ApiClient(conf)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: FakeKubeAPI
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

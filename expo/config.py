@@ -304,6 +304,11 @@ class TrainConfig:
     scale_rewards: ScaleRewards = "group"  # divide advantages by the group's std ("none": Dr. GRPO)
     mask_truncated_completions: bool = False  # completions cut at max_new_tokens get no loss
     top_entropy_quantile: float = 1.0  # policy loss on the top-rho entropy tokens only (1 = all)
+    # DAPO's overlong reward shaping (its Eq. 13, TRL's soft overlong punishment): a rollout longer than
+    # generation.max_new_tokens - overlong_buffer loses reward linearly, down to -1 at the cap, so
+    # running on to the cap costs what a wrong answer costs. 0 = off. Correctness alone decides which
+    # groups are solved (dynamic sampling, expo_on).
+    overlong_buffer: int = 0
     # Dynamic sampling fitted to ExPO (expo.train.group_filter): all-correct groups are dropped, all-wrong
     # groups kept for their NLL term (dropped in arms without one, as DAPO does), the step refilled from
     # further prompts for up to filter_max_rounds generation rounds in all.
@@ -361,6 +366,7 @@ class TrainConfig:
         _check(self.epsilon > 0.0, at, "epsilon", "must be positive")
         _check(self.epsilon_high is None or self.epsilon_high > 0.0, at, "epsilon_high", "must be positive")
         _check(0.0 <= self.top_entropy_quantile <= 1.0, at, "top_entropy_quantile", "must be in [0, 1]")
+        _check(self.overlong_buffer >= 0, at, "overlong_buffer", "must be >= 0 (tokens; 0 = off)")
         _check(self.filter_max_rounds >= 1, at, "filter_max_rounds",
                "must be >= 1 (generation rounds per step, the first included)")
         for arm, overrides in self.arm_overrides.items():
@@ -477,6 +483,9 @@ class ExpoConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate(f.name)
+        _check(self.train.overlong_buffer < self.generation.max_new_tokens, at, "train.overlong_buffer",
+               f"must be below generation.max_new_tokens ({self.generation.max_new_tokens}): the "
+               "penalty starts that many tokens before the cap")
 
 
 def _check(ok: bool, at: str, key: str, why: str) -> None:

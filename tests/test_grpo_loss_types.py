@@ -23,7 +23,7 @@ import torch
 from expo.config import ExpoConfig, load_config
 from expo.errors import ConfigError
 from expo.prompts import solve_prompt
-from expo.train.grpo_training import build_trainer, grpo_args, loss_args
+from expo.train.grpo_training import build_trainer, grpo_args, length_rewards, loss_args
 from expo.train.policy import load_policy
 from expo.train.run import arm_config
 from trainkit import explanation, grads, make_folders, manual_nll, rows, small_config, zero_reward
@@ -206,6 +206,32 @@ def test_a_filtered_step_trains(tmp_path: Path) -> None:
         assert row["filter/groups"] >= 2 and "filter/refill_rounds" in row
 
 
+def test_overlong_penalty_by_hand() -> None:
+    """DAPO's Eq. 13 with a 16-token cap and a 4-token buffer: no penalty up to 12 tokens, then
+    (12 - length) / 4, so -0.25 at 13, -0.5 at 14 and -1 at the cap (what a wrong answer costs)."""
+    assert length_rewards(small_config()) == []  # off by default
+    (penalty,) = length_rewards(small_config(overlong_buffer=4))
+    assert penalty(completion_ids=[[1] * n for n in (1, 12, 13, 14, 16)]) == [0.0, 0.0, -0.25, -0.5, -1.0]
+
+
+def test_the_group_filter_judges_correctness_not_the_length_penalty(tmp_path: Path) -> None:
+    """With a buffer of 15 of 16 tokens every rollout longer than one token loses reward (a correct one
+    at the cap sums to 0): the filter must still see q0 and q3 as correct, q1 as wrong, q2 as mixed,
+    so the counts equal the unpenalised run's (test_grpo_drops_wrong_groups_and_pads_the_last_round...)."""
+    trainer, _ = make_trainer(tmp_path, "grpo", kind_reward, filter_groups=True, filter_max_rounds=2,
+                              overlong_buffer=15)
+    assert [getattr(f, "__name__", "") for f in trainer.reward_funcs][1] == "soft_overlong_punishment_reward"
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(generation_batch(trainer))
+    stats = trainer._step_stats
+    assert (stats["filter/groups"], stats["filter/refill_rounds"], stats["filter/dropped"],
+            stats["filter/fillers"]) == (4.0, 1.0, 3.0, 1.0)
+    assert (stats["filter/share_correct"], stats["filter/share_wrong"], stats["filter/share_mixed"]) == \
+        (0.5, 0.25, 0.25)
+    lengths = out["completion_mask"].sum(dim=1)
+    assert lengths.max().item() > 1  # the penalty did bite on this batch
+
+
 # -- config keys ---------------------------------------------------------------------------------
 
 
@@ -260,6 +286,8 @@ def test_arm_overrides_give_each_arm_its_own_optimizer_settings(tmp_path: Path) 
     ("train.filter_max_rounds=0", "config key 'train.filter_max_rounds': must be >= 1"),
     ("train.top_entropy_quantile=1.5", "config key 'train.top_entropy_quantile': must be in [0, 1]"),
     ("train.epsilon_high=0", "config key 'train.epsilon_high': must be positive"),
+    ("train.overlong_buffer=-1", "config key 'train.overlong_buffer': must be >= 0"),
+    ("train.overlong_buffer=64", "config key 'train.overlong_buffer': must be below generation.max_new_tokens"),
 ])
 def test_bad_loss_and_override_keys_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:

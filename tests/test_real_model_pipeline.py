@@ -84,3 +84,17 @@ def test_the_real_model_leaves_explanations_on_every_level_and_an_expo_term(real
     steps = [m for m in metrics if "expo_weight" in m]
     assert len(steps) == 2  # the two ExP-GRPO steps, each with the ExPO term's weight logged
     assert all(m["expo_weight"] > 0 for m in steps)
+
+
+def test_the_recipes_dynamic_sampling_is_counted_per_step_in_the_report(real_run):
+    """The recipe sets train.filter_groups: each step's group counts reach the report (issue 20)."""
+    run_dir, _ = real_run
+    report = (run_dir / "report.md").read_text()
+    assert "## Dynamic sampling, per step" in report
+    section = report.split("## Dynamic sampling, per step", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| exp-grpo |")]
+    assert [row[1] for row in rows] == ["1", "2"]
+    for _, _, generated, correct, wrong, mixed, dropped, rounds in rows:
+        assert int(generated) == int(correct) + int(wrong) + int(mixed) >= 2  # 2 prompts a step at least
+        assert int(dropped) <= int(generated) and 0 <= int(rounds) <= 1  # filter_max_rounds 2: one refill

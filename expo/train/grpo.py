@@ -157,9 +157,11 @@ class ExpoGRPOTrainer(GRPOTrainer):
         with self.timer.phase("reward"):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         # (num_processes * B * G, n_funcs), gathered; keep this process's rows for the unsolved test.
+        # Column 0 is correctness (the verifier's reward); the others shape it (train.overlong_buffer)
+        # and must not make a right answer look wrong to the group filter or expo_on.
         n = len(prompts)
         local = rewards_per_func[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n]
-        self._last_rewards = local.nansum(dim=1)  # (B * G,)
+        self._last_rewards = local[:, :1].nansum(dim=1)  # (B * G,)
         return rewards_per_func
 
     def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:

@@ -125,6 +125,16 @@ def loss_args(tc: TrainConfig) -> dict[str, Any]:
             "importance_sampling_level": "sequence" if tc.loss_type == "luspo" else "token"}
 
 
+def length_rewards(cfg: ExpoConfig) -> list[Any]:
+    """The reward functions added to correctness: DAPO's soft overlong punishment when
+    train.overlong_buffer is set (TRL's own, summed with the verifier's reward, weight 1)."""
+    if cfg.train.overlong_buffer <= 0:
+        return []
+    from trl.rewards import get_soft_overlong_punishment
+
+    return [get_soft_overlong_punishment(cfg.generation.max_new_tokens, cfg.train.overlong_buffer)]
+
+
 def group_filter(tc: TrainConfig, has_nll_term: bool) -> GroupFilter | None:
     """Dynamic sampling for this arm (None when train.filter_groups is off): an arm with an NLL term
     keeps its all-wrong groups for it, plain GRPO drops them as DAPO does."""
@@ -163,7 +173,7 @@ def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: 
         regenerate = default_regenerate(cfg, tokenizer)
     term = nll_term(arm, cfg, rows, buffer)
     trainer = ExpoGRPOTrainer(
-        model=model, reward_funcs=[reward_fn], args=grpo_args(cfg, checkpoint_dir, on_gpu), train_dataset=dataset,
+        model=model, reward_funcs=[reward_fn, *length_rewards(cfg)], args=grpo_args(cfg, checkpoint_dir, on_gpu), train_dataset=dataset,
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks,
         nll_term=term, buffer=buffer, group_filter=group_filter(cfg.train, term is not None),
         regenerate=regenerate if online else None, regenerate_every=cfg.explain.regenerate_every,

@@ -321,27 +321,42 @@ _GROUP_KINDS = (("all-correct", "filter/share_correct"), ("all-wrong", "filter/s
                 ("mixed", "filter/share_mixed"))
 
 
+MAX_FILTER_ROWS = 10  # per arm: longer runs are summed over windows of steps, so the table stays short
+
+
 def group_filter_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
     """Dynamic sampling step by step (train.filter_groups): the groups each step generated (over all
-    its rounds) by kind, the groups dropped and the refill rounds. Only arms that logged `filter/groups`."""
-    rows = []
+    its rounds) by kind, the groups dropped and the refill rounds. Only arms that logged `filter/groups`.
+    An arm with more than MAX_FILTER_ROWS steps gets one row per window of steps, its counts summed."""
+    rows, windowed = [], False
     for arm, steps in training.items():
-        for i, s in enumerate(steps):
-            groups = s.get("filter/groups")
-            if not isinstance(groups, (int, float)):
-                continue
-            kinds = [f"{round(groups * s.get(key, 0.0)):d}" for _, key in _GROUP_KINDS]
-            rows.append([arm, str(s.get("step", i + 1)), f"{groups:.0f}", *kinds,
-                         f"{s.get('filter/dropped', 0):.0f}", f"{s.get('filter/refill_rounds', 0):.0f}"])
+        counted = [(s.get("step", i + 1), _group_counts(s)) for i, s in enumerate(steps)
+                   if isinstance(s.get("filter/groups"), (int, float))]
+        width = -(-len(counted) // MAX_FILTER_ROWS)  # ceil: steps per row
+        windowed = windowed or width > 1
+        for at in range(0, len(counted), max(width, 1)):
+            window = counted[at:at + width]
+            first, last = window[0][0], window[-1][0]
+            sums = [sum(c[k] for _, c in window) for k in range(len(window[0][1]))]
+            rows.append([arm, f"{first}" if first == last else f"{first}-{last}", *(f"{v:d}" for v in sums)])
     if not rows:
         return []
+    summed = f" Runs of more than {MAX_FILTER_ROWS} steps are summed over windows of steps." if windowed else ""
     return [("h2", "Dynamic sampling, per step"),
             ("p", "Groups each step generated, over all its rounds, by kind (all-correct groups are "
                   "dropped: no signal for either term; all-wrong groups keep their ExPO term), the groups "
-                  "dropped and the generation rounds added to refill the batch."),
+                  "dropped and the generation rounds added to refill the batch." + summed),
             _source_note("training"),
             ("table", Table("group_filter", ["arm", "step", "groups generated", *[k for k, _ in _GROUP_KINDS],
                                              "dropped", "refill rounds"], rows))]
+
+
+def _group_counts(step: dict[str, Any]) -> list[int]:
+    """[generated, all-correct, all-wrong, mixed, dropped, refill rounds] of one step's filter/* keys
+    (the kinds are logged as shares of the generated groups)."""
+    groups = step["filter/groups"]
+    kinds = [round(groups * step.get(key, 0.0)) for _, key in _GROUP_KINDS]
+    return [round(groups), *kinds, round(step.get("filter/dropped", 0)), round(step.get("filter/refill_rounds", 0))]
 
 
 def _phase_means(steps: Sequence[dict[str, Any]]) -> dict[str, float]:

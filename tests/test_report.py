@@ -206,6 +206,23 @@ def test_dynamic_sampling_counts_per_step(tmp_path):
     assert "| arm | step | groups generated | all-correct | all-wrong | mixed | dropped | refill rounds |" in md
 
 
+def test_dynamic_sampling_of_a_long_run_is_summed_over_windows(tmp_path):
+    """25 steps -> windows of 3 steps (at most 10 rows): rows 1-3, 4-6, ..., 22-24, 25; each step made
+    4 groups, 1 correct (dropped) and 3 wrong, with step k refilling k % 2 times."""
+    steps = [{"step": k, "filter/groups": 4.0, "filter/share_correct": 0.25, "filter/share_wrong": 0.75,
+              "filter/share_mixed": 0.0, "filter/dropped": 1.0, "filter/refill_rounds": float(k % 2)}
+             for k in range(1, 26)]
+    write_report(tmp_path, None, training={"exp-grpo": steps}, title="t")
+    page = PageParser()
+    page.feed((tmp_path / "report.html").read_text())
+    rows = page.tables["group_filter"]
+    assert len(rows) == 9
+    assert rows[0] == ["exp-grpo", "1-3", "12", "3", "9", "0", "3", "2"]  # refills at steps 1 and 3
+    assert rows[1] == ["exp-grpo", "4-6", "12", "3", "9", "0", "3", "1"]
+    assert rows[-1] == ["exp-grpo", "25", "4", "1", "3", "0", "1", "1"]
+    assert "summed over windows of steps" in (tmp_path / "report.md").read_text()
+
+
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs /usr/bin/chromium")
 def test_report_renders_in_headless_chromium(tmp_path):
     path = write_report(tmp_path / "r", {"base": _metrics("base", [2, 1, 0, 0])}, training=_training(),

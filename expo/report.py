@@ -356,7 +356,8 @@ def _group_counts(step: dict[str, Any]) -> list[int]:
     (the kinds are logged as shares of the generated groups)."""
     groups = step["filter/groups"]
     kinds = [round(groups * step.get(key, 0.0)) for _, key in _GROUP_KINDS]
-    return [round(groups), *kinds, round(step.get("filter/dropped", 0)), round(step.get("filter/refill_rounds", 0))]
+    return [round(groups), *kinds, round(step.get("filter/dropped", 0)),
+            round(step.get("filter/refill_rounds", 0))]
 
 
 def _phase_means(steps: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -287,7 +287,8 @@ def test_arm_overrides_give_each_arm_its_own_optimizer_settings(tmp_path: Path) 
     ("train.top_entropy_quantile=1.5", "config key 'train.top_entropy_quantile': must be in [0, 1]"),
     ("train.epsilon_high=0", "config key 'train.epsilon_high': must be positive"),
     ("train.overlong_buffer=-1", "config key 'train.overlong_buffer': must be >= 0"),
-    ("train.overlong_buffer=64", "config key 'train.overlong_buffer': must be below generation.max_new_tokens"),
+    ("train.overlong_buffer=64",
+     "config key 'train.overlong_buffer': must be below generation.max_new_tokens"),
 ])
 def test_bad_loss_and_override_keys_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -173,7 +173,8 @@ def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: 
         regenerate = default_regenerate(cfg, tokenizer)
     term = nll_term(arm, cfg, rows, buffer)
     trainer = ExpoGRPOTrainer(
-        model=model, reward_funcs=[reward_fn, *length_rewards(cfg)], args=grpo_args(cfg, checkpoint_dir, on_gpu), train_dataset=dataset,
+        model=model, reward_funcs=[reward_fn, *length_rewards(cfg)],  # correctness first: see _calculate_rewards
+        args=grpo_args(cfg, checkpoint_dir, on_gpu), train_dataset=dataset,
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks,
         nll_term=term, buffer=buffer, group_filter=group_filter(cfg.train, term is not None),
         regenerate=regenerate if online else None, regenerate_every=cfg.explain.regenerate_every,

@@ -14,7 +14,7 @@ from expo.stages import STAGE_SECTIONS, stage_config_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-TINY = ["data.builtin_per_level=6", "model.warmup_steps=5", "generation.max_new_tokens=8",
+TINY = ["data.builtin_per_level=6", "model.warmup_steps=5", "generation.max_new_tokens=8", "train.overlong_buffer=2",
         "evaluate.samples=2", "explain.samples_per_question=1", "explain.solve_rate_samples=0",
         "train.arms=[grpo]", "train.steps=1", "train.prompts_per_step=2", "train.num_generations=2",
         "train.checkpoint_every=1", "register.model_name=components-test"]

@@ -161,6 +161,15 @@ def test_exp_grpo_keeps_wrong_groups_and_refills_dropped_ones(tmp_path: Path) ->
     assert sorted(out["advantages"].abs().view(2, G).sum(dim=1).gt(0).tolist()) == [False, True]
 
 
+def assert_grpo_two_round_counts(stats: dict[str, float]) -> None:
+    """Plain GRPO on kind_reward, 2 rounds: q0, q1 (round 1), q2, q3 (refill) generated; q0, q1, q3
+    dropped; one filler slot; half the groups correct, a quarter wrong, a quarter mixed."""
+    assert (stats["filter/groups"], stats["filter/refill_rounds"], stats["filter/dropped"],
+            stats["filter/fillers"]) == (4.0, 1.0, 3.0, 1.0)
+    assert (stats["filter/share_correct"], stats["filter/share_wrong"], stats["filter/share_mixed"]) == \
+        (0.5, 0.25, 0.25)
+
+
 def test_grpo_drops_wrong_groups_and_pads_the_last_round_with_fillers(tmp_path: Path) -> None:
     """Plain GRPO (DAPO's filter): q0 and q1 both dropped; one refill round of 2 prompts draws q2
     (mixed, kept) and q3 (correct, dropped); the open slot takes q0's group as a filler (no loss)."""
@@ -169,10 +178,7 @@ def test_grpo_drops_wrong_groups_and_pads_the_last_round_with_fillers(tmp_path: 
     out = trainer._generate_and_score_completions(generation_batch(trainer))
     G = trainer.num_generations
     stats = trainer._step_stats
-    assert (stats["filter/groups"], stats["filter/refill_rounds"], stats["filter/dropped"],
-            stats["filter/fillers"]) == (4.0, 1.0, 3.0, 1.0)
-    assert (stats["filter/share_correct"], stats["filter/share_wrong"], stats["filter/share_mixed"]) == \
-        (0.5, 0.25, 0.25)
+    assert_grpo_two_round_counts(stats)
     per_group_tokens = out["completion_mask"].view(2, G, -1).sum(dim=(1, 2))
     assert per_group_tokens[1].item() == 0 and per_group_tokens[0].item() > 0  # mixed first, filler last
     assert out["num_items_in_batch"].item() == per_group_tokens[0].item()
@@ -217,17 +223,14 @@ def test_overlong_penalty_by_hand() -> None:
 def test_the_group_filter_judges_correctness_not_the_length_penalty(tmp_path: Path) -> None:
     """With a buffer of 15 of 16 tokens every rollout longer than one token loses reward (a correct one
     at the cap sums to 0): the filter must still see q0 and q3 as correct, q1 as wrong, q2 as mixed,
-    so the counts equal the unpenalised run's (test_grpo_drops_wrong_groups_and_pads_the_last_round...)."""
+    so the counts equal the unpenalised run's."""
     trainer, _ = make_trainer(tmp_path, "grpo", kind_reward, filter_groups=True, filter_max_rounds=2,
                               overlong_buffer=15)
     assert [getattr(f, "__name__", "") for f in trainer.reward_funcs][1] == "soft_overlong_punishment_reward"
     torch.manual_seed(0)
     out = trainer._generate_and_score_completions(generation_batch(trainer))
     stats = trainer._step_stats
-    assert (stats["filter/groups"], stats["filter/refill_rounds"], stats["filter/dropped"],
-            stats["filter/fillers"]) == (4.0, 1.0, 3.0, 1.0)
-    assert (stats["filter/share_correct"], stats["filter/share_wrong"], stats["filter/share_mixed"]) == \
-        (0.5, 0.25, 0.25)
+    assert_grpo_two_round_counts(stats)
     lengths = out["completion_mask"].sum(dim=1)
     assert lengths.max().item() > 1  # the penalty did bite on this batch
 

@@ -281,6 +281,11 @@ class TrainConfig:
     expo_beta_schedule: Literal["constant", "linear", "cosine"] = "constant"
     expo_on: Literal["all", "unsolved"] = "all"
     sft_beta: float = 0.04  # grpo-sft: weight of the expert-CoT NLL
+    # The longest text the NLL term scores, in tokens with its EOS; null = the explanation budget
+    # (explain.max_new_tokens, else generation.max_new_tokens), which every accepted explanation fits.
+    # Texts are scored whole; a longer one is left out of the term and counted (expo/too_long), never
+    # cut. Set it to generation.max_new_tokens to train only on explanations a rollout could write.
+    expo_max_tokens: int | None = None
     kl_beta: float = 0.0  # TRL's KL coefficient to the reference policy
     steps: int = 50
     learning_rate: float = 1e-4
@@ -319,6 +324,10 @@ class TrainConfig:
     arm_overrides: dict[str, ArmOverrides] = field(default_factory=dict)
     dpo_beta: float = 0.1
     dpo_rounds: int = 1  # exp-dpo: 1 = offline, >1 = online rounds
+    # exp-dpo: the longest pair side (prompt + completion + EOS, tokens) TRL trains on; null = room for
+    # the longest prompt and the longer budget (generation.max_prompt_tokens + the explanation or
+    # rollout budget + 1). Pairs with a longer side are left out and counted (`pairs_too_long`), never cut.
+    dpo_max_length: int | None = None
     lora: bool = False
     lora_r: int = 16
     gradient_checkpointing: bool = False
@@ -360,6 +369,10 @@ class TrainConfig:
                f"{self.prompts_per_step * self.num_generations} rollouts "
                "(prompts_per_step x num_generations)")
         _check(self.dpo_rounds >= 1, at, "dpo_rounds", "must be >= 1")
+        _check(self.expo_max_tokens is None or self.expo_max_tokens > 0, at, "expo_max_tokens",
+               "must be positive, or null for the explanation budget")
+        _check(self.dpo_max_length is None or self.dpo_max_length > 0, at, "dpo_max_length",
+               "must be positive, or null for the longest prompt plus the longer budget")
         _check(self.checkpoint_every > 0, at, "checkpoint_every", "must be positive")
         _check(0.0 <= self.acceptance_floor <= 1.0, at, "acceptance_floor", "must be in [0, 1]")
         _check(self.weight_decay >= 0.0, at, "weight_decay", "must be >= 0")
@@ -486,6 +499,19 @@ class ExpoConfig:
         _check(self.train.overlong_buffer < self.generation.max_new_tokens, at, "train.overlong_buffer",
                f"must be below generation.max_new_tokens ({self.generation.max_new_tokens}): the "
                "penalty starts that many tokens before the cap")
+
+    def explanation_budget(self) -> int:
+        """New tokens an explanation may take: explain.max_new_tokens, else the rollouts' budget."""
+        return self.explain.max_new_tokens or self.generation.max_new_tokens
+
+    def nll_max_tokens(self) -> int:
+        """The longest text the NLL term scores (train.expo_max_tokens, else the explanation budget)."""
+        return self.train.expo_max_tokens or self.explanation_budget()
+
+    def dpo_max_length(self) -> int:
+        """The longest DPO pair side, prompt included (train.dpo_max_length, else room for both budgets)."""
+        longest = max(self.explanation_budget(), self.generation.max_new_tokens)
+        return self.train.dpo_max_length or self.generation.max_prompt_tokens + longest + 1
 
 
 def _check(ok: bool, at: str, key: str, why: str) -> None:

@@ -44,19 +44,20 @@ How:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from expo.answers import Found
+from expo.answers import Found, last_boxed_span
 from expo.config import ExplainConfig, ExpoConfig, GenerationConfig, PromptConfig
 from expo import workspace
 from expo.artifacts import fingerprint, read_table
@@ -86,7 +87,7 @@ HINT_PATTERNS = (
     r"(?:given|stated|provided|supplied|told|expected|gave)\b(?!\s+by\b)",
     # working toward a known answer: "To reach the stated answer of 42", "show why the answer is 42"
     r"\bto\s+(?:reach|arrive\s+at|get\s+to|obtain|get|match)\s+(?:the|this|that)\s+(?:[a-z]{1,20}\s+)?answer"
-    rf"(?:\s+of\b|{_VALUE_NEXT})",
+    rf"(?:\s+of)?{_VALUE_NEXT}",
     rf"\b(?:show|prove|justify|explain)\s+(?:why\s+|that\s+|how\s+)?{_QUALIFIED}\s+is\b",
     # someone said what the answer is: "the problem states that the answer is", "you told me"
     rf"\b(?:problem|question|prompt|task|you)\s+(?:says|said|states|stated|tells\s+us|told\s+us|gives|gave)"
@@ -269,8 +270,106 @@ def _is_result(text: str, at: int) -> bool:
                 or _ANSWER_BEFORE.search(text, window, at))
 
 
+# ---------------------------------------------------------------------------------------------
+# The premise check: does the explanation lean on the answer being given? Phrases ("since the answer
+# is 42", "the hint") catch the wordings a model has been seen to use; the structure catches the rest.
+# A solution names its answer once it has worked something out: as the result of a computation
+# ("6 * 7 = 42", "giving 42 outfits") or in the closing statement. An explanation that names the
+# answer first and then works toward it ("To confirm the correct answer of 42, ...", "Since 42 is the
+# target, ...") starts from the answer; under the solve prompt it is trained with, that answer comes
+# from nowhere.
+
+_CLAUSE = 48  # characters before a mention read to tell a result from a premise
+_MENTIONS = 64  # mentions of the answer looked at (bounded work on hostile text)
+# The mention is a result of what precedes it: "= 42", "is 42", "gives 42", "so he has 42", "Multiply: 42".
+_RESULT_CUE = re.compile(
+    r"(?:=|\\approx|\\equiv|\\to|\\Rightarrow|\\implies|→|<<[^>]*>>|\b(?:is|are|was|were|be|equals?|gives?|"
+    r"giving|gave|gets?|getting|got|makes?|making|made|yields?|yielding|becomes?|leaves?|leaving|results?|"
+    r"totals?|total|sum|product|comes?|obtain(?:s|ed)?|finds?|found|ha(?:s|ve|d)|needs?|so|thus|hence|"
+    r"therefore|then|multiply(?:ing)?|add(?:ing)?|subtract(?:ing)?|divid(?:e|ing)|times|plus|minus)\b)"
+    r"[^.;!?\n=]{0,24}$",
+    re.IGNORECASE)
+# The mention names the answer: "answer of 42", "the answer is 42", "42 is the target".
+# Also a value to confirm or reach: "we know the total should be 42", "check that 42 is correct".
+_ANSWER_BEFORE_MENTION = re.compile(
+    r"\b(?:answer|target|goal|aim|expect(?:ed|s)?|should\s+be|must\s+be|supposed\s+to\s+be|know|confirm|verify|"
+    r"check|show|prove|reach|arrive\s+at)\b[^.;!?\n,=]{0,30}$", re.IGNORECASE)
+_ANSWER_AFTER_MENTION = re.compile(
+    r"[\s$*)]*(?:(?:is|was|as|will\s+be|must\s+be)\s+(?:the|our|my|a)\s+(?:[a-z]{1,12}\s+)?(?:answer|target|goal)\b"
+    r"|(?:is|was)\s+(?:correct|right|true|indeed)\b|works\b)",
+    re.IGNORECASE)
+# Anything worked out: an equation or inequality, an operation between two numbers, a root or power.
+_WORK = re.compile(r"=|<|>|\\approx|\\equiv|\\[lg]eq?\b|\\times|\\cdot|\\div|\\sqrt|\^|[\d)}]\s*[-+*/×÷x]\s*[\d({]|[-+*/×÷]\s*$")
+_OPERAND = 4  # characters after a mention read too: "8 / 2" uses 2 in a computation, names nothing
+
+
+def _mentions(text: str, answer: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each place `answer` occurs in `text` as a value: a number of the same value that
+    is not a list number, an exponent, an index or a reference; any other answer as its LaTeX."""
+    value = answer_value(answer)
+    if value is not None:
+        for m in _VALUE_TOKEN.finditer(text):
+            if _token_value(m) == value and _is_value(text, m.start()):
+                yield m.start(), m.end()
+        return
+    answer = normalise_latex(answer)
+    at = text.find(answer) if answer else -1
+    while at != -1:
+        yield at, at + len(answer)
+        at = text.find(answer, at + 1)
+
+
+def _is_value(text: str, at: int) -> bool:
+    """Whether the number at `text[at]` is a value, not a list number, an exponent, an index or a reference."""
+    window = max(0, at - _CONTEXT)
+    before = text[window:at]
+    opens_line = ("\n" in before or window == 0) and not before.rsplit("\n", 1)[-1].strip()
+    if opens_line and _LIST_NUMBER.match(text, at):
+        return False
+    return not (_INDEX_BEFORE.search(text, window, at) or _REFERENCE.search(text, window, at))
+
+
+def _names_answer(text: str, start: int, end: int) -> bool:
+    return bool(_ANSWER_BEFORE_MENTION.search(text, max(0, start - _CLAUSE), start)
+                or _ANSWER_AFTER_MENTION.match(text, end))
+
+
+def _is_result_of(text: str, start: int) -> bool:
+    return bool(_RESULT_CUE.search(text, max(0, start - _CLAUSE), start))
+
+
+def answer_as_premise(text: str, found: Found, question: str = "") -> bool:
+    r"""True when `text` names its final answer `found` before working anything out, as a premise.
+
+    The first mention of the answer before the final statement decides (an answer among the question's
+    own givens cannot be told from a restated given, and passes):
+    - one that names the answer ("the correct answer of 42", "42 is the target") is a premise when
+      nothing was worked out before it (`_WORK`), or when the text then derives that very value
+      again, or ends in it as the result of `=`: it works toward a known answer;
+    - any other mention that is a result of its clause ("6 * 7 = 42", "which gives 42") is derived;
+    - a bare number ("Since 42 ...") is a premise when nothing was worked out before it. A bare word
+      ("Evelyn covered more ...") is not: a non-numeric answer is often the subject of the reasoning.
+    """
+    if next(_mentions(normalise_latex(question), found.content), None) is not None:
+        return False
+    mentions = _mentions(text[: found.start], found.content)
+    first = next(mentions, None)
+    if first is None:
+        return False  # first named in the closing statement: `derived` judges that one
+    start, end = first
+    worked_before = bool(_WORK.search(text, 0, start) or _WORK.search(text, start, min(end + _OPERAND, found.start)))
+    if _names_answer(text, start, end):
+        if not worked_before or _RESULT_OF.search(text, max(0, found.start - _CONTEXT), found.start):
+            return True
+        return any(_is_result_of(text, at) and not _names_answer(text, at, stop)
+                   for at, stop in itertools.islice(mentions, _MENTIONS))
+    if _is_result_of(text, start) or answer_value(found.content) is None:
+        return False
+    return not worked_before
+
+
 def judge_text(text: str, reward: float | None, min_reasoning_chars: int, *, truncated: bool = False,
-               require_boxed: bool = False, require_derivation: bool = False) -> str | None:
+               require_boxed: bool = False, require_derivation: bool = False, question: str = "") -> str | None:
     """Why an explanation is rejected (see the module docstring for the order), or None when it passes.
 
     `reward` is the verifier's judgement of the same text; the answer's position comes from the same
@@ -289,11 +388,34 @@ def judge_text(text: str, reward: float | None, min_reasoning_chars: int, *, tru
         return "wrong_answer"
     if reasoning_chars(text[: found.start]) < min_reasoning_chars:
         return "no_reasoning"
-    if hint_phrase(text):
+    if hint_phrase(text) or answer_as_premise(text, found, question):
         return "refers_to_hint"
     if require_derivation and not derived(text, found):
         return "not_derived"
     return None
+
+
+_AFTER_BOX = re.compile(r"[ \t]*(?:\$\$|\$|\\\]|\\\))?[ \t]*[.!]?")  # "$", "$$", "\]" or "\)", then "."
+
+
+def through_final_answer(text: str, box_start: int) -> str:
+    r"""`text` cut right after the box at `box_start` (and the `$`, `\]` or full stop closing it).
+
+    A sample cut at the token limit after its last box passes the filter on that box; what follows the
+    box is unfinished work. Trained on, the explanation is the text through its answer, so the NLL
+    target ends where the verified answer does (the trainer adds the EOS), never mid-sentence.
+    """
+    depth, i = 0, text.find("{", box_start)
+    while 0 <= i < len(text):
+        c = text[i]
+        i += 1
+        if c == "\\":
+            i += 1  # an escaped character, "\{" included
+            continue
+        depth += (c == "{") - (c == "}")
+        if depth == 0:
+            break
+    return text[: _AFTER_BOX.match(text, i).end()].rstrip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,17 +605,20 @@ def _judge(rows: list[dict[str, Any]], samples: list[list[dict]], cfg: ExplainCo
         for k, sample in enumerate(per):
             reason = judge_text(sample["text"], next(scores), cfg.min_reasoning_chars,
                                 truncated=bool(sample["truncated"]), require_boxed=cfg.require_boxed,
-                                require_derivation=cfg.require_derivation)
+                                require_derivation=cfg.require_derivation, question=str(row["question"]))
+            text = sample["text"]
+            if reason is None and sample["truncated"]:  # passed on a box before the cut: keep through it
+                text = through_final_answer(text, last_boxed_span(text).start)
             passed = reason is None
-            if passed and sample["text"] in kept:
+            if passed and text in kept:
                 reason = "duplicate"
             elif passed and len(kept) >= cfg.keep_per_question:
                 reason = "over_keep_limit"
             elif passed:
-                kept.append(sample["text"])
+                kept.append(text)
             records.append({
                 "id": row["id"], "question": row["question"], "answer": row["answer"],
-                "level": row.get("level"), "explanation": sample["text"], "logprob": sample["logprob"],
+                "level": row.get("level"), "explanation": text, "logprob": sample["logprob"],
                 "accepted": reason is None, "reject_reason": reason, "passed": passed, "sample": k,
                 "num_tokens": sample["num_tokens"], "truncated": sample["truncated"],
             })

@@ -136,8 +136,7 @@ def test_unverifiable_gold_and_unknown_level():
 
 
 JUDGE = [
-    # (explanation, reason with reward 1.0 and min_reasoning_chars 5). Issue 16, defect 5: the old filter
-    # accepted the first seven and rejected the three ordinary ones after them.
+    # (explanation, reason with reward 1.0 and min_reasoning_chars 5)
     # -- the answer treated as given: refers_to_hint
     ("Since the answer is 42, we check 6*7 = 42. \\boxed{42}", "refers_to_hint"),  # a premise
     ("We are given that the answer is 42, and 6*7 = 42. \\boxed{42}", "refers_to_hint"),  # told it
@@ -178,9 +177,6 @@ JUDGE = [
     ("5 = \\boxed{5}", "no_reasoning"),  # 2 < 5
     ("\\boxed{5}", "no_reasoning"),
     ("So the final answer is: $\\boxed{5}$", "no_reasoning"),
-    # the embedded default's explanations (expo.toy.task.verification) pass exactly as before
-    ("374:yes \\boxed{374}", None),  # 7 characters of check before the box
-    ("374 \\boxed{374}", "no_reasoning"),  # a bare repeat, 3 characters
     # no final answer
     ("2+3=5 \\boxed{5", "no_answer"),  # the last box never closes
     ("I cannot tell.", "no_answer"),  # nothing that reads as an answer
@@ -190,6 +186,64 @@ JUDGE = [
 @pytest.mark.parametrize(("text", "reason"), JUDGE)
 def test_judge_table(text, reason):
     assert judge_text(text, 1.0, min_reasoning_chars=5) == reason
+
+
+TOY_QUESTION = "Which has a seven? 512 903 374 118"
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("374:yes \\boxed{374}", None),  # 7 characters of check before the box; 374 is one of the givens
+    ("374 \\boxed{374}", "no_reasoning"),  # a bare repeat, 3 characters
+])
+def test_the_embedded_defaults_explanations(text, reason):
+    # expo.toy.task.verification: the answer is among the question's numbers, so naming it first is
+    # restating a given, not leaning on the hint
+    assert judge_text(text, 1.0, min_reasoning_chars=5, question=TOY_QUESTION) == reason
+    assert judge_text(text, 1.0, 5, require_derivation=True, question=TOY_QUESTION) == reason  # 374 occurs
+
+
+# The structure, not the wording: an explanation that names the answer before it has worked anything
+# out, or names it and then works toward it, leans on the answer being given. (explanation, question,
+# reason with reward 1.0.) None of these is matched by a phrase of HINT_PATTERNS.
+PREMISE = [
+    # -- the answer named first, as something known
+    ("To confirm the correct answer of 42, we compute 6 * 7 = 42. \\boxed{42}", "", "refers_to_hint"),
+    ("Since 42 is the target, we need 6 * 7 = 42. \\boxed{42}", "", "refers_to_hint"),
+    ("42 is our answer; let us check: 6 times 7 gives 42. \\boxed{42}", "", "refers_to_hint"),
+    ("Let's verify that 42 works: 6 * 7 = 42. So the answer is 42.", "", "refers_to_hint"),
+    ("Answer 42. Reason: six sevens, 6 * 7 = 42.", "", "refers_to_hint"),
+    ("With 3/4 as the goal, note that 6/8 = 3/4, so \\boxed{\\frac{3}{4}}", "", "refers_to_hint"),
+    ("Working backwards from 120 minutes: 2 hours * 60 = 120. \\boxed{120}", "", "refers_to_hint"),
+    ("For the correct answer of x^2+1, expand: (x^2+1) = x^2+1. \\boxed{x^2+1}", "", "refers_to_hint"),
+    ("We know the total should be 42, and indeed 6 * 7 = 42. \\boxed{42}", "", "refers_to_hint"),
+    ("Let's check that 42 is correct: 6 * 7 = 42. \\boxed{42}", "", "refers_to_hint"),
+    ("Starting from 42 and dividing by 6 gives 7, so 6 * 7 = 42. \\boxed{42}", "", "refers_to_hint"),
+    # -- named after work, as its result or the conclusion: derived
+    ("To get the answer of this problem we compute 6 * 7 = 42. \\boxed{42}", "", None),
+    ("There are 6 shirts and 7 pants, giving 42 outfits. \\boxed{42}", "", None),
+    ("Six boxes of seven is 42 pencils in all. \\boxed{42}", "", None),
+    ("6 * 7 = 42, and 42 is the answer. \\boxed{42}", "", None),
+    ("First, 6 * 7 = 42. Since 42 is even, the answer stays 42. \\boxed{42}", "", None),
+    ("She has 6 bags, 7 each, so she has 42 in total. \\boxed{42}", "", None),
+    ("The product of six and seven makes 42. So the answer is \\boxed{42}.", "", None),
+    ("Halving 84 leaves 42 for each. \\boxed{42}", "", None),
+    ("We multiply: \\( 6 \\times 7 = 42 \\). The answer is $\\boxed{42}$.", "", None),
+    ("1. Count the rows: 6.\n2. Count per row: 7.\n3. Multiply: 42.\n\\boxed{42}", "", None),
+    ("Step 1: 6 rows. Step 2: 7 per row. Total = \\boxed{42}", "", None),
+    ("x + 2 = 7 so x = 5. The answer is 5. \\boxed{5}", "", None),
+    ("Half of 84 is 42. \\boxed{42}", "", None),
+    ("Tom had 50 apples and ate 8, so 42 apples remain. \\boxed{42}", "", None),
+    ("6 rows of 7 seats: in total 42 seats. \\boxed{42}", "", None),
+    ("Each of 6 rows holds 7 seats, so we check 6 * 7 = 42 and the total should be 42. \\boxed{42}", "", None),
+    # -- the answer is one of the question's givens: restating it is not a premise
+    ("Tom keeps all 42 of his apples: nothing is given away. \\boxed{42}", "Tom has 42 apples ...", None),
+]
+
+
+@pytest.mark.parametrize(("text", "question", "reason"), PREMISE)
+def test_an_answer_named_before_any_work_is_a_premise(text, question, reason):
+    assert hint_phrase(text) is None  # the structure decides, not a phrase
+    assert judge_text(text, 1.0, min_reasoning_chars=5, question=question) == reason
 
 
 def test_every_hint_pattern_has_a_case():
@@ -442,9 +496,6 @@ DERIVATION = [
      "$\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$.", None),  # a tuple: each part derived
     ("Evelyn covered more distance in less time, so $\\boxed{\\text{Evelyn}}$ is our answer.", None),
     ("By the quadratic formula $x = 1 \\pm \\sqrt{19}$, so \\boxed{1\\pm\\sqrt{19}}", None),  # spaces aside
-    # the embedded toy's format: its check states the value before the box, so it would pass too (the
-    # toy's configs set require_boxed and leave require_derivation off: its numbers cannot change)
-    ("374:yes \\boxed{374}", None),
     # -- a known false reject: a MATH solution that counts in the answer sentence (bench/derivation_check.py)
     ("The factors of 24 greater than 1 are 2, 3, 4, 6, 8, 12 and 24, so there are $\\boxed{7}$ of them.",
      "not_derived"),

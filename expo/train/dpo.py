@@ -118,6 +118,21 @@ def build_pairs(rows: list[dict[str, Any]], chosen_for: Callable[[str], str | No
     return pairs
 
 
+def fit_pairs(pairs: list[dict[str, Any]], tokenizer: Any, max_length: int
+              ) -> tuple[list[dict[str, Any]], int]:
+    """(the pairs whose both sides fit `max_length` tokens, how many did not).
+
+    A side's length is counted as TRL's DPOTrainer tokenizes it: prompt and completion (EOS included)
+    in one call. TRL would cut a longer side at `max_length` from the end: the chosen explanation
+    would lose its verified answer and its EOS, so such a pair is left out instead."""
+    def fits(pair: dict[str, Any]) -> bool:
+        return all(len(tokenizer(text=pair["prompt"] + pair[side])["input_ids"]) <= max_length
+                   for side in ("chosen", "rejected"))
+
+    kept = [pair for pair in pairs if fits(pair)]
+    return kept, len(pairs) - len(kept)
+
+
 def dpo_args(cfg: ExpoConfig, folder: Path, steps: int, on_gpu: bool, world: int | None = None) -> DPOConfig:
     """Our TrainConfig in TRL's DPO terms (`world`: training processes, default $WORLD_SIZE)."""
     tc = cfg.train
@@ -130,6 +145,7 @@ def dpo_args(cfg: ExpoConfig, folder: Path, steps: int, on_gpu: bool, world: int
         output_dir=str(folder), max_steps=steps, per_device_train_batch_size=tc.prompts_per_step // world,
         gradient_accumulation_steps=1, learning_rate=tc.learning_rate, lr_scheduler_type="constant",
         beta=tc.dpo_beta, max_grad_norm=tc.max_grad_norm, seed=tc.seed, logging_steps=1,
+        max_length=cfg.dpo_max_length(),  # every pair fits it (fit_pairs): TRL never truncates
         save_strategy="steps", save_steps=tc.checkpoint_every, save_total_limit=3, report_to=[],
         use_cpu=not on_gpu, bf16=on_gpu and torch.cuda.is_bf16_supported(),
         gradient_checkpointing=tc.gradient_checkpointing, disable_tqdm=True,
@@ -157,13 +173,16 @@ def train_dpo(cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path
     for r in range(start, len(plan)):
         folder = checkpoint_dir / f"round-{r}"
         entry: dict[str, Any] = {"round": r, "planned_steps": plan[r], "steps": 0, "pairs": 0,
-                                 "skipped": None}
+                                 "pairs_too_long": 0, "skipped": None}
         if plan[r] == 0:
             entry["skipped"] = "0 steps planned (train.steps < train.dpo_rounds)"
         else:
-            pairs = _round_pairs(folder, r, model, rows, buffer, regenerate, sample_solutions, reward_fn,
-                                 tokenizer, cfg)
-            entry["pairs"] = len(pairs)
+            pairs, too_long = _round_pairs(folder, r, model, rows, buffer, regenerate, sample_solutions,
+                                           reward_fn, tokenizer, cfg)
+            entry["pairs"], entry["pairs_too_long"] = len(pairs), too_long
+            if too_long:
+                log.warning("exp-dpo round %d: %d pair(s) longer than train.dpo_max_length (%d tokens) "
+                            "left out", r, too_long, cfg.dpo_max_length())
             if pairs:
                 done_steps = sum(e["steps"] for e in round_log)
                 progress.offset = done_steps
@@ -186,7 +205,8 @@ def train_dpo(cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path
     steps = sum(e["steps"] for e in round_log)
     summary = save_final_model("exp-dpo", cfg, model, steps, buffer, tokenizer, model_dir, out, writer,
                                resume_ckpt)
-    summary.update(rounds=len(plan), planned_steps=plan, round_log=round_log)
+    summary.update(rounds=len(plan), planned_steps=plan, round_log=round_log,
+                   pairs_too_long=sum(e.get("pairs_too_long", 0) for e in round_log))
     if is_main_process():
         write_json(out / "summary.json", summary)  # save_final_model wrote it without the rounds
     return summary
@@ -228,21 +248,25 @@ def _latest_policy(root: Path, start: int) -> Path | None:
 
 def _round_pairs(folder: Path, r: int, model: Any, rows: list[dict[str, Any]], buffer: Any,
                  regenerate: Regenerate, sample_solutions: SampleSolutions, reward_fn: RewardFn,
-                 tokenizer: Any, cfg: ExpoConfig) -> list[dict[str, Any]]:
-    """This round's pairs, possibly none: read back when a killed run saved them, else sampled."""
-    saved = folder / "pairs.jsonl"
+                 tokenizer: Any, cfg: ExpoConfig) -> tuple[list[dict[str, Any]], int]:
+    """(this round's pairs, possibly none; how many were too long): read back when a killed run saved
+    them, else sampled."""
+    saved, counts = folder / "pairs.jsonl", folder / "pairs.json"
     if saved.is_file():
-        return read_jsonl(saved)
+        too_long = read_json(counts)["too_long"] if counts.is_file() else 0
+        return read_jsonl(saved), too_long
     model.eval()
     with torch.no_grad():
         if r > 0:
             buffer.add_round(regenerate(model, rows), step=r)
         solutions = sample_solutions(model, rows)
     model.train()
-    pairs = build_pairs(rows, buffer.pick, solutions, reward_fn, tokenizer, cfg)
+    pairs, too_long = fit_pairs(build_pairs(rows, buffer.pick, solutions, reward_fn, tokenizer, cfg),
+                                tokenizer, cfg.dpo_max_length())
     if pairs:
+        write_json(counts, {"too_long": too_long})  # before the pairs: pairs.jsonl marks the round sampled
         write_jsonl(saved, pairs)
-    return pairs
+    return pairs, too_long
 
 
 def _resume_point(root: Path, plan: list[int], buffer: Any, writer: MetricsWriter
@@ -268,4 +292,4 @@ def _resume_point(root: Path, plan: list[int], buffer: Any, writer: MetricsWrite
                          for r, s in enumerate(states)]
 
 
-__all__ = ["round_steps", "with_one_eos", "build_pairs", "default_sampler", "dpo_args", "train_dpo"]
+__all__ = ["round_steps", "with_one_eos", "build_pairs", "fit_pairs", "default_sampler", "dpo_args", "train_dpo"]

@@ -70,6 +70,9 @@ class NLLTerm:
     text_for: Callable[[str], str | None]  # question id -> text to score, None when it has none
     weight_at: Callable[[int], float]  # optimizer step -> weight (expo_beta schedule, or constant sft_beta)
     on: str = "all"  # "all" | "unsolved"
+    # The longest text scored, in tokens with its EOS (train.expo_max_tokens). A longer one is left out
+    # of the term and counted, never cut: a cut text loses its final answer, the part that verified.
+    max_tokens: int = 1024
 
 
 @dataclass
@@ -286,15 +289,23 @@ class ExpoGRPOTrainer(GRPOTrainer):
         else:
             unsolved = unsolved_groups(rewards, G).tolist()
         self._step_stats["unsolved_groups"] = float(sum(unsolved))
-        rows = []
+        rows, too_long = [], 0
         explained = explained if explained is not None else [True] * len(qids)
         for qid, prompt, is_unsolved, used in zip(qids, prompts, unsolved, explained, strict=True):
             if not used or (self.nll_term.on == "unsolved" and not is_unsolved):
                 continue
             text = self.nll_term.text_for(qid)
-            if text is not None:
-                rows.append(self.nll_token_ids(prompt, text))
+            if text is None:
+                continue
+            row = self.nll_token_ids(prompt, text)
+            if row is None:
+                too_long += 1
+            else:
+                rows.append(row)
         self._step_stats["explanations_used"] = float(len(rows))
+        self._step_stats["expo/too_long"] = float(too_long)
+        self._step_stats["expo/over_rollout_budget"] = float(
+            sum(1 for _, ids in rows if len(ids) > self.max_completion_length))
         return rows
 
     def _plan_nll(self, rows: list[tuple[list[int], list[int]]] | None) -> NLLPlan | None:
@@ -305,21 +316,26 @@ class ExpoGRPOTrainer(GRPOTrainer):
         micro = max(int(self.args.steps_per_generation), 1)
         local = torch.tensor([sum(len(text) for _, text in rows)], device=self.accelerator.device)
         step_tokens = int(self.accelerator.gather(local).sum().item())
+        self._step_stats["expo/tokens"] = float(step_tokens)  # scored text tokens, every process
         return NLLPlan(chunks=[rows[k::micro] for k in range(micro)], step_tokens=step_tokens,
                        world=self.accelerator.num_processes)
 
-    def nll_token_ids(self, prompt: str, text: str) -> tuple[list[int], list[int]]:
-        """(prompt ids, text ids) of one scored row.
+    def nll_token_ids(self, prompt: str, text: str) -> tuple[list[int], list[int]] | None:
+        """(prompt ids, text ids ending in EOS) of one scored row, or None when the text does not fit.
 
         The prompt is tokenized by the same call TRL uses for rollout prompts, so the conditioning is
-        token-for-token the solve prompt the policy answers; the text is capped at the rollout length
-        (max_completion_length), as a rollout would be."""
+        token-for-token the solve prompt the policy answers. The text is scored whole, with the EOS a
+        finished answer ends with: its final answer, the part the verifier accepted, is always in the
+        target. A text longer than the term's `max_tokens` (EOS included) is not cut but left out
+        (None; counted as `expo/too_long`). It may be longer than a rollout (`max_completion_length`):
+        the explanation budget is the longer one when the model needs more room to reason from the
+        answer than to guess it (docs/concepts.md, "How long an explanation may be")."""
         prompt_ids = list(self.processing_class(text=[prompt])["input_ids"][0])
         text_ids = list(self.processing_class(text=text, add_special_tokens=False)["input_ids"])
-        if len(text_ids) < self.max_completion_length:
-            text_ids.append(self.processing_class.eos_token_id)  # a complete answer ends, as rollouts do
-        else:
-            text_ids = text_ids[: self.max_completion_length]  # cut like an overlong rollout: no EOS
+        text_ids.append(self.processing_class.eos_token_id)
+        budget = self.nll_term.max_tokens if self.nll_term is not None else self.max_completion_length
+        if len(text_ids) > budget:
+            return None
         return prompt_ids, text_ids
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,

@@ -155,7 +155,7 @@ def nll_term(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], buffer: Any)
     else:
         solutions = {str(r["id"]): r["solution"] for r in rows if str(r.get("solution") or "").strip()}
         text_for = solutions.get
-    return NLLTerm(spec.nll, text_for, spec.weight_at(cfg.train), cfg.train.expo_on)
+    return NLLTerm(spec.nll, text_for, spec.weight_at(cfg.train), cfg.train.expo_on, cfg.nll_max_tokens())
 
 
 def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: Any, tokenizer: Any,

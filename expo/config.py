@@ -209,9 +209,6 @@ class ExplainConfig:
     # Fewer non-space characters of reasoning before the final answer = restating the hint. Answer
     # boilerplate ("**Final Answer**", "Therefore, the answer is", `$`) does not count (expo.explain).
     min_reasoning_chars: int = 5
-    # True: an explanation needs a \boxed{} answer (else `no_answer`). False: its answer is found as the
-    # rewards find one (expo.verify.extract_answer: a box, `#### n`, "The answer is 3/4", a final "= x").
-    require_boxed: bool = False
     # True: a sample that passed every other filter is rejected as `not_derived` unless its final answer
     # is a result of its reasoning (expo.explain.derived). A weak model given the answer often writes
     # unrelated arithmetic and pastes the answer at the end; real solutions compute it first. Off by

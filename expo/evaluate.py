@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +31,8 @@ from expo.config import EvaluateConfig, ExpoConfig, PromptConfig, TrackingConfig
 from expo.errors import DataError, ExpoError, ModelError, TrackingError
 from expo.io import read_json, read_jsonl, write_json, write_jsonl
 from expo.metrics import QuestionResult, aggregate, level_key, mean_interval, sorted_levels
-from expo.progress import rate, watch
+from expo.generation.base import progress_reader
+from expo.progress import watch
 
 Verifier = Callable[[list[str], list[str]], list[float | None]]
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
@@ -216,7 +216,7 @@ def evaluate_model(model_dir_or_uri: str, data_dir: str | Path, cfg: ExpoConfig,
     generator = make_generator(model, tokenizer, cfg.generation)
     prompts = [solve_prompt(r["question"], tokenizer, cfg.prompts) for r in rows]
     expected = len(prompts) * (cfg.evaluate.samples + (1 if cfg.evaluate.greedy else 0))
-    with watch(f"evaluate {name}", _progress_reader(generator, expected)):  # a line per generated batch
+    with watch(f"evaluate {name}", _progress_reader(generator, expected)):  # a line every few seconds, tokens moving per decoding step
         results, samples = run_evaluation(generator, rows, prompts, cfg.evaluate, seed=cfg.generation.seed)
     metrics = build_metrics(results, samples, name, str(model_dir_or_uri), cfg.evaluate)
     metrics["split"] = "validation"  # which set these numbers come from (the held-out fraction)
@@ -233,14 +233,9 @@ def evaluate_model(model_dir_or_uri: str, data_dir: str | Path, cfg: ExpoConfig,
 
 
 def _progress_reader(generator: Any, expected: int) -> Callable[[], str | None]:
-    """The evaluate stage's progress line: samples generated (the generator's counters grow per
-    generated batch) of the expected sampled + greedy ones, and tokens/s."""
+    """The evaluate stage's progress line: samples of the expected sampled + greedy ones, tokens, tok/s."""
     stats = getattr(generator, "stats", None)
-    if stats is None:
-        return lambda: None
-    base_seq, base_tok, started = stats.sequences, stats.tokens, time.perf_counter()
-    return lambda: (f"{stats.sequences - base_seq}/{expected} samples generated, "
-                    f"{rate(stats.tokens - base_tok, time.perf_counter() - started)} tok/s")
+    return (lambda: None) if stats is None else progress_reader(stats, expected)
 
 
 def _headline(summary: dict[str, Any], k: str) -> dict[str, float]:

@@ -4,9 +4,9 @@ What: for each question, `samples_per_question` explanations `c ~ pi(.|q, a*)` f
 each judged, in this order:
 - `truncated`: cut at the token limit (`explain.max_new_tokens`, default generation.max_new_tokens)
   before a boxed final answer: what reads as its answer is a step of unfinished work;
-- `no_answer`: no final answer found by `expo.verify.extract_answer`, the extraction the rewards use (a
-  box, `#### n`, "The answer is 3/4", a final "= x", the last number); with `explain.require_boxed`,
-  only a `\boxed{}` counts (VerifyOptions.boxed_only), for recipes whose solve prompt demands a box;
+- `no_answer`: no final answer found by `expo.verify.extract_answer`, the extraction the training reward
+  and evaluation use (a box, `#### n`, "The answer is 3/4", a final "= x", the last number): one rule
+  for what "the final answer" is, wherever a text is judged;
 - `wrong_answer` / `unverifiable`: its final answer does not verify against the gold answer
   (`expo.verify.rewards`: 0.0 / None);
 - `no_reasoning`: fewer than `min_reasoning_chars` non-space characters before that answer once answer
@@ -62,7 +62,8 @@ from expo.config import ExplainConfig, ExpoConfig, GenerationConfig, PromptConfi
 from expo import workspace
 from expo.artifacts import fingerprint, read_table
 from expo.io import write_json, write_jsonl
-from expo.progress import rate, watch
+from expo.generation.base import progress_reader
+from expo.progress import watch
 from expo.prompts import explain_prompt, solve_prompt
 
 log = logging.getLogger(__name__)
@@ -369,7 +370,7 @@ def answer_as_premise(text: str, found: Found, question: str = "") -> bool:
 
 
 def judge_text(text: str, reward: float | None, min_reasoning_chars: int, *, truncated: bool = False,
-               require_boxed: bool = False, require_derivation: bool = False, question: str = "") -> str | None:
+               require_derivation: bool = False, question: str = "") -> str | None:
     """Why an explanation is rejected (see the module docstring for the order), or None when it passes.
 
     `reward` is the verifier's judgement of the same text; the answer's position comes from the same
@@ -377,7 +378,7 @@ def judge_text(text: str, reward: float | None, min_reasoning_chars: int, *, tru
     """
     from expo.verify import VerifyOptions, locate_answer
 
-    found = locate_answer(text, VerifyOptions(boxed_only=require_boxed))
+    found = locate_answer(text, VerifyOptions())
     if truncated and (found is None or found.kind != "boxed"):
         return "truncated"
     if found is None:
@@ -500,7 +501,7 @@ def sample_explanations(generator: Any, rows: list[dict[str, Any]], cfg: Explain
     solved: list[tuple[Any, list[float | None]]] = []
     bar = _progress_bar(len(usable), progress)
     expected = len(usable) * (cfg.samples_per_question + cfg.solve_rate_samples)
-    with watch("explain", _progress_reader(generator, records, expected)):  # a line per generated batch
+    with watch("explain", _progress_reader(generator, records, expected)):  # a line every few seconds, tokens moving per decoding step
         for chunk_index, start in enumerate(range(0, len(usable), per_call)):
             chunk = usable[start : start + per_call]
             explained = sampler.samples(chunk, "explain", cfg.samples_per_question, seed_offset=2 * chunk_index)
@@ -604,8 +605,8 @@ def _judge(rows: list[dict[str, Any]], samples: list[list[dict]], cfg: ExplainCo
         kept: list[str] = []
         for k, sample in enumerate(per):
             reason = judge_text(sample["text"], next(scores), cfg.min_reasoning_chars,
-                                truncated=bool(sample["truncated"]), require_boxed=cfg.require_boxed,
-                                require_derivation=cfg.require_derivation, question=str(row["question"]))
+                                truncated=bool(sample["truncated"]), require_derivation=cfg.require_derivation,
+                                question=str(row["question"]))
             text = sample["text"]
             if reason is None and sample["truncated"]:  # passed on a box before the cut: keep through it
                 text = through_final_answer(text, last_boxed_span(text).start)
@@ -681,20 +682,15 @@ def _rates(counts: dict[str, int], questions_with_explanation: int) -> dict[str,
 
 
 def _progress_reader(generator: Any, records: list[dict[str, Any]], expected: int) -> Callable[[], str]:
-    """The explain stage's progress line (expo.progress.watch): samples generated so far (the
-    generator's counters grow per generated batch, inside one generate call), tokens/s, acceptance."""
+    """The explain stage's progress line (expo.progress.watch): samples and tokens generated so far
+    (tokens move every decoding step, inside one generate call), tok/s, explanations passed."""
     stats = getattr(generator, "stats", None)
-    base_seq, base_tok = (stats.sequences, stats.tokens) if stats is not None else (0, 0)
-    started = time.perf_counter()
+    generated = progress_reader(stats, expected) if stats is not None else (lambda: "")
 
     def read() -> str:
-        passed = sum(1 for rec in records if rec["passed"])
-        judged = f"{passed}/{len(records)} explanations passed" if records else ""
-        if stats is None:
-            return judged
-        done, tokens = stats.sequences - base_seq, stats.tokens - base_tok
-        text = f"{done}/{expected} samples generated, {rate(tokens, time.perf_counter() - started)} tok/s"
-        return f"{text}, {judged}" if judged else text
+        judged = f"{sum(1 for rec in records if rec['passed'])}/{len(records)} explanations passed" \
+            if records else ""
+        return ", ".join(part for part in (generated(), judged) if part)
 
     return read
 

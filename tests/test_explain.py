@@ -278,12 +278,14 @@ def test_truncated_explanations(text, truncated, reason):
     assert judge_text(text, 1.0, 5, truncated=truncated) == reason
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    ("2+3=5, so the answer is 5", "no_answer"),  # require_boxed: only a box is an answer
-    ("2+3=5 \\boxed{5}", None),
-])
-def test_require_boxed(text, reason):
-    assert judge_text(text, 1.0, 5, require_boxed=True) == reason
+def test_explanations_rewards_and_evaluation_read_one_final_answer():
+    # The filter finds the answer where the reward and evaluation find it (expo.verify.extract_answer):
+    # a plain "the answer is 5" counts for all three, a box wins over anything before it.
+    from expo.verify import extract_answer
+
+    for text in ("2+3=5, so the answer is 5", "2+3=5 \\boxed{5}", "Answer 4? No: 2+3=5, \\boxed{5}"):
+        assert extract_answer(text) == "5"
+        assert judge_text(text, 1.0, 5) is None
 
 
 def test_wrong_answer_is_reported_before_style_problems():
@@ -445,8 +447,8 @@ def test_explain_config_keys():
     from expo.config import load_config
     from expo.errors import ConfigError
 
-    cfg = load_config(None, ["explain.max_new_tokens=256", "explain.require_boxed=true"])
-    assert cfg.explain.max_new_tokens == 256 and cfg.explain.require_boxed is True
+    cfg = load_config(None, ["explain.max_new_tokens=256"])
+    assert cfg.explain.max_new_tokens == 256
     assert load_config(None, []).explain.max_new_tokens is None
     with pytest.raises(ConfigError, match="explain.max_new_tokens"):
         load_config(None, ["explain.max_new_tokens=0"])
@@ -577,3 +579,27 @@ def test_derivation_stays_linear_on_hostile_input(text):
     t0 = time.perf_counter()
     judge_text(text, 1.0, 5, require_derivation=True)
     assert time.perf_counter() - t0 < 5.0
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("2+3 = $\\boxed{5}$. Now let us also check", "2+3 = $\\boxed{5}$."),
+    ("so \\boxed{\\frac{1}{2}} and then we", "so \\boxed{\\frac{1}{2}}"),  # nested braces
+    ("the set \\[\\boxed{\\{1,2\\}}\\] is all", "the set \\[\\boxed{\\{1,2\\}}\\]"),  # escaped braces, display math
+    ("2+3=5 \\boxed{5}", "2+3=5 \\boxed{5}"),
+])
+def test_an_explanation_cut_after_its_box_is_kept_through_the_box(text, kept):
+    # what follows the box of a sample cut at the token limit is unfinished work: the explanation
+    # trained on ends with its verified answer
+    from expo.answers import last_boxed_span
+
+    assert through_final_answer(text, last_boxed_span(text).start) == kept
+
+
+def test_a_truncated_sample_that_passed_on_its_box_is_recorded_through_the_box():
+    from expo.explain import _judge
+
+    rows = [{"id": "a", "question": "What is 2+3?", "answer": "5", "level": 1}]
+    samples = [[{"text": "2+3=5 so \\boxed{5}. Next we could", "logprob": -1.0, "num_tokens": 9,
+                 "truncated": True}]]
+    (record,) = _judge(rows, samples, ExplainConfig(), lambda texts, golds: [1.0] * len(texts))
+    assert record["accepted"] and record["explanation"] == "2+3=5 so \\boxed{5}."

@@ -246,3 +246,27 @@ def test_shared_prefix_rejects_an_empty_prompt() -> None:
     tok = char_tokenizer()
     with pytest.raises(ValueError, match="at least one token"):
         sample_shared_prefix(tiny_qwen2(tok, hidden=32, layers=1), [[5], []], GenerationConfig(), tok.pad_token_id)
+
+
+def test_tokens_are_counted_per_decoding_step_inside_one_batch(model, tok):
+    # The progress a stage shows reads stats.generated(): it must move while one batch decodes, and
+    # end equal to the tokens the completions kept (an EOS row stops counting after its EOS).
+    g = gen(model, tok, max_new_tokens=10, batch_size=8)
+    greedy = g.generate(PROMPTS[:2], temperature=0.0)
+    g.eos_ids = (tok.eos_token_id, greedy[0][0].token_ids[2])  # row 0 ends at its 3rd token
+    g.stats = type(g.stats)()
+    seen: list[int] = []
+    decode = g.model.forward
+
+    def watched(*args, **kwargs):
+        seen.append(g.stats.generated())
+        return decode(*args, **kwargs)
+
+    g.model.forward = watched
+    try:
+        outs = g.generate(PROMPTS[:2], temperature=0.0)
+    finally:
+        del g.model.forward
+    kept = sum(c.num_tokens for per in outs for c in per)
+    assert seen == sorted(seen) and 0 < seen[-1] < kept  # it grew inside the one generate call
+    assert g.stats.tokens_in_flight == 0 and g.stats.generated() == g.stats.tokens == kept

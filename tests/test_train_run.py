@@ -28,12 +28,13 @@ def test_outputs_metrics_and_model_folder(tmp_path: Path) -> None:
     assert [row["step"] for row in lines] == [1, 2]
     for row in lines:
         for key in ("grpo_loss", "expo_term", "total_loss", "reward_mean", "frac_reward_zero_std",
-                    "explanations_used", "acceptance", "lr", "tokens_per_s", "time/generation", "time/reward",
+                    "explanations_used", "expo/tokens", "expo/too_long", "acceptance", "lr", "tokens_per_s", "time/generation", "time/reward",
                     "time/logprobs", "time/backward", "time/expo_nll", "time/explain_regen"):
             assert key in row, key
         assert row["frac_reward_zero_std"] == 1.0 and row["grpo_loss"] == 0.0
         assert row["expo_term"] == pytest.approx(0.1 * row["expo_nll"], rel=1e-5)
         assert row["explanations_used"] == 2.0 and row["acceptance"] == 1.0
+        assert row["expo/tokens"] > 2 and row["expo/too_long"] == 0.0  # two texts, each with its EOS
         assert row["time/generation"] > 0 and row["time/backward"] > 0
     assert summary["steps"] == 2 and summary["final_metrics"]["step"] == 2
     card = read_card(tmp_path / "out" / "model")

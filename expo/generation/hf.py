@@ -80,12 +80,13 @@ class HFGenerator:
         recorder = _LogprobRecorder()
         sequences = self.model.generate(
             input_ids=input_ids, attention_mask=attention, generation_config=self._config(temperature, max_new),
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList([recorder, StepTokenCounter(self.stats, self.eos_ids)]),
         )
         new_tokens = sequences[:, input_ids.shape[1] :]  # (B, L), L <= max_new
         token_logprobs = recorder.finish(new_tokens)  # (B, L)
         completions = [self._completion(new_tokens[b].tolist(), token_logprobs[b])
                        for b in range(len(batch))]
+        self.stats.tokens_in_flight = 0  # the batch's tokens are counted whole below
         self.stats.sequences += len(completions)
         self.stats.tokens += sum(c.num_tokens for c in completions)
         return completions
@@ -148,6 +149,26 @@ class _LogprobRecorder(LogitsProcessor):
         if not self.steps:
             return torch.zeros(new_tokens.shape, dtype=torch.float32)
         return torch.stack(self.steps, dim=1).to("cpu")  # (B, L)
+
+
+class StepTokenCounter(LogitsProcessor):
+    """Counts, at every decoding step, the tokens of rows still decoding into `stats.tokens_in_flight`,
+    so the progress a stage shows moves every step, not once per finished batch. The caller folds the
+    count into `stats.tokens` when the batch ends (and sets it back to 0)."""
+
+    def __init__(self, stats: GenerationStats, eos_ids: tuple[int, ...]) -> None:
+        self.stats, self.eos_ids = stats, eos_ids
+        self.done: torch.Tensor | None = None  # (B,) rows that have emitted an end token
+        self.started = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.started:  # the first call comes before any token was generated
+            last = input_ids[:, -1]  # (B,) the token chosen at the previous step
+            done = self.done if self.done is not None else torch.zeros_like(last, dtype=torch.bool)
+            self.stats.tokens_in_flight += int((~done).sum())
+            self.done = done | torch.isin(last, torch.tensor(self.eos_ids, device=last.device))
+        self.started = True
+        return scores
 
 
 def left_pad(batch: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,9 +27,10 @@ from expo.generation.hf import left_pad
 
 
 def sample_shared_prefix(model: Any, prompt_ids: list[list[int]], generation_config: Any,
-                         pad_token_id: int) -> list[torch.Tensor]:
+                         pad_token_id: int, logits_processor: Any = None) -> list[torch.Tensor]:
     """One completion per entry of `prompt_ids` (repeats allowed, in any order): the new token ids of
-    each row, padded after EOS as `generate` leaves them (the caller masks after the first EOS)."""
+    each row, padded after EOS as `generate` leaves them (the caller masks after the first EOS).
+    `logits_processor` goes to `generate` (a token counter for progress)."""
     if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
         raise ValueError("every prompt needs at least one token")
     distinct: dict[tuple[int, ...], int] = {}
@@ -40,7 +41,8 @@ def sample_shared_prefix(model: Any, prompt_ids: list[list[int]], generation_con
     if ids.shape[1] == 1:  # one-token prompts: no prefix to share
         with torch.no_grad():
             out = model.generate(input_ids=ids[index], attention_mask=mask[index],
-                                 generation_config=generation_config)  # (B, 1 + new)
+                                 generation_config=generation_config,
+                                 logits_processor=logits_processor)  # (B, 1 + new)
         return list(out[:, 1:])
     # Positions as `generate` derives them from a left-padded mask: 0 at each row's first real token.
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (U, L)
@@ -54,6 +56,7 @@ def sample_shared_prefix(model: Any, prompt_ids: list[list[int]], generation_con
     cache.batch_select_indices(index)  # (U, ...) -> (B, ...): the cache copied to every repeat
     with torch.no_grad():
         out = model.generate(input_ids=ids[index], attention_mask=mask[index], **{name: cache},
-                             generation_config=generation_config)  # (B, L + new)
+                             generation_config=generation_config,
+                             logits_processor=logits_processor)  # (B, L + new)
     return list(out[:, ids.shape[1]:])
 

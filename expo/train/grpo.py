@@ -34,6 +34,7 @@ metrics),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import LogitsProcessorList, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
@@ -51,10 +52,12 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
 from expo.errors import ExpoError
-from expo.generation.base import first_eos
+from expo.generation.base import GenerationStats, first_eos, progress_reader
+from expo.generation.hf import StepTokenCounter
 from expo.generation.shared_prefix import sample_shared_prefix
 from expo.generation.trl_rollouts import shared_engine_rollouts
 from expo.losses import micro_batch_share, pack_scored_rows, scored_nll_sum, unsolved_groups
+from expo.progress import watch
 from expo.train.explanations import ExplanationBuffer, Regenerate
 from expo.train.group_filter import GroupFilter, Selection, group_kinds, select_groups
 from expo.train.timing import PhaseTimer
@@ -90,7 +93,7 @@ class ExpoGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, nll_term: NLLTerm | None = None, buffer: ExplanationBuffer | None = None,
                  regenerate: Regenerate | None = None, regenerate_every: int = 0,
                  rows_by_id: dict[str, dict[str, Any]] | None = None, metrics_writer: Any = None,
-                 group_filter: GroupFilter | None = None, **kwargs: Any) -> None:
+                 group_filter: GroupFilter | None = None, progress_label: str = "train", **kwargs: Any) -> None:
         self.nll_term = nll_term
         self.group_filter = group_filter  # dynamic sampling (expo.train.group_filter); None = off
         self.buffer = buffer
@@ -105,6 +108,8 @@ class ExpoGRPOTrainer(GRPOTrainer):
         self._step_tokens = 0
         self._step_stats: dict[str, float] = {}
         self._clock = _StepClock()
+        self.progress_label = progress_label  # `train <arm>`: rollout progress inside a step
+        self.rollout_stats = GenerationStats()  # tokens per decoding step (transformers rollouts)
         with shared_engine_rollouts():  # TRL's colocate vLLM engine is the process's one engine
             super().__init__(*args, **kwargs)
         self.add_callback(self._clock)
@@ -126,7 +131,13 @@ class ExpoGRPOTrainer(GRPOTrainer):
     # -- timed seams -------------------------------------------------------------------------
 
     def _generate(self, prompts: list) -> Any:
-        with self.timer.phase("generation"):
+        """Timed, and watched: a step's rollouts can take minutes on a real model, so a progress line
+        (rollout tokens, tok/s) every few seconds says the step is alive (rank 0)."""
+        reader = progress_reader(self.rollout_stats, len(prompts))
+        step = f"step {self.state.global_step + 1}/{self.state.max_steps or self.args.max_steps} rollouts"
+        watching = (watch(self.progress_label, lambda: f"{step}: {reader()}", every_s=10.0)
+                    if self.accelerator.is_main_process else contextlib.nullcontext())
+        with self.timer.phase("generation"), watching:
             return super()._generate(prompts)
 
     def _generate_single_turn(self, prompt_ids: list[list[int]], images: Any, multimodal_fields: Any,
@@ -146,13 +157,18 @@ class ExpoGRPOTrainer(GRPOTrainer):
             torch.no_grad(),
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
         ):
+            counter = StepTokenCounter(self.rollout_stats, tuple(self.eos_token_ids))
             rows = sample_shared_prefix(unwrapped_model, prompt_ids, self.generation_config,
-                                        pad_token_id=self._tokenizer.pad_token_id)
+                                        pad_token_id=self._tokenizer.pad_token_id,
+                                        logits_processor=LogitsProcessorList([counter]))
+        self.rollout_stats.tokens_in_flight = 0
         completions = []
         for row in rows:  # up to and including the first end token, as TRL's completion mask keeps
             ids = row.tolist()
             eos_at = first_eos(ids, self.eos_token_ids)
             completions.append(ids if eos_at is None else ids[: eos_at + 1])
+        self.rollout_stats.sequences += len(completions)
+        self.rollout_stats.tokens += sum(len(ids) for ids in completions)
         return completions, None
 
     def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any

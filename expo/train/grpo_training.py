@@ -178,7 +178,7 @@ def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: 
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks,
         nll_term=term, buffer=buffer, group_filter=group_filter(cfg.train, term is not None),
         regenerate=regenerate if online else None, regenerate_every=cfg.explain.regenerate_every,
-        rows_by_id={str(r["id"]): r for r in rows}, metrics_writer=metrics_writer,
+        rows_by_id={str(r["id"]): r for r in rows}, metrics_writer=metrics_writer, progress_label=f"train {arm}",
     )
     trainer.remove_callback(PrinterCallback)  # MetricsWriter logs one short line per step instead
     return trainer

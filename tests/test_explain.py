@@ -20,6 +20,7 @@ from expo.explain import (
     normalise_latex,
     reasoning_chars,
     sample_explanations,
+    through_final_answer,
 )
 from expo.generation import Completion
 from expo.io import read_json, read_jsonl, write_jsonl

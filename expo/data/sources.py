@@ -203,7 +203,7 @@ def read_hub(cfg: DataConfig) -> Table:
 
 
 def _packaged_sample(name: str, file_name: str) -> Callable[[DataConfig], list[Table]]:
-    """A sample shipped in expo/samples/ (problems written for this project, answers checked)."""
+    """A sample shipped in expo/samples/ (written for this project, or a subset of a public set)."""
     def load(cfg: DataConfig) -> list[Table]:
         text = resources.files("expo").joinpath("samples", file_name).read_text(encoding="utf-8")
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -218,10 +218,15 @@ def _needle(cfg: DataConfig) -> list[Table]:
     return [Table("builtin:needle", generate_rows(seed=cfg.seed, n_per_level=cfg.builtin_per_level))]
 
 
+# Seeded subsets of public sets, as the SmolLM2 recipes draw them (expo/samples/README.md: origin,
+# licence, and the script that writes them from the full files).
+REAL_SUBSETS = ("mawps-singleop-20", "mawps-addsub-20", "mawps-multiarith-20", "gsm8k-train-20", "math500-dev-64")
+
 BUILTINS: dict[str, Callable[[DataConfig], list[Table]]] = {
     "math-sample": _packaged_sample("math-sample", "math_sample.jsonl"),
     "gsm8k-sample": _packaged_sample("gsm8k-sample", "gsm8k_sample.jsonl"),
     "needle": _needle,
+    **{name: _packaged_sample(name, f"{name}.jsonl") for name in REAL_SUBSETS},
 }
 
 

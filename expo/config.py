@@ -11,6 +11,7 @@ the dotted key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 from dataclasses import dataclass, field
@@ -538,10 +539,19 @@ def from_dict(cls: type, data: dict[str, Any], at: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names, key=str)  # YAML keys may be null, ints or bools
     if unknown:
-        raise ConfigError(f"unknown config key '{_join(at, str(unknown[0]))}' (known in "
-                          f"'{at or '<root>'}': {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown config key '{_join(at, str(unknown[0]))}' "
+                          f"({_known_hint(str(unknown[0]), names, at)})")
     kwargs = {name: _coerce(hints[name], value, _join(at, name)) for name, value in data.items()}
     return cls(**kwargs)
+
+
+def _known_hint(key: str, names: set[str], at: str) -> str:
+    """A typo gets the key it most likely meant; a key unlike any gets the section's keys (a section
+    has up to ~40, too many to read when one of them is plainly the answer)."""
+    close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"known in '{at or '<root>'}': {', '.join(sorted(names))}"
 
 
 def _coerce(tp: Any, value: Any, at: str) -> Any:
@@ -585,14 +595,36 @@ def _coerce(tp: Any, value: Any, at: str) -> Any:
             raise ConfigError(f"config key '{at}': expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = parse_number(value)
+        if number is None:
             raise ConfigError(f"config key '{at}': expected a number, got {value!r}")
-        return float(value)
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key '{at}': expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp!r} at {at}")  # a bug in this module, not user input
+
+
+# A decimal number as YAML 1.2 and Python write it. YAML 1.1 (PyYAML) reads `1e-4` (no dot) as a
+# string and only `1.0e-4` as a float; a user writes the first, so every float key takes that text as
+# the number it is: in a YAML file, in `--set` and in a pipeline parameter (expo.params) alike.
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def parse_number(value: Any) -> float | None:
+    """`value` as a float when it is a number or the text of one (`1e-4`, `"0.5"`), else None.
+
+    >>> parse_number("1e-4"), parse_number(3), parse_number(True), parse_number("ten")
+    (0.0001, 3.0, None, None)
+    """
+    if isinstance(value, bool):  # YAML's true/false are ints to Python, never numbers to a user
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -675,5 +707,5 @@ __all__ = [name for name in dir() if name.endswith("Config")] + [
     "ALGORITHMS", "LOSS_TYPES", "ArmOverrides", "EMBEDDED_DATA", "EMBEDDED_MODEL", "EMBEDDED_PRESET",
     "load_config",
     "load_pipeline_config", "from_dict", "to_dict",
-    "flatten", "merge_overrides", "parse_override", "read_yaml",
+    "flatten", "merge_overrides", "parse_number", "parse_override", "read_yaml",
 ]

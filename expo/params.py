@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from expo.config import ExpoConfig, to_dict
+from expo.config import ExpoConfig, parse_number, to_dict
 from expo.errors import ConfigError
 
 
@@ -131,10 +131,9 @@ def convert(param: Param, raw: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list such as [grpo, exp-grpo], got {raw!r}")
         return value
-    try:
-        number = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+    number = parse_number(raw)  # the config loader's reading: `1e-4` as in a YAML file or --set
+    if number is None:
+        raise ConfigError(f"{where}: expected a number, got {raw!r}")
     if param.type is int:
         if not number.is_integer():
             raise ConfigError(f"{where}: expected an integer, got {raw!r}")

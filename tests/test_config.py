@@ -1,8 +1,14 @@
 """The strict config loader: defaults that run, YAML + --set overrides, one clear error per bad key."""
 
-import pytest
+import dataclasses
+import types
+from typing import Union, get_args, get_origin, get_type_hints
 
-from expo.config import ExpoConfig, flatten, load_config, merge_overrides, to_dict
+import pytest
+import yaml
+
+from expo import params as P
+from expo.config import ExpoConfig, flatten, from_dict, load_config, merge_overrides, parse_number, to_dict
 from expo.errors import ConfigError
 
 
@@ -80,3 +86,74 @@ def test_round_trip_and_flatten():
     assert load_config(None, []).name == "expo"
     flat = flatten(data)
     assert flat["name"] == "demo" and flat["train.steps"] == cfg.train.steps
+
+
+def _float_keys(cls: type = ExpoConfig, at: str = "") -> list[str]:
+    """The dotted key of every float field of the config dataclasses, `float | None` included; a
+    mapping of sections (train.arm_overrides) is reached through one example entry."""
+    keys = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], f"{at}{f.name}"
+        options = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+        if float in options:
+            keys.append(key)
+        elif dataclasses.is_dataclass(tp):
+            keys += _float_keys(tp, f"{key}.")
+        elif get_origin(tp) is dict and dataclasses.is_dataclass(get_args(tp)[1]):
+            keys += _float_keys(get_args(tp)[1], f"{key}.grpo.")
+    return keys
+
+
+FLOAT_KEYS = _float_keys()
+
+
+def test_the_float_keys_are_found():
+    assert {"train.learning_rate", "data.eval_fraction", "train.epsilon_high",
+            "train.arm_overrides.grpo.learning_rate", "tracking.backoff_s"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_key_takes_the_exponent_form(tmp_path, key):
+    """`1e-4` (no dot) is a string to YAML 1.1; each float key reads it as 0.0001 from a file and from
+    --set, and a pipeline parameter reads it the same way."""
+    assert yaml.safe_load("x: 1e-4")["x"] == "1e-4"  # what the loader is handed
+    *sections, leaf = key.split(".")
+    text = "".join(f"{'  ' * depth}{part}:\n" for depth, part in enumerate(sections))
+    (tmp_path / "c.yaml").write_text(text + f"{'  ' * len(sections)}{leaf}: 1e-4\n")
+
+    def value(cfg):
+        node = to_dict(cfg)
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    assert value(load_config(tmp_path / "c.yaml")) == 1e-4
+    assert value(load_config(None, [f"{key}=1e-4"])) == 1e-4
+    param = P.BY_KEY.get(key)
+    if param is not None:
+        assert P.parse_cli([f"{param.name}=1e-4"]) == {param.name: 1e-4}
+
+
+@pytest.mark.parametrize("raw", ["1e-4", "1E-4", "+1e-4", ".5e-3", "2.5e-5", "1e+2", " 1e-4 "])
+def test_number_text_is_a_number(raw):
+    assert parse_number(raw) == float(raw)
+
+
+@pytest.mark.parametrize("raw", ["ten", "1e", "e-4", "1e-4x", "nan", "inf", "", True, [1]])
+def test_anything_else_is_not_a_number(raw):
+    assert parse_number(raw) is None
+    with pytest.raises(ConfigError, match="'train.learning_rate': expected a number"):
+        from_dict(ExpoConfig, {"train": {"learning_rate": raw}})
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("train.stepz=1", "(did you mean 'steps'?)"),                  # a typo: the key it meant
+    ("trian.steps=1", "(did you mean 'train'?)"),                  # a section's name too
+    ("train.arm_overrides.grpo.learning_rat=1e-4", "(did you mean 'learning_rate'?)"),
+    ("train.zzz=1", "(known in 'train': acceptance_floor, "),      # like nothing: the section's keys
+])
+def test_unknown_key_suggests_the_closest(override, hint):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert hint in str(err.value)

@@ -36,9 +36,24 @@ def submit(cfg: ExpoConfig, host: str, namespace: str | None = None, experiment:
                 str(package), arguments=arguments, run_name=run_name or cfg.name, experiment_name=experiment,
                 namespace=namespace, enable_caching=cache, service_account=service_account)
         except Exception as exc:  # the client raises many types (HTTP, auth, connection)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExpoError(f"could not submit to {host}: {first}") from None
+            raise ExpoError(f"could not submit to {host}: {_reason(exc)}") from None
     return run.run_id, f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
+
+
+def _reason(exc: BaseException) -> str:
+    """Why the client failed, in words a user acts on: the socket's own ("Connection refused", "Name or
+    service not known") when it could not connect, found through urllib3's wrappers (whose message
+    repeats the pool, the URL and the retry count), else the first line of the client's message."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, OSError) and node.strerror:
+            return node.strerror
+        reason = getattr(node, "reason", None)  # urllib3's MaxRetryError keeps its cause here
+        node = node.__cause__ or node.__context__ or (reason if isinstance(reason, BaseException) else None)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_arguments(cfg: ExpoConfig, arguments: dict[str, Any]) -> None:

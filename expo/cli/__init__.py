@@ -9,11 +9,24 @@ These modules import nothing heavy at the top: each imports its stage (torch, ml
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
+import os
+import signal
 import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 from expo import __version__
 from expo.errors import ExpoError
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+# Library warnings are logged under the name logging.captureWarnings uses; with no handler configured
+# (every command but `expo run`, which sends logging to its log file, and `expo train`) they are
+# dropped instead of reaching logging's last-resort handler on stderr.
+logging.getLogger("py.warnings").addHandler(logging.NullHandler())
 
 # command name -> (module, one-line help): `expo model` is cli/prepare_model.py, `expo models`
 # cli/registered_models.py. Order is the order `expo --help` lists them.
@@ -58,6 +71,36 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                              "values are YAML: --set train.arms=[grpo,exp-grpo])")
 
 
+@contextlib.contextmanager
+def _library_warnings_to_log() -> Iterator[None]:
+    """Warnings raised by other packages (kfp's FutureWarning on every client, MLflow's notices) go to
+    logging, not to the terminal, where a command prints its own lines and an error is one line.
+    Warnings of this package are shown as before."""
+    log = logging.getLogger("py.warnings")
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def route(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+            if Path(filename).resolve().is_relative_to(_PACKAGE):
+                shown(message, category, filename, lineno, file, line)
+            else:
+                log.warning("%s", warnings.formatwarning(message, category, filename, lineno, line).strip())
+
+        warnings.showwarning = route
+        yield
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (`expo compile ... | head -1`): stop quietly with the status of a
+    command ended by SIGPIPE. stdout is pointed at /dev/null, as Python's `signal` documentation
+    recommends, so the interpreter's own flush at exit has nothing left to fail on."""
+    with contextlib.suppress(OSError, ValueError):  # a replaced stdout (tests) has no descriptor
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -65,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        with _library_warnings_to_log():
+            code = int(importlib.import_module(args._module).run(args) or 0)
+        sys.stdout.flush()  # a reader gone early (`| head -1`) is met here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except ExpoError as exc:
         print(f"expo {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -53,6 +53,7 @@ LOCK_SUFFIX = ".expo-lock"
 LOCK_STALE_S = 120.0  # a registry lock older than this was left by a crashed process
 METRIC_PREFIX = "expo.metric."
 GATE_PREFIX = "expo.gate."
+PROMOTED_PREFIX = "expo.promoted."  # + <alias>.by / .reason / .from_version / .at (a move by hand)
 # Not part of a registered model: resumable training state is large and useless to a consumer.
 _SKIP_DIRS = ("checkpoints",)
 _SKIP_PREFIXES = ("checkpoint-", ".")
@@ -418,9 +419,10 @@ def _decide(conn: Connection, name: str, version: int, cfg: RegisterConfig,
     return GateDecision(decision, version, champion, cand, champ, cfg.gate_metric)
 
 
-def _record(conn: Connection, name: str, gate: GateDecision, margin: float) -> None:
+def _record(conn: Connection, name: str, gate: GateDecision, margin: float, alias: str) -> None:
     _set_version_tags(conn, name, gate.candidate_version, {
         GATE_PREFIX + "decision": gate.decision,
+        GATE_PREFIX + "alias": alias,
         GATE_PREFIX + "metric": gate.metric,
         GATE_PREFIX + "margin": margin,
         GATE_PREFIX + "candidate_value": gate.candidate_value,
@@ -441,7 +443,7 @@ def gate_and_promote(name: str, version: int, cfg: RegisterConfig, *, tracking: 
         gate = _decide(conn, name, version, cfg, _aliases(conn, name).get(alias))
         if gate.decision == "promoted":
             conn.call("set alias", conn.client.set_registered_model_alias, name, alias, str(version))
-        _record(conn, name, gate, cfg.gate_margin)
+        _record(conn, name, gate, cfg.gate_margin, alias)
     return gate
 
 
@@ -463,7 +465,7 @@ def promote(name: str, version: int, alias: str = "champion", reason: str = "", 
     with registry_lock(conn, name):
         before = _aliases(conn, name).get(alias)
         conn.call("set alias", conn.client.set_registered_model_alias, name, alias, str(version))
-    prefix = f"expo.promoted.{mlflow_key(alias)}."
+    prefix = f"{PROMOTED_PREFIX}{mlflow_key(alias)}."
     _set_version_tags(conn, name, version, {
         prefix + "by": user, prefix + "reason": reason, prefix + "from_version": before,
         prefix + "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -484,7 +486,7 @@ def list_models(name: str, *, tracking: TrackingConfig | None = None, run_dir: P
     for mv in reversed(_versions(conn, name)):
         tags = mv.tags or {}
         row: dict[str, Any] = {
-            "version": int(mv.version), "aliases": ",".join(sorted(by_version.get(int(mv.version), []))),
+            "version": int(mv.version), "aliases": sorted(by_version.get(int(mv.version), [])),
             "arm": tags.get("expo.arm", ""), "gate": tags.get(GATE_PREFIX + "decision", ""),
             "run_id": mv.run_id or "", "fingerprint": tags.get(FINGERPRINT_TAG, ""),
             "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(mv.creation_timestamp) / 1000)),
@@ -495,6 +497,45 @@ def list_models(name: str, *, tracking: TrackingConfig | None = None, run_dir: P
             row[metric] = float(raw) if raw not in (None, "") else None
         rows.append(row)
     return rows
+
+
+def promotion_history(name: str, *, tracking: TrackingConfig | None = None,
+                      run_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Every recorded decision about an alias, newest first: the promotion gate's (promoted or kept,
+    with its numbers) and each `promote` by hand (who and why). Each row: at (UTC, ISO 8601), alias,
+    version, from_version (who held the alias before, None if nobody), by ("gate" or the user),
+    decision, reason. The records are version tags, one per version and alias: a version promoted
+    by hand twice to the same alias shows the later move."""
+    _check_name(name)
+    conn = _connect(tracking, run_dir)
+    _ensure_exists(conn, name)
+    events = []
+    for mv in _versions(conn, name):
+        tags, version = mv.tags or {}, int(mv.version)
+        if GATE_PREFIX + "decision" in tags:
+            gate = {k[len(GATE_PREFIX):]: v for k, v in tags.items() if k.startswith(GATE_PREFIX)}
+            events.append({
+                "at": gate.get("at", ""), "alias": gate.get("alias") or "champion", "version": version,
+                "from_version": _version_or_none(gate.get("champion_version")), "by": "gate",
+                "decision": gate["decision"],
+                "reason": f"{gate.get('metric', '')} {gate.get('candidate_value') or '-'} vs "
+                          f"{gate.get('champion_value') or '-'} (margin {gate.get('margin', '-')})"})
+        by_hand: dict[str, dict[str, str]] = {}
+        for key, value in tags.items():
+            if key.startswith(PROMOTED_PREFIX):
+                alias, _, part = key[len(PROMOTED_PREFIX):].rpartition(".")
+                by_hand.setdefault(alias, {})[part] = value
+        for alias, record in by_hand.items():
+            events.append({
+                "at": record.get("at", ""), "alias": alias, "version": version,
+                "from_version": _version_or_none(record.get("from_version")), "by": record.get("by", ""),
+                "decision": "promoted", "reason": record.get("reason", "")})
+    # newest first; within one second a move by hand follows the gate that registered the version
+    return sorted(events, key=lambda e: (e["at"], e["version"], e["by"] != "gate"), reverse=True)
+
+
+def _version_or_none(text: str | None) -> int | None:
+    return int(text) if text not in (None, "") else None
 
 
 def _ensure_exists(conn: Connection, name: str) -> None:
@@ -567,5 +608,6 @@ def load_model_from_registry(uri: str, *, tracking: TrackingConfig | None = None
 
 __all__ = [
     "GateDecision", "VersionInfo", "download_model", "gate_and_promote",
-    "list_models", "load_model_from_registry", "log_and_register", "promote", "register_dir",
+    "list_models", "load_model_from_registry", "log_and_register", "promote", "promotion_history",
+    "register_dir",
 ]

@@ -4,6 +4,8 @@ run folder found with no setting at all (what a user has after `expo run`)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from mlflow import MlflowClient
 
@@ -56,7 +58,8 @@ def test_models_wide_and_json_show_everything(mlflow_server, two_versions, capsy
     assert header[-3:] == ["created", "run_id", "fingerprint"]
     assert main(["models", two_versions, "--tracking-uri", mlflow_server, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["version"] for r in rows] == [2, 1] and rows[1]["aliases"] == "champion"
+    assert [r["version"] for r in rows] == [2, 1]
+    assert rows[0]["aliases"] == ["candidate"] and rows[1]["aliases"] == ["champion"]  # lists, not text
     assert rows[0]["hardest_level_pass_at_1"] == 0.5 and len(rows[0]["run_id"]) == 32
 
 
@@ -114,6 +117,33 @@ def test_promote_via_env_uri_records_user_and_reason(mlflow_server, two_versions
     assert client.get_registered_model(two_versions).aliases["staging"] == "1"
 
 
+def test_history_shows_who_moved_which_alias_when_and_why(mlflow_server, two_versions, capsys,
+                                                           monkeypatch):
+    import json
+
+    monkeypatch.setenv("USER", "carol")
+    assert main(["promote", two_versions, "2", "--reason", "wins on level 5", "--tracking-uri",
+                 mlflow_server]) == 0
+    capsys.readouterr()
+    assert main(["models", two_versions, "--history", "--tracking-uri", mlflow_server]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["when", "alias", "version", "was", "by", "decision", "why"]
+    newest, gate = lines[1].split(), lines[2].split()
+    assert newest[1:] == ["champion", "2", "1", "carol", "promoted", "wins", "on", "level", "5"]
+    assert time.strptime(newest[0], "%Y-%m-%dT%H:%M:%SZ")
+    # the gate promoted version 1 when nobody held the alias: its metric, the values, the margin
+    assert gate[1:] == ["champion", "1", "-", "gate", "promoted", "hardest_level_pass@1", "0.25", "vs", "-",
+                        "(margin", "0.0)"]
+    assert lines[3] == f"store: {mlflow_server} (--tracking-uri)"
+
+    assert main(["models", two_versions, "--history", "--json", "--tracking-uri", mlflow_server]) == 0
+    events = json.loads(capsys.readouterr().out)
+    assert events[0] == {"at": newest[0], "alias": "champion", "version": 2, "from_version": 1, "by": "carol",
+                         "decision": "promoted", "reason": "wins on level 5"}
+    assert main(["models", two_versions, "--history", "--wide", "--tracking-uri", mlflow_server]) == 2
+    assert "--history lists promotion records" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["promote", "{name}", "7"], "no version 7 of registered model"),
     (["models", "{name}-absent"], "no registered model"),
@@ -135,6 +165,8 @@ def test_format_table_aligns_and_marks_missing():
     assert lines[0].index("arm") == lines[2].index("exp-grpo")  # columns aligned
     assert format_table(rows, wide=True).splitlines()[2].split()[-3:] == ["c", "r", "-"]  # --wide: run id too
     assert format_table([]) == "(no versions)"
+    assert format_table([{**rows[1], "aliases": ["candidate", "champion"]}]).splitlines()[1].split()[1] == \
+        "candidate,champion"  # a list of aliases is one cell
 
 
 def test_format_table_fits_the_width_hardest_level_first():

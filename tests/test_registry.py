@@ -162,8 +162,11 @@ def test_manual_promote_records_who_and_why(mlflow_server, make_model_dir, uniqu
     assert time.strptime(tags["expo.promoted.champion.at"], "%Y-%m-%dT%H:%M:%SZ")
     assert _champion(mlflow_server, unique_name) == v2
     rows = R.list_models(unique_name, tracking=track)
-    assert [(r["version"], r["aliases"]) for r in rows] == [(v2, "candidate,champion"), (v1, "")]
+    assert [(r["version"], r["aliases"]) for r in rows] == [(v2, ["candidate", "champion"]), (v1, [])]
     assert rows[1]["hardest_level_pass_at_1"] == 0.9 and rows[0]["arm"] == "exp-grpo"
+    history = R.promotion_history(unique_name, tracking=track)  # newest first
+    assert [(e["version"], e["from_version"], e["by"], e["reason"]) for e in history] == [
+        (v2, v1, "bob", "A/B on level 5"), (v1, None, "alice", "")]
     with pytest.raises(TrackingError, match="no version 99"):
         R.promote(unique_name, 99, tracking=track)
     with pytest.raises(TrackingError, match="no registered model"):

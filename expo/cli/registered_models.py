@@ -3,12 +3,14 @@
     expo models expo-tiny                           # after `expo run`, from the same folder
     expo models expo-tiny --run expo-runs/expo-embedded --wide
     expo models expo-tiny --tracking-uri http://127.0.0.1:5000 --metric hardest_level_pass@1 --json
+    expo models expo-tiny --history                 # who moved which alias, when and why
 
 The store: --tracking-uri, else --run DIR's store, else $MLFLOW_TRACKING_URI, else the newest run folder
 under ./expo-runs/, else ./mlflow.db if it exists (expo.run_folder); a store that does not exist is an
 error, never created. The table fits 100 columns: it shows as many metric columns as fit (the gate's
 `hardest_level_*` first) and says how many it left out; `--wide` shows them all with the run id,
-`--json` prints every field of every version.
+`--json` prints every field of every version. `--history` lists the promotion records instead, newest
+first: the gate's decisions with their numbers and each `expo promote` with who and why.
 """
 
 from __future__ import annotations
@@ -40,13 +42,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metric column to show (repeatable; default: every metric tagged on a version)")
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument("--wide", action="store_true", help="every metric column, the run id and fingerprint")
-    shown.add_argument("--json", action="store_true", help="every field of every version, as JSON")
+    shown.add_argument("--json", action="store_true",
+                       help="every field of every version (or of every --history record), as JSON")
+    parser.add_argument("--history", action="store_true",
+                        help="the promotion records, newest first: when, alias, version, the version it "
+                             "replaced, by whom (the gate or a user) and why")
+
+
+HISTORY = (("when", "at"), ("alias", "alias"), ("version", "version"), ("was", "from_version"),
+           ("by", "by"), ("decision", "decision"), ("why", "reason"))
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
     if value is None or value == "":
         return "-"  # never a blank cell: every row splits into the same columns
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_history(events: list[dict[str, Any]]) -> str:
+    """One line per promotion record (expo.registry.promotion_history), the reason last."""
+    from expo.terminal import format_table as align
+
+    if not events:
+        return "(no promotion recorded)"
+    return "\n".join(align([title for title, _ in HISTORY],
+                           [[_cell(e.get(key)) for _, key in HISTORY] for e in events]))
 
 
 def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -85,19 +107,26 @@ def run(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from expo.config import TrackingConfig
-    from expo.errors import TrackingError
-    from expo.registry import list_models
+    from expo.errors import ExpoError, TrackingError
+    from expo.registry import list_models, promotion_history
     from expo.run_folder import find_tracking_uri
 
+    if args.history and (args.wide or args.metrics):
+        raise ExpoError("--history lists promotion records; --wide and --metric apply to the "
+                        "version table")
     uri, where = find_tracking_uri(args.tracking_uri, args.run)
+    tracking = TrackingConfig(tracking_uri=uri)
     try:
-        rows = list_models(args.name, tracking=TrackingConfig(tracking_uri=uri), metrics=tuple(args.metrics))
+        if args.history:
+            rows = promotion_history(args.name, tracking=tracking)
+        else:
+            rows = list_models(args.name, tracking=tracking, metrics=tuple(args.metrics))
     except MlflowException as exc:  # refused by the server (permissions, bad name): one line, exit 2
         raise TrackingError(" ".join(str(exc).split())[:300]) from None
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(format_table(rows, wide=args.wide))
+    print(format_history(rows) if args.history else format_table(rows, wide=args.wide))
     from expo.tracking import redact_uri
 
     print(f"store: {redact_uri(uri)} ({where})")

@@ -73,6 +73,24 @@ def test_only_bad_rows_is_one_line_and_nonzero(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("rows, fraction, warned", [
+    (ROWS[:1], "0.2", True),    # one row: nothing to hold out
+    (ROWS[:5], "0.2", True),    # five rows, each its own level: still one per level
+    (ROWS[:10], "0.2", False),  # two per level: one of each held out
+    (ROWS[:1], "0", False),     # no validation split asked for: nothing to say
+])
+def test_an_empty_validation_split_is_one_warning(tmp_path, capsys, rows, fraction, warned):
+    src = write_rows(tmp_path / "few.jsonl", rows)
+    rc = expo.cli.main(["data", "--source", src, "--output", str(tmp_path / "out"), "--eval-fraction",
+                        fraction, "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and out.startswith(f"{len(rows)} of {len(rows)} rows kept")
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert warnings == ([f"expo data: warning: the validation split (eval.jsonl) is empty: {len(rows)} "
+                         f"row{'s' if len(rows) > 1 else ''} kept, and a level needs at least 2 to hold "
+                         f"one out (data.eval_fraction {float(fraction)})"] if warned else [])
+
+
 def test_malformed_file_names_file_and_line(tmp_path, capsys):
     (tmp_path / "m.jsonl").write_text('{"problem": "a", "solution": "\\\\boxed{1}"}\n{broken\n')
     rc = expo.cli.main(["data", "--source", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out")])

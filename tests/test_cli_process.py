@@ -9,22 +9,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def expo(*args: str, stdout: int = subprocess.PIPE) -> subprocess.CompletedProcess:
+def expo(*args: str, stdout: int = subprocess.PIPE, unbuffered: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "default"}  # every warning a library raises would show
+    env.pop("PYTHONUNBUFFERED", None)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     return subprocess.run([sys.executable, "-m", "expo", *args], stdout=stdout, stderr=subprocess.PIPE,
                           text=True, cwd=ROOT, env=env, timeout=300)
 
 
-def test_a_pipe_closed_early_ends_quietly(tmp_path):
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+def test_a_pipe_closed_early_ends_quietly(tmp_path, unbuffered):
     """`expo compile --output x.yaml | head -1`, made certain: the reader is gone before the first
-    line, so every write meets a closed pipe. Exit status 141, as for a command ended by SIGPIPE."""
+    line, so every write meets a closed pipe (at the first print unbuffered, at the final flush
+    buffered). Exit status 141, as for a command ended by SIGPIPE."""
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = expo("compile", "--output", str(tmp_path / "p.yaml"), stdout=write)
+        proc = expo("compile", "--output", str(tmp_path / "p.yaml"), stdout=write, unbuffered=unbuffered)
     finally:
         os.close(write)
     assert proc.stderr == ""

@@ -254,9 +254,10 @@ def summarize_levels(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def model_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """One model's part of summary.json: {"levels": summarize_levels(..), "overall": {"pass@1", "pass@k"}}."""
+    """One model's part of summary.json: {"levels": summarize_levels(..), "overall": {"pass@1", "pass@k"},
+    "k"} (pass@k's k: evaluate.samples)."""
     k = str(metrics["samples"])
-    return {"levels": summarize_levels(metrics), "overall": _headline(metrics["overall"], k)}
+    return {"levels": summarize_levels(metrics), "overall": _headline(metrics["overall"], k), "k": int(k)}
 
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:

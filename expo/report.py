@@ -179,6 +179,36 @@ def _figure(ncols: int = 1, width: float = 7.0, height: float = 3.6) -> tuple[An
     return plt.subplots(1, ncols, figsize=(width, height), squeeze=False)
 
 
+def _grid(panels: int, ncols: int = 3, width: float = 3.6, height: float = 2.9) -> tuple[Any, list[Any]]:
+    """A figure of `panels` axes in rows of at most `ncols` (never a long strip); unused cells hidden."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = max(1, min(ncols, panels))
+    nrows = math.ceil(panels / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    for ax in flat[:panels]:
+        ax.grid(alpha=0.3)
+    return fig, flat[:panels]
+
+
+# One colour per model (base, then arms in pipeline order) in every plot of a report.
+_PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+_MODEL_ORDER = ("base", "grpo", "exp-grpo", "grpo-sft", "exp-dpo")
+
+
+def model_colour(name: str) -> str:
+    """The colour of model `name` in every plot: fixed per name, so an arm never changes colour."""
+    if name in _MODEL_ORDER:
+        return _PALETTE[_MODEL_ORDER.index(name)]
+    return _PALETTE[len(_MODEL_ORDER) + sum(map(ord, name)) % (len(_PALETTE) - len(_MODEL_ORDER))]
+
+
 def _pass_at(summary: dict[str, Any], k: int) -> dict[str, float] | None:
     return summary.get("pass@k", {}).get(str(k))
 
@@ -224,7 +254,8 @@ def _accuracy_plot(evaluations: dict[str, dict[str, Any]]) -> bytes:
                 ys.append(p1["mean"])
                 errs[0].append(p1["mean"] - p1["lo"])
                 errs[1].append(p1["hi"] - p1["mean"])
-        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name)
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=name, color=model_colour(name))
+    ax.grid(axis="y", alpha=0.3)
     ax.set_xticks([i + width * (len(evaluations) - 1) / 2 for i in range(len(levels))], levels)
     ax.set(xlabel="level", ylabel="pass@1", ylim=(0, 1.05), title="pass@1 by level (95% CI)")
     ax.legend(fontsize=8)
@@ -275,7 +306,9 @@ def pass_at_k_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
     ax = axes[0][0]
     for name, m in evaluations.items():
         ks = sorted(int(k) for k in m["overall"]["pass@k"])
-        ax.plot(ks, [m["overall"]["pass@k"][str(k)]["mean"] for k in ks], marker="o", label=name)
+        ax.plot(ks, [m["overall"]["pass@k"][str(k)]["mean"] for k in ks], marker="o", label=name,
+                color=model_colour(name))
+    ax.grid(alpha=0.3)
     ax.xaxis.get_major_locator().set_params(integer=True)  # k is a count
     ax.set(xlabel="k", ylabel="pass@k", ylim=(0, 1.05), title="pass@k (all levels)")
     ax.legend(fontsize=8)
@@ -298,17 +331,18 @@ def training_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
               if any(_series(steps, keys)[0] for steps in training.values())]
     if not panels:
         return []
-    fig, axes = _figure(ncols=len(panels), width=3.2 * len(panels), height=3.0)
+    fig, axes = _grid(len(panels))
     rows = []
     for arm, steps in training.items():
         row = [arm, str(len(steps))]
-        for ax, (title, keys) in zip(axes[0], panels):
+        for ax, (title, keys) in zip(axes, panels):
             xs, ys = _series(steps, keys)
             if xs:
-                ax.plot(xs, ys, label=arm)
+                ax.plot(xs, ys, label=arm, color=model_colour(arm), marker="o" if len(xs) < 20 else None,
+                        markersize=3)
             row.append(f"{ys[-1]:.4g}" if ys else "-")
         rows.append(row)
-    for ax, (title, _) in zip(axes[0], panels):
+    for ax, (title, _) in zip(axes, panels):
         ax.set(title=title, xlabel="step")
         ax.legend(fontsize=7)
     return [("h2", "Training"), _source_note("training"),
@@ -409,30 +443,38 @@ def explanation_section(stats: dict[str, Any]) -> list[Block]:
     levels = sorted_levels(by_level)
     overall = stats.get("overall") or stats  # expo.explain puts the overall rates at the top level
 
+    # The solve rate needs explain.solve_rate_samples > 0: without it the column would be all "-".
+    solved = any(_pick(d, SOLVE_RATE_KEYS) is not None for d in [overall, *by_level.values()])
+
     def row(name: str, d: dict[str, Any]) -> list[str]:
         count = lambda key: str(d[key]) if isinstance(d.get(key), int) else "-"  # noqa: E731
-        return [name, count("questions"), count("samples"), _pct(_pick(d, ACCEPTANCE_KEYS)),
-                _pct(_pick(d, ("coverage",))), _pct(_pick(d, SOLVE_RATE_KEYS))]
+        cells = [name, count("questions"), count("samples"), _pct(_pick(d, ACCEPTANCE_KEYS)),
+                 _pct(_pick(d, ("coverage",)))]
+        return cells + ([_pct(_pick(d, SOLVE_RATE_KEYS))] if solved else [])
 
     rows = [row(lv, by_level[lv]) for lv in levels] + [row("all", overall)]
-    blocks: list[Block] = [
-        ("h2", "Self-explanations"),
-        ("p", "Acceptance: share of answer-conditioned samples that pass the verifier and filters. Coverage: "
-              "share of questions left with an explanation. Solve rate: share of unconditioned samples "
-              "that are correct. The gap between acceptance and solve rate is what the hint buys."),
-        _source_note("explanations"),
-        ("table", Table("explanations", ["level", "questions", "samples", "acceptance", "coverage",
-                                         "unconditioned solve rate"], rows))]
+    meaning = ("Acceptance: share of answer-conditioned samples that pass the verifier and filters. Coverage: "
+               "share of questions left with an explanation.")
+    meaning += (" Unconditioned solve rate: share of samples of the plain solve prompt that are correct, on "
+                "the same questions; the gap between acceptance and solve rate is what the hint buys."
+                if solved else " (No unconditioned solve rate: explain.solve_rate_samples is 0.)")
+    header = ["level", "questions", "samples", "acceptance", "coverage"] + (
+        ["unconditioned solve rate"] if solved else [])
+    blocks: list[Block] = [("h2", "Self-explanations"), ("p", meaning), _source_note("explanations"),
+                           ("table", Table("explanations", header, rows))]
     if levels:
         fig, axes = _figure(width=6)
         ax = axes[0][0]
         xs = range(len(levels))
-        ax.bar([x - 0.2 for x in xs], [_pick(by_level[lv], ACCEPTANCE_KEYS) or 0 for lv in levels], 0.4,
-               label="explanation acceptance")
-        ax.bar([x + 0.2 for x in xs], [_pick(by_level[lv], SOLVE_RATE_KEYS) or 0 for lv in levels], 0.4,
-               label="unconditioned solve rate")
+        width = 0.4 if solved else 0.6
+        ax.bar([x - (0.2 if solved else 0.0) for x in xs],
+               [_pick(by_level[lv], ACCEPTANCE_KEYS) or 0 for lv in levels], width, label="explanation acceptance")
+        if solved:
+            ax.bar([x + 0.2 for x in xs], [_pick(by_level[lv], SOLVE_RATE_KEYS) or 0 for lv in levels], width,
+                   label="unconditioned solve rate")
         ax.set_xticks(list(xs), levels)
-        ax.set(xlabel="level", ylim=(0, 1.05), title="Acceptance vs solve rate")
+        ax.set(xlabel="level", ylim=(0, 1.05), title="Acceptance vs solve rate" if solved else "Acceptance")
+        ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
         blocks.append(("img", Image("explanations.png", _png(fig), "explanation acceptance by level")))
     return blocks + reject_reason_section(stats, levels)
@@ -539,11 +581,62 @@ def validation_section(validation: dict[str, list[dict[str, Any]]] | None,
     return blocks
 
 
+# The headline's registration line until the register step finishes: it replaces the line in the
+# run's report with the registered version (`complete_headline`).
+REGISTRATION_PENDING = "Registered model: named here once the register step has run."
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f} points"
+
+
+def headline_section(headline: dict[str, Any]) -> list[Block]:
+    """The answer first: the best arm and its margin over the base model on the gate metric, the gate's
+    decision, the registered model (completed by the register step) and the MLflow run."""
+    metric, best, base = headline["metric"], headline.get("best_value"), headline.get("base_value")
+    lines = []
+    if headline.get("best_arm") and best is not None and not math.isnan(best):
+        versus = (f" vs base {_pct(base)} ({_points(best - base)})"
+                  if base is not None and not math.isnan(base) else "")
+        lines.append(f"Best arm: {headline['best_arm']}, {metric} {_pct(best)}{versus}.")
+    else:
+        lines.append(f"Best arm: none (no trained arm has a value of {metric}).")
+    if headline.get("register"):
+        lines.append(f"Gate: passed (better than base by more than register.gate_margin = "
+                     f"{headline.get('margin', 0.0):g}): the best arm is registered as `candidate`; `champion` "
+                     "moves only past the current champion.")
+        lines.append(REGISTRATION_PENDING)
+    else:
+        lines.append(f"Gate: not passed (no arm beat base by more than register.gate_margin = "
+                     f"{headline.get('margin', 0.0):g}); nothing is registered.")
+    if headline.get("mlflow_run"):
+        lines.append(f"MLflow: parent run {headline['mlflow_run']} in experiment "
+                     f"{headline.get('experiment', 'expo')!r} ({headline.get('tracking_uri', '')}).")
+    return [("h2", "Headline")] + [("p", line) for line in lines]
+
+
+def complete_headline(folder: str | Path, registered: str) -> list[Path]:
+    """Put the registered model into the headline of the reports in `folder` (register step); returns
+    the files changed."""
+    changed = []
+    for name in ("report.md", "report.html"):
+        path = Path(folder) / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            if REGISTRATION_PENDING in text:
+                done = f"Registered model: {registered}."
+                atomic_write_text(path, text.replace(REGISTRATION_PENDING, html.escape(done) if name.endswith(
+                    ".html") else done))
+                changed.append(path)
+    return changed
+
+
 def build_blocks(evaluations: dict[str, dict[str, Any]] | None, training: dict[str, list[dict]] | None,
                  explanation_stats: dict[str, Any] | None, in_distribution: dict[str, Any] | None,
                  validation: dict[str, list[dict[str, Any]]] | None = None,
-                 checkpoint: dict[str, Any] | None = None) -> list[Block]:
-    blocks: list[Block] = []
+                 checkpoint: dict[str, Any] | None = None,
+                 headline: dict[str, Any] | None = None) -> list[Block]:
+    blocks: list[Block] = headline_section(headline) if headline else []
     if evaluations:
         blocks += accuracy_section(evaluations) + split_note(evaluations) + delta_section(evaluations)
         blocks += pass_at_k_section(evaluations) + test_section(evaluations)
@@ -562,13 +655,15 @@ def write_report(output_dir: str | Path, evaluations: dict[str, dict[str, Any]] 
                  explanation_stats: dict[str, Any] | None = None,
                  in_distribution: dict[str, Any] | None = None, title: str = "ExPO report",
                  validation: dict[str, list[dict[str, Any]]] | None = None,
-                 checkpoint: dict[str, Any] | None = None) -> Path:
+                 checkpoint: dict[str, Any] | None = None, headline: dict[str, Any] | None = None) -> Path:
     """Write report.html (self-contained), report.md and the PNGs into output_dir; return the HTML path.
     `validation`: each arm's validation.jsonl rows; `checkpoint`: the chosen arm's selection.json with
-    "arm" and "register" (which step was evaluated and registered)."""
+    "arm" and "register" (which step was evaluated and registered); `headline`: the gate's decision
+    (`headline_section`)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    blocks = build_blocks(evaluations, training, explanation_stats, in_distribution, validation, checkpoint)
+    blocks = build_blocks(evaluations, training, explanation_stats, in_distribution, validation, checkpoint,
+                          headline)
     if not blocks:
         blocks = [("p", "Nothing to report: no evaluation, training, explanation or in-distribution input.")]
     for kind, value in blocks:

@@ -6,6 +6,7 @@ which `expo run` puts inside it as `workspace/` and a cluster mounts as a PVC. L
 
     expo-runs/<name>/expo-run.json   where the run's tracking store and log are (RUN_RECORD)
                      expo-run.log    kfp.local's full output (LOG_FILE)
+                     expo-run.failed.log   a failed run's log, when a finished run's is kept (FinishedRun)
                      mlflow.db       the tracking store, unless MLFLOW_TRACKING_URI points elsewhere
                      workspace/      $EXPO_WORKSPACE (WORKSPACE_DIR)
                      kfp/, kfp-cache/, config.yaml, summary.json, report.html, report.md
@@ -37,7 +38,38 @@ RUN_RECORD = "expo-run.json"  # written by `expo run` in its run folder
 RUNS_DIR = "expo-runs"
 STORE_FILE = "mlflow.db"  # the SQLite tracking store of a run folder (expo.tracking.resolve_tracking_uri)
 LOG_FILE = "expo-run.log"  # kfp.local's full output: executor dumps, task logs, warnings
+FAILED_LOG_FILE = "expo-run.failed.log"  # the log of a run that failed after a finished one
+SUMMARY_FILE = "summary.json"  # written when a run finishes
+# What a run rewrites when it starts; a failed or stopped run puts back a finished run's copies.
+KEPT_ON_FAILURE = (RUN_RECORD, LOG_FILE, "config.yaml")
 WORKSPACE_DIR = "workspace"  # the run's $EXPO_WORKSPACE
+
+
+class FinishedRun:
+    """What a finished run left in `run_dir` (its `summary.json` marks it finished), read before a new
+    run starts there, so a run that fails or is stopped loses nothing of it: `restore` puts back its
+    record, log and config, and keeps the failed run's log beside them as `expo-run.failed.log`.
+    Summary and report are written only when a run finishes, so a failed one never touches them."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        finished = (run_dir / SUMMARY_FILE).is_file()
+        self.saved = {name: (run_dir / name).read_bytes() for name in KEPT_ON_FAILURE
+                      if finished and (run_dir / name).is_file()}
+
+    def restore(self) -> Path:
+        """Put the finished run's files back; return where the failed run's log now is."""
+        log = self.run_dir / LOG_FILE
+        if not self.saved:
+            return log  # nothing finished here before: the failed run's files are all there is
+        failed = self.run_dir / FAILED_LOG_FILE
+        if log.is_file():
+            os.replace(log, failed)
+        for name, data in self.saved.items():
+            part = self.run_dir / f".{name}.restoring"
+            part.write_bytes(data)
+            os.replace(part, self.run_dir / name)  # whole or not at all
+        return failed
 
 
 def default_run_dir(name: str) -> Path:

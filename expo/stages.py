@@ -271,7 +271,7 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
     from expo.report import write_report
 
     cfg = load_stage_config(config, params)
-    with _stage_run(cfg, config, "report", params_text=params):
+    with _stage_run(cfg, config, "report", params_text=params) as run:
         evaluations = {"base": read_json(Path(base_eval_dir) / "metrics.json")}
         for eval_dir in arm_eval_dirs:
             metrics = read_json(Path(eval_dir) / "metrics.json")
@@ -297,7 +297,10 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
         summary.update(decision)
         if decision["best_arm"] in selections:  # which training step the candidate's weights are
             summary["checkpoint"] = {"arm": decision["best_arm"], **selections[decision["best_arm"]]}
-        write_report(output_dir, evaluations=evaluations, training=training, explanation_stats=expl_stats,
+        headline = {**decision, "metric": cfg.register.gate_metric, "margin": cfg.register.gate_margin,
+                    "mlflow_run": run.parent_id, "experiment": cfg.tracking.experiment,
+                    "tracking_uri": tracking.redact_uri(tracking.resolve_tracking_uri(cfg.tracking))}
+        write_report(output_dir, headline=headline, evaluations=evaluations, training=training, explanation_stats=expl_stats,
                      in_distribution=in_dist if in_dist and in_dist["overall"]["paired"]["pairs"] else None,
                      title=f"ExPO run: {cfg.name}", validation=validation,
                      checkpoint={**summary.get("checkpoint", {}), "register": decision["register"]}
@@ -338,8 +341,10 @@ def build_summary(evaluations: dict[str, dict]) -> dict[str, Any]:
 
 def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: str,
              params: str = "") -> dict[str, Any]:
-    """Register the chosen arm's model, alias it `candidate`, and run the champion gate."""
+    """Register the chosen arm's model, alias it `candidate`, run the champion gate, and name the
+    registered version in the run's report headline."""
     from expo import registry
+    from expo.report import complete_headline
 
     cfg = load_stage_config(config, params)
     summary = read_json(Path(summary_dir) / workspace.SUMMARY_FILE)
@@ -360,6 +365,8 @@ def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: s
     record = run_record_dir(run_key)
     if record is not None:
         write_json(record / workspace.REGISTERED_FILE, result)
+        aliases = ", ".join(version.aliases)
+        complete_headline(record, version.uri + (f" (aliases: {aliases})" if aliases else ""))
     return result
 
 

@@ -105,6 +105,7 @@ class Console:
     clock: Callable[[], float] = time.monotonic
     lines: int = 0  # permanent lines written so far
     last_line_at: float | None = None  # when the latest permanent line was written (clock time)
+    muted: bool = False  # set when the run is being stopped: its killed stages print nothing more
     _stages: dict[int, _Stage] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _next_key: int = 0
@@ -120,6 +121,8 @@ class Console:
 
     def line(self, text: str = "") -> None:
         with self._lock:
+            if self.muted:
+                return
             self._clear_status()
             self.out.write((text if self.colour else strip_ansi(text)) + "\n")
             self.lines += 1

@@ -17,10 +17,12 @@ import datetime as dt
 import os
 import re
 import shutil
+import signal
 import sys
 import textwrap
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,8 @@ from expo import workspace
 from expo.config import ExpoConfig, to_dict
 from expo.errors import ExpoError
 from expo.io import read_json, write_json
-from expo.run_folder import LOG_FILE, RUN_RECORD, default_run_dir, workspace_of
+from expo.processes import Interrupted, interrupts_as_exceptions, stop_descendants
+from expo.run_folder import LOG_FILE, RUN_RECORD, FinishedRun, default_run_dir, workspace_of
 from expo.terminal import Console, format_table
 from pipelines.expo_pipeline import build_pipeline, pipeline_arguments, run_key
 
@@ -59,6 +62,7 @@ def run_local(cfg: ExpoConfig, run_dir: Path, console: Console | None = None,
     run_dir = run_dir.resolve()
     check_writable(run_dir)
     console = console or Console(sys.stdout)
+    finished = FinishedRun(run_dir)  # read before this run rewrites the record, log and config
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     _set_run_environment(cfg, run_dir)
     log_file = run_dir / LOG_FILE
@@ -70,12 +74,16 @@ def run_local(cfg: ExpoConfig, run_dir: Path, console: Console | None = None,
     started = time.monotonic()
     console.start()
     try:
-        with routed_output(console, log_file, verbose=verbose) as observer:
+        with interrupts_as_exceptions(), routed_output(console, log_file, verbose=verbose) as observer:
             pipeline = build_pipeline(cfg, for_cluster=False)
             pipeline(**pipeline_arguments(cfg))  # the config's values as the root parameters, as on a cluster
     except RuntimeError as exc:
-        raise ExpoError(f"pipeline failed: {_failure_cause(exc, run_dir)} (task log: {log_file}; "
+        cause = _failure_cause(exc, run_dir)
+        raise ExpoError(f"pipeline failed: {cause} (task log: {finished.restore()}; "
                         f"outputs kept in {run_dir})") from None
+    except KeyboardInterrupt as exc:
+        console.muted = True  # the stages about to be killed must not print FAILED
+        raise _stopped(cfg, exc, finished) from None
     finally:
         console.stop()
     summary = collect_summary(cfg, run_dir, [r.as_dict() for r in observer.records])
@@ -83,6 +91,23 @@ def run_local(cfg: ExpoConfig, run_dir: Path, console: Console | None = None,
     summary["log_file"] = str(log_file)
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _stopped(cfg: ExpoConfig, exc: KeyboardInterrupt, finished: FinishedRun) -> Interrupted:
+    """Stop every child process, close the pipeline's MLflow parent run as KILLED, put back what a
+    finished run left; the returned exception's message says all of it in one line."""
+    from expo import tracking
+
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    stopped = stop_descendants()
+    closed = "MLflow parent run KILLED"
+    try:
+        tracking.close_parent(os.environ["EXPO_PIPELINE_RUN_ID"], "KILLED", replace(cfg.tracking, retries=0))
+    except Exception as err:  # the store may be what failed; the stop itself must still be reported
+        closed = f"MLflow parent run not closed ({type(err).__name__})"
+    log = finished.restore()
+    return Interrupted(signum, f"by {signal.Signals(signum).name}: stopped {stopped} child process(es), "
+                               f"{closed}; log: {log}")
 
 
 def shown_path(path: Path) -> str:
@@ -183,15 +208,21 @@ def copy_report_images(report_md: Path, *folders: Path) -> list[str]:
     return copied
 
 
+def pass_k(summary: dict[str, Any]) -> str:
+    """pass@k's k as the summary records it (evaluate.samples), "k" when it does not."""
+    return str(next((m["k"] for m in summary["models"].values() if "k" in m), "k"))
+
+
 def summary_table(summary: dict[str, Any]) -> list[str]:
-    """pass@1 and pass@k by level for every model, aligned (expo.terminal.format_table)."""
+    """pass@1 and pass@k by level for every model, in % as the README and the report give them,
+    aligned (expo.terminal.format_table)."""
     models = summary["models"]
     levels = sorted({lv for m in models.values() for lv in m.get("levels", {})}, key=int)
-    header = ["model"] + [f"L{lv} {kind}" for lv in levels for kind in ("p@1", "p@k")]
+    header = ["model"] + [f"L{lv} {kind}" for lv in levels for kind in ("p@1", f"p@{pass_k(summary)}")]
 
     def cell(m: dict[str, Any], lv: str, key: str) -> str:
         value = m.get("levels", {}).get(lv, {}).get(key)
-        return "-" if value is None else f"{value:.3f}"
+        return "-" if value is None else f"{100 * value:.1f}"
 
     rows = [[name] + [cell(m, lv, key) for lv in levels for key in ("pass@1", "pass@k")]
             for name, m in models.items()]
@@ -203,8 +234,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     came from cache (only those that did), the registered model, the report and the log file."""
     run_folder = Path(shown_path(Path(summary["run_folder"])))
     lines = summary_table(summary)
-    lines.append("pass@1 / pass@k (k = evaluate.samples) by level, held-out split: the evaluate steps, "
-                 "in summary.json")
+    k = pass_k(summary)
+    lines.append(f"p@1 / p@{k}: pass@1 / pass@{k} in % by level (k = evaluate.samples), held-out split "
+                 "(summary.json)")
     lines.append("")
     stages = summary.get("stages") or []
     ran = [s["label"] for s in stages if s["status"] == "done"]

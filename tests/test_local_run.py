@@ -216,6 +216,20 @@ def test_report_md_in_the_run_folder_stands_alone(cold_run):
         f"sqlite:///{run_dir / 'mlflow.db'}"
 
 
+def test_a_failed_run_keeps_what_the_finished_run_left(cold_run):
+    """A run that fails in the folder of a finished one puts back its log, record and config; the
+    failed run's own log is kept beside them, and the error names it."""
+    run_dir, proc = cold_run
+    kept = {name: (run_dir / name).read_bytes()
+            for name in ("expo-run.log", "expo-run.json", "config.yaml", "summary.json", "report.md")}
+    failed = expo_run(run_dir, "--set", "data.source=nosuch.jsonl")
+    assert failed.returncode == 2
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+    failed_log = run_dir / "expo-run.failed.log"
+    assert failed_log.is_file() and str(failed_log) in failed.stderr
+    assert (run_dir / "expo-run.log").read_text() == proc.log_text
+
+
 def test_rerun_is_all_cache_hits_then_training_change_reruns_only_training(cold_run):
     run_dir, _ = cold_run
     again = expo_run(run_dir)

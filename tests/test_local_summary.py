@@ -9,8 +9,8 @@ import pytest
 from pipelines.local_run import format_summary
 
 LEVELS = {str(lv): {"pass@1": 0.1 * lv, "pass@k": min(1.0, 0.2 * lv)} for lv in range(1, 6)}
-MODELS = {"base": {"levels": LEVELS}, "grpo": {"levels": LEVELS},
-          "exp-grpo": {"levels": {**LEVELS, "5": {"pass@1": 0.212, "pass@k": 0.4}}}}
+MODELS = {"base": {"levels": LEVELS, "k": 8}, "grpo": {"levels": LEVELS, "k": 8},
+          "exp-grpo": {"levels": {**LEVELS, "5": {"pass@1": 0.212, "pass@k": 0.4}}, "k": 8}}
 TASKS = ["prepare-data", "prepare-model", "evaluate base", "generate-explanations", "train grpo",
          "train exp-grpo", "evaluate grpo", "evaluate exp-grpo", "report", "register", "finish-run"]
 
@@ -26,9 +26,10 @@ def summary(cached: set[str], uri: str | None = "models:/expo-tiny/3") -> dict:
 def test_a_first_run_says_nothing_came_from_cache_and_ends_with_the_log():
     lines = format_summary(summary(set())).splitlines()
     table = lines[:4]
-    assert table[0].split() == ["model"] + [w for lv in range(1, 6) for w in (f"L{lv}", "p@1", f"L{lv}", "p@k")]
+    assert table[0].split() == ["model"] + [w for lv in range(1, 6) for w in (f"L{lv}", "p@1", f"L{lv}", "p@8")]
     assert len({len(row) for row in table}) == 1  # aligned: every row as wide as the header
-    assert table[3].split()[-2:] == ["0.212", "0.400"]  # exp-grpo, level 5
+    assert table[3].split()[-2:] == ["21.2", "40.0"]  # exp-grpo, level 5, in % as the README gives them
+    assert lines[4].startswith("p@1 / p@8: pass@1 / pass@8 in % by level")
     assert "steps: all 11 ran (none came from cache)" in lines
     assert not any("from cache (" in line for line in lines)
     assert "registered model: models:/expo-tiny/3 (aliases: candidate, champion)" in lines

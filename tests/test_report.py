@@ -232,3 +232,63 @@ def test_report_renders_in_headless_chromium(tmp_path):
                     f"--screenshot={shot}", "--window-size=1200,2400", path.as_uri()],
                    check=True, timeout=120, capture_output=True)
     assert shot.read_bytes().startswith(PNG_SIGNATURE) and shot.stat().st_size > 10_000
+
+
+HEADLINE = {"best_arm": "exp-grpo", "best_value": 0.208, "base_value": 0.002, "register": True,
+            "metric": "hardest_level_pass@1", "margin": 0.0, "mlflow_run": "abc123", "experiment": "expo",
+            "tracking_uri": "sqlite:///runs/mlflow.db"}
+
+
+def test_the_report_leads_with_its_answer_and_the_register_step_completes_it(tmp_path):
+    from expo.report import REGISTRATION_PENDING, complete_headline
+
+    evaluations = {"base": _metrics("base", [2, 1, 0, 0]), "exp-grpo": _metrics("exp-grpo", [4, 3, 2, 1])}
+    write_report(tmp_path, evaluations, training=_training(), headline=HEADLINE)
+    md = (tmp_path / "report.md").read_text()
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[0] == "## Headline"  # before any table
+    head = md.split("## Headline", 1)[1].split("\n## ", 1)[0]
+    assert "Best arm: exp-grpo, hardest_level_pass@1 20.8% vs base 0.2% (+20.6 points)." in head
+    assert "Gate: passed" in head and "MLflow: parent run abc123 in experiment 'expo'" in head
+    assert REGISTRATION_PENDING in head
+    changed = complete_headline(tmp_path, "models:/expo-tiny/3 (aliases: candidate)")
+    assert sorted(p.name for p in changed) == ["report.html", "report.md"]
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / name).read_text()
+        assert REGISTRATION_PENDING not in text and "Registered model: models:/expo-tiny/3" in text
+
+
+def test_a_gate_that_fails_says_nothing_is_registered(tmp_path):
+    from expo.report import REGISTRATION_PENDING
+
+    write_report(tmp_path, {"base": _metrics("base", [2, 1, 0, 0])},
+                 headline={**HEADLINE, "register": False, "best_value": 0.0})
+    md = (tmp_path / "report.md").read_text()
+    assert "Gate: not passed" in md and "nothing is registered" in md and REGISTRATION_PENDING not in md
+
+
+def test_the_solve_rate_column_is_shown_only_when_it_was_measured(tmp_path):
+    unmeasured = {**EXPLAIN_STATS, "solve_rate": None,
+                  "by_level": {lv: {**s, "solve_rate": None, "solve_samples": 0}
+                               for lv, s in EXPLAIN_STATS["by_level"].items()}}
+    write_report(tmp_path, {"base": _metrics("base", [1, 1, 1, 1])}, explanation_stats=unmeasured)
+    page = PageParser()
+    page.feed((tmp_path / "report.html").read_text())
+    assert all(len(row) == 5 for row in page.tables["explanations"])  # no all-"-" solve-rate column
+    assert "explain.solve_rate_samples is 0" in (tmp_path / "report.md").read_text()
+
+
+def test_every_plot_gives_an_arm_one_colour_and_the_curves_are_a_grid(tmp_path):
+    from PIL import Image as PILImage
+
+    from expo.report import model_colour
+
+    assert len({model_colour(m) for m in ("base", "grpo", "exp-grpo", "grpo-sft", "exp-dpo")}) == 5
+    assert model_colour("exp-grpo") == model_colour("exp-grpo")
+    # an arm without one of the series must not shift the others' colours: plotted by name, not by turn
+    training = _training()
+    for row in training["grpo"]:
+        row.pop("expo_nll")
+    write_report(tmp_path, {"base": _metrics("base", [1, 1, 1, 1])}, training=training)
+    width, height = PILImage.open(tmp_path / "training_curves.png").size
+    assert width <= 1200 and width / height < 3  # rows of at most three panels, not a strip

@@ -117,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     except ExpoError as exc:
         print(f"expo {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"expo {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # expo.processes.Interrupted says what was stopped
+        detail = f" {exc}" if str(exc) else ""
+        print(f"expo {args.command}: interrupted{detail}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -43,12 +43,12 @@ def _evaluate(m: Numbers, params: dict[str, Any], files: dict[str, str]) -> str:
     if "pass_at_1" not in m:
         return ""
     ks = sorted(int(k.rsplit("_", 1)[1]) for k in m if re.fullmatch(r"pass_at_\d+", k))
-    text = f"pass@1 {m['pass_at_1']:.3f}"
+    text = f"pass@1 {100 * m['pass_at_1']:.1f}%"  # in %, as the summary table, report and README
     if ks and ks[-1] > 1:
-        text += f"  pass@{ks[-1]} {m[f'pass_at_{ks[-1]}']:.3f}"
+        text += f"  pass@{ks[-1]} {100 * m[f'pass_at_{ks[-1]}']:.1f}%"
     levels = sorted(int(k[5:].split("/")[0]) for k in m if re.fullmatch(r"level\d+/pass_at_1", k))
     if levels:
-        text += f"  level {levels[-1]} pass@1 {m[f'level{levels[-1]}/pass_at_1']:.3f}"
+        text += f"  level {levels[-1]} pass@1 {100 * m[f'level{levels[-1]}/pass_at_1']:.1f}%"
     return text
 
 
@@ -80,7 +80,7 @@ def _report(m: Numbers, params: dict[str, Any], files: dict[str, str]) -> str:
     arm = params.get("Output", "")
     best, base = m.get("best_value"), m.get("base_value")
     known = best is not None and base is not None
-    score = f" ({best:.3f} vs base {base:.3f} on the gate metric)" if known else ""
+    score = f" ({100 * best:.1f}% vs base {100 * base:.1f}% on the gate metric)" if known else ""
     return f"best arm {arm}{score}: registering" if arm else f"no arm beat the base model{score}"
 
 

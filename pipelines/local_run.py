@@ -262,11 +262,44 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+REFERENCE = "reference.yaml"  # in expo/toy/, installed with the package
+
+
+def against_reference(summary: dict[str, Any], reference: dict[str, Any]) -> str:
+    """One line: this run's figures beside the embedded default's measured spread over seeds, e.g.
+    `level 5 pass@1 in %, this run (seeds 0-2 measured): base 0.2 (0.0-1.2), grpo 4.8 (2.7-10.3), ...`;
+    a figure outside its range is marked `outside`."""
+    parts = []
+    for name, (low, high) in reference["models"].items():
+        value = summary["models"].get(name, {}).get("levels", {}).get(reference["level"], {}).get("pass@1")
+        if value is None:
+            continue
+        pct = 100 * value
+        mark = "" if low <= round(pct, 1) <= high else ", outside"
+        parts.append(f"{name} {pct:.1f} ({low:g}-{high:g}{mark})")
+    return (f"{reference['metric']} in %, this run (seeds {reference['seeds']} measured on the development "
+            f"machine): " + ", ".join(parts))
+
+
+def is_embedded_default(cfg: ExpoConfig) -> bool:
+    """Whether `cfg` is the embedded default as shipped (no file, no --set changed a value)."""
+    from expo.config import load_pipeline_config
+
+    return to_dict(cfg) == to_dict(load_pipeline_config(None, []))
+
+
 def main_run(cfg: ExpoConfig, output: str | None, verbose: bool = False) -> int:
     run_dir = Path(output) if output else default_run_dir(cfg.name)
     console = Console(sys.stdout)
     summary = run_local(cfg, run_dir, console, verbose=verbose)
     console.line()
-    for line in format_summary(summary).splitlines():
+    lines = format_summary(summary).splitlines()
+    if is_embedded_default(cfg):  # where the figures stand against the seeds measured (expo/toy/reference.yaml)
+        from importlib import resources
+
+        reference = yaml.safe_load(resources.files("expo").joinpath("toy", REFERENCE).read_text(encoding="utf-8"))
+        lines[len(summary_table(summary)) + 1:len(summary_table(summary)) + 1] = textwrap.wrap(
+            against_reference(summary, reference), 100, subsequent_indent="  ")
+    for line in lines:
         console.line(line)
     return 0

@@ -54,3 +54,28 @@ def test_no_registration_says_why():
     lines = format_summary(summary(set(), uri=None)).splitlines()
     assert "registered model: none (no trained arm beat the base model on the gate metric)" in lines
     assert not any("expo models" in line for line in lines)
+
+
+def test_the_embedded_default_says_where_its_figures_stand_against_the_measured_seeds():
+    from pipelines.local_run import against_reference
+
+    reference = {"metric": "level 5 pass@1", "level": "5", "seeds": "0-2",
+                 "models": {"base": [0.0, 1.2], "grpo": [2.7, 10.3], "exp-grpo": [16.7, 47.3]}}
+    line = against_reference(summary(set()), reference)
+    # base and grpo score 50.0 on level 5 here (LEVELS), exp-grpo 21.2
+    assert line == ("level 5 pass@1 in %, this run (seeds 0-2 measured on the development machine): "
+                    "base 50.0 (0-1.2, outside), grpo 50.0 (2.7-10.3, outside), exp-grpo 21.2 (16.7-47.3)")
+
+
+def test_the_shipped_reference_is_the_embedded_defaults():
+    from importlib import resources
+
+    import yaml
+
+    from expo.config import load_pipeline_config
+    from pipelines.local_run import REFERENCE, is_embedded_default
+
+    reference = yaml.safe_load(resources.files("expo").joinpath("toy", REFERENCE).read_text())
+    assert set(reference["models"]) == {"base", *load_pipeline_config(None, []).train.arms}
+    assert is_embedded_default(load_pipeline_config(None, []))
+    assert not is_embedded_default(load_pipeline_config(None, ["train.steps=3"]))

@@ -183,7 +183,7 @@ def test_watch_reports_from_a_thread_and_once_at_the_end(capsys):
     ("prepare-data", {"rows_in": 2000.0, "rows_out": 1990.0, "train_rows": 1592.0, "eval_rows": 398.0}, {},
      "1,990 of 2,000 rows kept (1,592 train, 398 eval)"),
     ("evaluate", {"pass_at_1": 0.41234, "pass_at_2": 0.5, "pass_at_8": 0.6, "level5/pass_at_1": 0.012,
-                  "level1/pass_at_1": 0.9}, {}, "pass@1 0.412  pass@8 0.600  level 5 pass@1 0.012"),
+                  "level1/pass_at_1": 0.9}, {}, "pass@1 41.2%  pass@8 60.0%  level 5 pass@1 1.2%"),
     ("generate-explanations", {"acceptance_rate": 0.7625, "samples": 4000.0, "passed": 3050.0,
                                "coverage": 0.91, "generation/tokens_per_s": 812.4},
      {}, "acceptance 76.2% (3,050 of 4,000 samples), coverage 91%, 812 tok/s"),
@@ -192,9 +192,9 @@ def test_watch_reports_from_a_thread_and_once_at_the_end(capsys):
     ("train", {"steps": 2.0, "final_metrics/reward": 0.0, "final_metrics/expo_term": 0.0}, {},
      "2 steps, last reward 0"),  # GRPO: no ExPO term to speak of
     ("report", {"best_value": 0.212, "base_value": 0.012}, {"Output": "exp-grpo"},
-     "best arm exp-grpo (0.212 vs base 0.012 on the gate metric): registering"),
+     "best arm exp-grpo (21.2% vs base 1.2% on the gate metric): registering"),
     ("report", {"best_value": 0.0, "base_value": 0.1}, {"Output": ""},
-     "no arm beat the base model (0.000 vs base 0.100 on the gate metric)"),
+     "no arm beat the base model (0.0% vs base 10.0% on the gate metric)"),
     ("register", {}, {"Output": "models:/expo-tiny/3"}, "registered models:/expo-tiny/3"),
     ("evaluate", {}, {}, ""),  # nothing to say: the end line shows done and its time alone
     ("no-such-task", {"x": 1.0}, {}, ""),

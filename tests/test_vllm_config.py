@@ -31,3 +31,28 @@ def test_bad_vllm_settings_name_their_key(override, key):
     # trainer refuses an empty URL, tests/test_vllm.py)
     with pytest.raises(ConfigError, match=f"'{key}'"):
         load_config(None, [override])
+
+
+def test_the_counting_bar_moves_progress_as_vllm_finishes_requests():
+    # vLLM's offline loop (vllm/entrypoints/common/offline.py, _run_engine) builds the bar with
+    # total=..., reads format_dict["elapsed"] twice per finished request, sets postfix to its rates,
+    # then calls update(n): the stage's progress must follow, without vLLM installed.
+    import time
+
+    from expo.generation.base import GenerationStats, progress_reader
+    from expo.generation.vllm import CountingBar
+
+    stats = GenerationStats()
+    read = progress_reader(stats, expected=6)
+    bar = CountingBar(stats, total=3, desc="Processed prompts", dynamic_ncols=True, postfix="")
+    total_out = 0
+    for n, tokens in ((2, 40), (2, 60)):  # two requests of n=2 samples finish
+        time.sleep(0.01)
+        total_out += tokens
+        bar.format_dict["elapsed"]  # the input rate
+        out_spd = total_out / bar.format_dict["elapsed"]
+        bar.postfix = f"est. speed input: 1.00 toks/s, output: {out_spd:.2f} toks/s"
+        bar.update(n)
+    assert bar.n == 4 and stats.finished() == 4
+    assert abs(stats.generated() - 100) <= 1  # the rate times the elapsed time it was computed over
+    assert read().startswith("4/6 samples, ")

@@ -58,6 +58,7 @@ class GenerationStats:
     # tokens of the batch being decoded, counted per decoding step (hf backend), so progress moves
     # inside one long generate call; folded into `tokens` when the batch ends
     tokens_in_flight: int = 0
+    sequences_in_flight: int = 0  # samples finished inside the running call (vllm backend), likewise
     seconds: float = 0.0  # wall time inside generate
     prompts_truncated: int = 0
     prompts_skipped_overlong: int = 0
@@ -70,16 +71,20 @@ class GenerationStats:
         """Tokens generated so far, those of the batch still decoding included."""
         return self.tokens + self.tokens_in_flight
 
+    def finished(self) -> int:
+        """Samples finished so far, those of the running call included."""
+        return self.sequences + self.sequences_in_flight
+
 
 def progress_reader(stats: GenerationStats, expected: int) -> Callable[[], str]:
     """A progress line for `expo.progress.watch` over one stage's generation: `12/256 samples, 3,104
     tokens, 84 tok/s`. Samples finish per batch; tokens move every decoding step, so a long batch
     still shows progress."""
-    base_seq, base_tok, started = stats.sequences, stats.generated(), time.perf_counter()
+    base_seq, base_tok, started = stats.finished(), stats.generated(), time.perf_counter()
 
     def read() -> str:
         tokens = stats.generated() - base_tok
-        return (f"{stats.sequences - base_seq}/{expected} samples, {tokens:,} tokens, "
+        return (f"{stats.finished() - base_seq}/{expected} samples, {tokens:,} tokens, "
                 f"{rate(tokens, time.perf_counter() - started)} tok/s")
 
     return read

@@ -20,6 +20,8 @@ made from a folder serves that folder's weights (pushed if the engine held other
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,45 @@ from expo.generation.engine import (
     push_weights,
     vllm_import,
 )
+
+
+class CountingBar:
+    """What vLLM's offline loop asks of a tqdm bar (`n`, `update`, `format_dict["elapsed"]`, `postfix`,
+    `refresh`, `close`), counting instead of drawing: samples of finished requests into
+    `stats.sequences_in_flight`, and output tokens into `stats.tokens_in_flight`, read back from the
+    rate vLLM writes into `postfix` ("... output: 812.50 toks/s") times the elapsed time it was
+    computed over. Requests finish throughout a call, so a stage's progress moves inside it."""
+
+    _OUTPUT_RATE = re.compile(r"output:\s*([0-9.]+)")
+
+    def __init__(self, stats: GenerationStats, total: int = 0, **_: Any) -> None:
+        self.stats, self.total, self.n = stats, total, 0
+        self._started, self._elapsed = time.perf_counter(), 0.0
+
+    @property
+    def format_dict(self) -> dict[str, float]:
+        self._elapsed = max(time.perf_counter() - self._started, 1e-9)
+        return {"elapsed": self._elapsed}
+
+    @property
+    def postfix(self) -> str:
+        return ""
+
+    @postfix.setter
+    def postfix(self, text: str) -> None:
+        match = self._OUTPUT_RATE.search(text or "")
+        if match:
+            self.stats.tokens_in_flight = int(float(match.group(1)) * self._elapsed)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.stats.sequences_in_flight += n
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class VLLMGenerator:
@@ -70,7 +111,9 @@ class VLLMGenerator:
         requests = [{"prompt_token_ids": encoded.ids[i]} for i in live]
         params = [self._params(i, n, greedy, temperature, self._budget(encoded.ids[i], max_new), seed)
                   for i in live]
-        outputs = self.llm.generate(requests, params, use_tqdm=False) if requests else []
+        outputs = (self.llm.generate(requests, params, use_tqdm=functools.partial(CountingBar, self.stats))
+                   if requests else [])
+        self.stats.tokens_in_flight = self.stats.sequences_in_flight = 0  # counted whole below
         results: list[list[Completion]] = [[] for _ in prompts]
         for i, request_output in zip(live, outputs, strict=True):
             completions = [self._completion(o) for o in request_output.outputs]

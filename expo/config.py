@@ -435,6 +435,11 @@ class TrackingConfig:
         _check(self.system_metrics_interval_s >= 0.0, at, "system_metrics_interval_s", "must be >= 0")
 
 
+# Kubernetes quantities in the forms KFP's set_cpu_* / set_memory_* accept (and the TrainJob passes on).
+_CPU_QUANTITY = re.compile(r"([0-9]*[.])?[0-9]+m?")
+_MEMORY_QUANTITY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
+
+
 @dataclass
 class ClusterConfig:
     """Where and how the compiled pipeline runs on Kubernetes (ignored by kfp.local)."""
@@ -447,8 +452,19 @@ class ClusterConfig:
     gpus_vllm: int = 1  # the rollout server's GPUs (generation.vllm_mode server, no vllm_server_url)
     train_nodes: int = 1  # >1 launches a Kubeflow Trainer TrainJob
     training_runtime: str = "expo-torch-distributed"  # the ClusterTrainingRuntime in manifests/
-    train_cpu: str = "16"  # CPU request and limit of each TrainJob node
-    train_memory: str = "128Gi"  # memory request and limit of each TrainJob node
+    # CPU and memory (request = limit, so the scheduler places a pod where they truly are) of each pod
+    # that holds a full model: the train step's own pod on one node (each of its processes loads the
+    # model on the CPU first, beside its verifier workers) or each TrainJob node; the explanations
+    # stage's and each evaluation's pod; and prepare_model's, which downloads or converts the model on
+    # the CPU and asks for no GPU.
+    train_cpu: str = "16"
+    train_memory: str = "128Gi"
+    generate_cpu: str = "16"
+    generate_memory: str = "128Gi"
+    evaluate_cpu: str = "16"
+    evaluate_memory: str = "128Gi"
+    model_cpu: str = "16"
+    model_memory: str = "128Gi"
     train_timeout_s: int = 172800  # TrainJob activeDeadlineSeconds; the controller stops it after this
     workspace_pvc: str = "expo-workspace"
     mlflow_secret: str = "expo-mlflow"
@@ -467,6 +483,12 @@ class ClusterConfig:
         _check(self.gpus_vllm >= 1, at, "gpus_vllm", "must be >= 1 (vLLM serves on GPUs)")
         _check(bool(self.training_runtime.strip()), at, "training_runtime", "must not be empty")
         _check(self.train_timeout_s > 0, at, "train_timeout_s", "must be positive")
+        for stage in ("train", "generate", "evaluate", "model"):
+            cpu, memory = getattr(self, f"{stage}_cpu"), getattr(self, f"{stage}_memory")
+            _check(bool(_CPU_QUANTITY.fullmatch(cpu)), at, f"{stage}_cpu",
+                   f"{cpu!r} is not a CPU amount (a number of cores, e.g. 16 or 0.5, or millicores, e.g. 500m)")
+            _check(bool(_MEMORY_QUANTITY.fullmatch(memory)), at, f"{stage}_memory",
+                   f"{memory!r} is not a memory amount (bytes with an optional unit, e.g. 128Gi or 64G)")
 
 
 @dataclass

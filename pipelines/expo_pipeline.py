@@ -71,24 +71,27 @@ def build_pipeline(cfg: ExpoConfig, for_cluster: bool = True) -> Callable[..., A
         with dsl.ExitHandler(closer, name="expo-run"):
             data = place.small(c.prepare_data(config=conf["prepare_data"], params=par["prepare_data"]),
                                retries=True)
-            model = place.gpu(c.prepare_model(config=conf["prepare_model"], params=par["prepare_model"],
-                                              data=data.outputs["data"]),
-                              cfg.cluster.gpus_train, retries=True)
-            base_eval = place.gpu(c.evaluate(config=conf["evaluate"], params=par["evaluate"], name="base",
+            # Downloading or converting a model is CPU work: it holds no GPU.
+            model = place.pod(c.prepare_model(config=conf["prepare_model"], params=par["prepare_model"],
+                                              data=data.outputs["data"]), "model", retries=True)
+            base_eval = place.pod(c.evaluate(config=conf["evaluate"], params=par["evaluate"], name="base",
                                              model=model.outputs["model"], data=data.outputs["data"]),
-                                  cfg.cluster.gpus_evaluate, shm=True)
+                                  "evaluate", shm=True)
             base_eval.set_display_name("evaluate-base")
-            explanations = place.gpu(c.generate_explanations(
+            explanations = place.pod(c.generate_explanations(
                 config=conf["generate_explanations"], params=par["generate_explanations"],
-                data=data.outputs["data"], model=model.outputs["model"]), cfg.cluster.gpus_generate, shm=True)
+                data=data.outputs["data"], model=model.outputs["model"]), "generate", shm=True)
             with dsl.ParallelFor(items=values["arms"]) as arm:
-                trained = place.gpu(c.train(config=conf["train"], params=par["train"], arm=arm,
-                                            data=data.outputs["data"], model=model.outputs["model"],
-                                            explanations=explanations.outputs["explanations"]),
-                                    cfg.cluster.gpus_train, shm=True, retries=True)
-                arm_eval = place.gpu(c.evaluate(config=conf["evaluate"], params=par["evaluate"], name=arm,
+                train_task = c.train(config=conf["train"], params=par["train"], arm=arm,
+                                     data=data.outputs["data"], model=model.outputs["model"],
+                                     explanations=explanations.outputs["explanations"])
+                if cfg.cluster.train_nodes > 1:  # the step only supervises a TrainJob, whose nodes train
+                    trained = place.small(train_task, retries=True)
+                else:
+                    trained = place.pod(train_task, "train", shm=True, retries=True)
+                arm_eval = place.pod(c.evaluate(config=conf["evaluate"], params=par["evaluate"], name=arm,
                                                 model=trained.outputs["trained"], data=data.outputs["data"]),
-                                     cfg.cluster.gpus_evaluate, shm=True)
+                                     "evaluate", shm=True)
                 arm_eval.set_display_name("evaluate-arm")
             report = place.small(c.report(
                 config=conf["report"], params=par["report"], run_key=key,
@@ -137,15 +140,19 @@ class _Placement:
             task.set_cpu_request("1").set_cpu_limit("2").set_memory_request("2G").set_memory_limit("8G")
         return self._common(task, retries)
 
-    def gpu(self, task: dsl.PipelineTask, gpus: int, shm: bool = False,
+    def pod(self, task: dsl.PipelineTask, stage: str, shm: bool = False,
             retries: bool = False) -> dsl.PipelineTask:
+        """A task that holds a whole model: `cluster.<stage>_cpu` / `<stage>_memory` (request = limit)
+        and `cluster.gpus_<stage>` GPUs (prepare_model: none)."""
         task.set_caching_options(True)
         if self.for_cluster:
-            task.set_cpu_request("4").set_cpu_limit("16").set_memory_request("32G").set_memory_limit("128G")
+            cpu, memory = getattr(self.cluster, f"{stage}_cpu"), getattr(self.cluster, f"{stage}_memory")
+            task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+            gpus = getattr(self.cluster, f"gpus_{stage}", 0)
             if gpus > 0:
                 task.set_accelerator_type(self.cluster.accelerator_type).set_accelerator_limit(gpus)
-            if self.cluster.kueue_queue:  # Kueue admits the pod when its LocalQueue has the quota
-                k8s.add_pod_label(task, label_key=KUEUE_LABEL, label_value=self.cluster.kueue_queue)
+                if self.cluster.kueue_queue:  # Kueue admits the pod when its LocalQueue has the GPU quota
+                    k8s.add_pod_label(task, label_key=KUEUE_LABEL, label_value=self.cluster.kueue_queue)
             if shm:
                 # vLLM tensor parallelism and NCCL exchange through /dev/shm; the default 64 MB is too small.
                 k8s.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")

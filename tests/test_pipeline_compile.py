@@ -1,10 +1,14 @@
-"""The compiled pipeline, checked structurally: every stage, accelerators on GPU steps, caching,
-retries, secrets referenced by name and never inlined, the shared volume and /dev/shm."""
+"""The compiled pipeline, checked structurally: every stage, accelerators on GPU steps, CPU and memory
+from the config, caching, retries, secrets referenced by name and never inlined, the shared volume and
+/dev/shm."""
+
+from pathlib import Path
 
 import pytest
 import yaml
 
 from expo.config import load_config
+from expo.errors import ConfigError
 from expo.stages import STAGE_SECTIONS
 from pipelines.expo_pipeline import build_pipeline, compile_pipeline, run_key
 
@@ -111,3 +115,53 @@ def test_local_build_leaves_out_kubernetes_settings():
     cluster_spec = MessageToJson(build_pipeline(load_config(), for_cluster=True).pipeline_spec)
     assert '"accelerator"' in cluster_spec and '"resourceCpuLimit"' in cluster_spec
     assert '"accelerator"' not in local_spec and '"resourceCpuLimit"' not in local_spec
+
+
+def _resources(executors: dict, name: str) -> dict:
+    return executors[name]["container"]["resources"]
+
+
+def _amounts(resources: dict) -> tuple[str, str, str, str]:
+    return (resources["resourceCpuRequest"], resources["resourceCpuLimit"],
+            resources["resourceMemoryRequest"], resources["resourceMemoryLimit"])
+
+
+def test_pod_resources_come_from_the_config(tmp_path):
+    """The 8-GPU recipe's cluster section (64 CPU / 512Gi per training pod) reaches the train task;
+    explanations and evaluations take their own keys; prepare_model downloads or converts on the CPU
+    and holds no GPU."""
+    recipe = Path(__file__).resolve().parent.parent / "configs" / "qwen2.5-3b-math.yaml"
+    cfg = load_config(recipe, ["cluster.generate_cpu='12'", "cluster.generate_memory=96Gi",
+                               "cluster.evaluate_cpu='8'", "cluster.evaluate_memory=64Gi",
+                               "cluster.model_cpu='4'", "cluster.model_memory=48Gi"])
+    assert (cfg.cluster.train_cpu, cfg.cluster.train_memory, cfg.cluster.gpus_train) == ("64", "512Gi", 8)
+    spec, _ = yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "p.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    train = _resources(executors, "exec-train")
+    assert _amounts(train) == ("64", "64", "512Gi", "512Gi")
+    assert train["accelerator"]["resourceCount"] == "8"
+    assert _amounts(_resources(executors, "exec-generate-explanations")) == ("12", "12", "96Gi", "96Gi")
+    for name in ("exec-evaluate", "exec-evaluate-2"):
+        assert _amounts(_resources(executors, name)) == ("8", "8", "64Gi", "64Gi")
+    model = _resources(executors, "exec-prepare-model")
+    assert "accelerator" not in model
+    assert _amounts(model) == ("4", "4", "48Gi", "48Gi")
+
+
+def test_a_trainjob_step_only_supervises(tmp_path):
+    """With several nodes the TrainJob's nodes train (cluster.train_cpu / train_memory each, in the
+    TrainJob); the step that launches and watches it holds no GPU."""
+    spec, _ = yaml.safe_load_all(compile_pipeline(load_config(None, ["cluster.train_nodes=2",
+                                                                     "cluster.gpus_train=8"]),
+                                                  tmp_path / "p.yaml").read_text())
+    train = _resources(spec["deploymentSpec"]["executors"], "exec-train")
+    assert "accelerator" not in train and train["resourceMemoryLimit"] == "8G"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("cluster.train_cpu=lots", "cluster.train_cpu"),
+    ("cluster.evaluate_memory=64GB", "cluster.evaluate_memory"),
+])
+def test_a_bad_pod_amount_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config(None, [override])

@@ -3,7 +3,8 @@
 One definition of each, so a stage that writes a folder and one that reads it cannot drift apart.
 
 - **The model card** (`META_FILE`) sits beside the weights of every model folder a
-  stage writes: lineage (`base`, `parent`), `arm`, the ExPO weight, warm-up facts, and `fingerprint`.
+  stage writes: lineage (`base`, `parent`), `arm`, the ExPO weight, warm-up facts, `fingerprint`, and
+  for a trained model `dtype`, the dtype its weights are stored in (the compute dtype, not fp32 masters).
 - **The fingerprint** of a model folder is its content digest: sha256 (64 hex) over the names and
   bytes of the files that decide what the model computes or how text becomes tokens (weights, configs,
   tokenizer, adapter config). Nothing else counts: not the card itself (it describes the model: two

@@ -262,8 +262,10 @@ def _model_card(model_dir: Path, fingerprint: str) -> Any:
 
     meta = read_card(model_dir)
     lines = ["# ExPO-trained model", "", f"- arm: {meta.get('arm', 'unknown')}",
-             f"- base model: {meta.get('base', 'unknown')}", f"- content fingerprint: {fingerprint}",
-             "", "Trained by expo-pipeline (self-explanation-guided RL)."]
+             f"- base model: {meta.get('base', 'unknown')}"]
+    if meta.get("dtype"):
+        lines.append(f"- weights: {meta['dtype']}")
+    lines += [f"- content fingerprint: {fingerprint}", "", "Trained by expo-pipeline (self-explanation-guided RL)."]
     return ModelCard("\n".join(lines))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -144,20 +146,65 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path) ->
 def test_one_step_at_lr_1e6_moves_the_fp32_master_weights(tmp_path: Path) -> None:
     """A bf16 recipe trains fp32 master weights: one AdamW step at lr 1e-6 (a change of ~1e-6 per
     weight) moves nearly every weight that has a gradient. In bf16 (8 bits of mantissa: a step of
-    ~1e-4 near 0.02) almost none of those changes survive, which is what pure-bf16 training did."""
+    ~1e-4 near 0.02) almost none of those changes survive, which is what pure-bf16 training did.
+    The checkpoint holds the masters (a resume continues from them)."""
     f = make_folders(tmp_path)
-    cfg = small_config(steps=1, expo_beta=1.0, learning_rate=1e-6)
+    cfg = small_config(steps=1, expo_beta=1.0, learning_rate=1e-6, checkpoint_every=1)
     cfg.model.dtype = "bfloat16"
     train_arm("exp-grpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out",
               reward_fn=zero_reward)
     base = load_file(f["model"] / "model.safetensors")
-    tuned = load_file(tmp_path / "out" / "model" / "model.safetensors")
+    tuned = load_file(tmp_path / "out" / "checkpoints" / "checkpoint-1" / "model.safetensors")
     assert {t.dtype for t in tuned.values()} == {torch.float32}
     moved = sum(int((base[k] != tuned[k]).sum()) for k in base)
     total = sum(t.numel() for t in base.values())
     assert moved / total > 0.9, f"only {moved} of {total} weights changed"  # measured: all of them
     bf16_moved = sum(int((base[k].bfloat16() != tuned[k].bfloat16()).sum()) for k in base)
     assert bf16_moved / total < 0.1  # the same step at bf16 resolution: ~5 % survive (measured)
+
+
+def stored_dtypes(path: Path) -> set[str]:
+    """The dtypes a safetensors file stores, read from its header (no tensor is loaded)."""
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+    return {entry["dtype"] for name, entry in header.items() if name != "__metadata__"}
+
+
+def test_a_bf16_recipe_saves_registers_and_serves_bf16(tmp_path: Path, sqlite_store: str,
+                                                       no_tracking_env: None) -> None:
+    """model.dtype bfloat16: fp32 master weights train, the saved model is bf16 (half the bytes; what
+    it computes in), its card says so, and it loads back as bf16 from the folder and, registered, from
+    MLflow's transformers flavor, and generates."""
+    import mlflow
+
+    from expo import registry
+    from expo.config import RegisterConfig, TrackingConfig
+    from expo.tracking import pipeline_key, stage_run
+
+    f = make_folders(tmp_path)
+    cfg = small_config(steps=1, expo_beta=1.0, checkpoint_every=1)
+    cfg.model.dtype = "bfloat16"
+    train_arm("exp-grpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out", reward_fn=zero_reward)
+    final = tmp_path / "out" / "model"
+    assert stored_dtypes(final / "model.safetensors") == {"BF16"}
+    assert stored_dtypes(tmp_path / "out" / "checkpoints" / "checkpoint-1" / "model.safetensors") == {"F32"}
+    assert read_card(final)["dtype"] == "bfloat16"
+    masters = load_file(tmp_path / "out" / "checkpoints" / "checkpoint-1" / "model.safetensors")
+    saved = load_file(final / "model.safetensors")
+    assert all(torch.equal(saved[k], masters[k].bfloat16()) for k in saved)  # the masters, rounded once
+    assert AutoModelForCausalLM.from_pretrained(final).dtype == torch.bfloat16
+
+    track = TrackingConfig(tracking_uri=sqlite_store)
+    with stage_run(pipeline_key({"exp": "bf16"}), "register", track) as run:
+        pass
+    info = registry.log_and_register(final, "expo-bf16", RegisterConfig(), {}, {}, run.run_id, tracking=track)
+    mlflow.set_tracking_uri(sqlite_store)
+    mlflow.set_registry_uri(sqlite_store)
+    pipe = mlflow.transformers.load_model(info.uri)
+    assert pipe.model.dtype == torch.bfloat16
+    out = pipe("1+1=", max_new_tokens=4, do_sample=False)
+    assert isinstance(out[0]["generated_text"], str)
 
 
 def test_micro_batched_run_is_the_same_step(tmp_path: Path) -> None:

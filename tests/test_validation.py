@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from expo.artifacts import read_card
+from expo.artifacts import fingerprint, read_card, write_card
 from expo.config import load_config
 from expo.errors import ConfigError
 from expo.io import read_json, read_jsonl, write_json, write_jsonl
@@ -45,6 +45,35 @@ def test_select_best_replaces_the_weights_and_says_which_step(tmp_path, make_mod
     assert not (out / "best").exists() and read_json(out / "selection.json") == selection
     assert curve_rows(read_jsonl(out / "validation.jsonl"))[1] == {
         "step": 2, "val/overall/pass_at_1": 0.35, "val/level1/pass_at_1": 0.4, "val/level5/pass_at_1": 0.3}
+
+
+def test_best_weights_take_the_saved_dtype(tmp_path, make_model_dir):
+    """best/ holds fp32 master weights saved mid-training; once chosen they are stored in the dtype the
+    final model was saved in (the card's), config.json says so, and the folder loads as bf16."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    (out / "model").mkdir(parents=True)
+    best = make_model_dir(seed=3)
+    (out / "best").mkdir()
+    for path in best.iterdir():
+        if path.is_file():
+            (out / "model" / path.name).write_bytes(path.read_bytes())
+            if path.name != "expo_model.json":  # what Validator saves: weights and config, no card
+                (out / "best" / path.name).write_bytes(path.read_bytes())
+    write_json(out / "best" / "step.json", {"step": 2})
+    card = read_card(out / "model")
+    write_card(out / "model", {**card, "dtype": "bfloat16"})
+    write_jsonl(out / "validation.jsonl", [{"step": 2, "levels": {"5": 0.3}, "overall": 0.3, "value": 0.3}])
+    select_checkpoint(load_config(None, ["train.eval_every=1", "train.select_checkpoint=best"]), out, 3)
+    masters = _weights(best)
+    stored = _weights(out / "model")
+    assert {t.dtype for t in masters.values()} == {torch.float32}
+    assert all(torch.equal(stored[k], masters[k].bfloat16()) for k in masters)
+    assert read_json(out / "model" / "config.json")["dtype"] == "bfloat16"
+    assert AutoModelForCausalLM.from_pretrained(out / "model").dtype == torch.bfloat16
+    assert read_card(out / "model")["fingerprint"] == fingerprint(out / "model")
 
 
 @pytest.mark.parametrize("levels, overall, metric, expected", [

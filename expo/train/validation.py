@@ -33,6 +33,7 @@ from expo.config import EvaluateConfig, ExpoConfig
 from expo.gates import gate_value
 from expo.io import read_json, read_jsonl, write_json
 from expo.train.distributed import is_main_process
+from expo.train.final_model import cast_saved_weights
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,9 @@ def select_checkpoint(cfg: ExpoConfig, out: str | Path, final_step: int) -> dict
             if path.name != "step.json":
                 shutil.copy2(path, model / path.name)
         shutil.rmtree(best)
+        dtype = read_card(model).get("dtype")
+        if dtype:  # best/ was saved from the fp32 master weights; the final folder holds the saved dtype
+            cast_saved_weights(model, dtype)
     if card_path(out / "model").is_file():
         card = read_card(out / "model")
         card.update({"selected_step": step, "selected_by": how})

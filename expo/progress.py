@@ -36,8 +36,45 @@ def parse_line(line: str) -> tuple[str, str] | None:
     return (match["label"].strip(), match["text"]) if match else None
 
 
+_LAST_EMIT: dict[str, float] = {}  # label -> time.monotonic() of its latest line
+
+
 def emit(label: str, text: str) -> None:
+    _LAST_EMIT[label] = time.monotonic()
     print(format_line(label, text), file=sys.stderr, flush=True)
+
+
+def silent_for(label: str) -> float:
+    """Seconds since `label` last printed a line (infinite when it never did)."""
+    last = _LAST_EMIT.get(label)
+    return float("inf") if last is None else time.monotonic() - last
+
+
+class Heartbeat:
+    """A line for `label` from a background thread whenever the label has been silent for `quiet_s`:
+    work that prints its own progress (a step's rollouts) keeps it quiet, work that cannot (a long
+    backward pass) still shows it is alive. `start(text_fn)` / `stop()`; `text_fn()` gives the line."""
+
+    def __init__(self, label: str, quiet_s: float = 20.0, poll_s: float = 2.0) -> None:
+        self.label, self.quiet_s, self.poll_s = label, quiet_s, poll_s
+        self._stop: threading.Event | None = None
+
+    def start(self, text: Callable[[], str]) -> None:
+        self.stop()
+        stop = self._stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.poll_s):
+                if silent_for(self.label) >= self.quiet_s:
+                    with contextlib.suppress(Exception):  # progress must never break the work it watches
+                        emit(self.label, text())
+
+        threading.Thread(target=loop, name=f"heartbeat-{self.label}", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
 
 
 class Progress:
@@ -91,4 +128,4 @@ def rate(count: float, seconds: float) -> str:
     return f"{count / seconds:.0f}" if seconds > 0 else "-"
 
 
-__all__ = ["PREFIX", "Progress", "emit", "format_line", "parse_line", "rate", "watch"]
+__all__ = ["PREFIX", "Heartbeat", "Progress", "emit", "format_line", "parse_line", "rate", "silent_for", "watch"]

@@ -42,3 +42,23 @@ def test_without_a_total_the_trainer_s_max_steps_count():
     state = SimpleNamespace(global_step=50, max_steps=50)
     progress.on_log(SimpleNamespace(max_steps=50), state, None, logs={"loss": 0.1})
     assert shown == [("step 50/50  loss 0.1", True)]  # the last step is forced out
+
+
+def test_a_long_step_prints_a_heartbeat_when_nothing_else_speaks(capsys):
+    import time
+
+    from expo.progress import emit, parse_line
+
+    cb = StepProgress("exp-grpo", total=4, quiet_s=0.3)
+    cb.heartbeat.poll_s = 0.05
+    state, args = SimpleNamespace(global_step=2, max_steps=4), SimpleNamespace(max_steps=4)
+    cb.on_step_begin(args, state, None)
+    time.sleep(0.5)
+    emit("train exp-grpo", "step 3/4 rollouts: 8/16 samples")  # the step's own line: the heartbeat waits
+    time.sleep(0.2)
+    cb.on_step_end(args, state, None)
+    time.sleep(0.2)
+    lines = [parse_line(line) for line in capsys.readouterr().err.splitlines()]
+    beats = [text for label, text in lines if text.startswith("step 3/4 running")]
+    assert beats and all(label == "train exp-grpo" for label, _ in lines)
+    assert lines[-1] == ("train exp-grpo", "step 3/4 rollouts: 8/16 samples")  # quiet after its own line, and after the step

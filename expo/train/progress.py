@@ -2,18 +2,21 @@
 
 A Trainer callback: each per-step log becomes, at most every couple of seconds (and always for the last
 step), `[progress] train exp-grpo: step 8/50  reward 0.312  expo 0.0521  2.1 s/step`. Arms train side
-by side under `expo run`, so every line names its arm and the total. Rank 0 alone prints.
+by side under `expo run`, so every line names its arm and the total. Rank 0 alone prints. Within a
+step, a heartbeat (`step 8/50 running, 64 s`) fills any 20 s the step's own lines (its rollouts'
+tokens) leave silent.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 from transformers import TrainerCallback
 
-from expo.progress import Progress
+from expo.progress import Heartbeat, Progress
 
 # (shown as, keys in the step's logs: TRL's names and ours; the first present wins)
 FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -44,10 +47,25 @@ class StepProgress(TrainerCallback):
     arm trained by several trainers in turn, ExP-DPO's rounds, as one `step N/total` sequence.
     """
 
-    def __init__(self, arm: str, every_s: float = 2.0, total: int | None = None) -> None:
+    def __init__(self, arm: str, every_s: float = 2.0, total: int | None = None, quiet_s: float = 20.0) -> None:
         self.tick = Progress(f"train {arm}", every_s=every_s)
         self.main = int(os.environ.get("RANK", "0")) == 0
         self.total, self.offset = total, 0
+        # a step of a real model takes minutes, most of it in phases that print nothing of their own
+        self.heartbeat = Heartbeat(f"train {arm}", quiet_s=quiet_s)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if not self.main:
+            return
+        step, total = self.offset + state.global_step + 1, self.total or state.max_steps or args.max_steps
+        began = time.monotonic()
+        self.heartbeat.start(lambda: f"step {step}/{total} running, {time.monotonic() - began:.0f} s")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.heartbeat.stop()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.heartbeat.stop()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                **kw: Any) -> None:

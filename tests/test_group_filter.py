@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from expo.train.group_filter import Slot, group_kinds, select_groups
+from expo.train.group_filter import Slot, group_kinds, rollout_loss_scale, select_groups
 
 NAN = float("nan")
 
@@ -81,3 +81,16 @@ def test_final_selection_always_fills_every_slot() -> None:
 def test_unknown_kind_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown group kind 'half'"):
         select_groups([["half"]], 1, keep_wrong=True)
+
+
+@pytest.mark.parametrize("loss_type,rollouts,trained,want", [
+    ("grpo", 8, 4, 2.0),  # a mean over rollouts: over the 4 trained, not the 8 rows
+    ("dr_grpo", 16, 12, 16 / 12),  # rollouts x max_completion_length: the trained rollouts'
+    ("sapo", 8, 8, 1.0),  # every slot trained
+    ("luspo", 8, 2, 4.0),
+    ("dapo", 8, 4, 1.0),  # token-normalised: masked tokens never counted
+    ("bnpo", 8, 4, 1.0),
+    ("grpo", 8, 0, 1.0),  # nothing trains: the loss is 0 whatever the factor
+])
+def test_rollout_loss_scale(loss_type: str, rollouts: int, trained: int, want: float) -> None:
+    assert rollout_loss_scale(loss_type, rollouts, trained) == pytest.approx(want)

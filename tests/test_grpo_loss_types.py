@@ -10,6 +10,7 @@ in how the tokens are summed:
   dr_grpo  sum over tokens / (rollouts x max_completion_length 16): -1 / (8 * 16)     = -0.0078125
   bnpo     sum over tokens / active tokens of the micro-batch (= dapo in one micro-batch)
 The ExPO term adds beta x the token-mean NLL of the step's two explanations, whatever the loss type.
+Dynamic sampling's filler slots count in no loss type's average (a second fixed batch, below).
 """
 
 from __future__ import annotations
@@ -183,6 +184,47 @@ def test_grpo_drops_wrong_groups_and_pads_the_last_round_with_fillers(tmp_path: 
     assert per_group_tokens[1].item() == 0 and per_group_tokens[0].item() > 0  # mixed first, filler last
     assert out["num_items_in_batch"].item() == per_group_tokens[0].item()
     assert trainer._nll_plan is None  # no NLL term in this arm
+
+
+# A step whose second group is a filler (rows 4-7: no loss), the first one trained: lengths 1, 2, 3, 4
+# and advantages 2, 0, 0, -1. The loss averages over the 4 trained rollouts, never the 8 rows:
+#   grpo     -(2 + 0 + 0 - 1) / 4                           = -0.25     (over 8 rows: -0.125)
+#   dr_grpo  -(2*1 - 1*4) / (4 rollouts x 16)               =  0.03125  (over 8 rows: 0.015625)
+#   dapo     -(2*1 - 1*4) / 10 active tokens                =  0.2      (masked tokens: never counted)
+FILLED_LENGTHS = [1, 2, 3, 4, 1, 2, 3, 4]
+FILLED_ADVANTAGES = [2.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0]
+FILLED_LOSS = {"grpo": -0.25, "dr_grpo": 2 / 64, "dapo": 0.2, "bnpo": 0.2}
+
+
+@pytest.mark.parametrize("loss_type,micro", [
+    ("grpo", None), ("dr_grpo", None), ("dapo", None), ("bnpo", None),
+    ("grpo", 4), ("dr_grpo", 4), ("dapo", 4),  # trained rows in one micro-batch, the filler in the other
+])
+def test_filler_slots_do_not_dilute_the_policy_loss(tmp_path: Path, loss_type: str, micro: int | None) -> None:
+    trainer, _ = make_trainer(tmp_path, "grpo", kind_reward, filter_groups=True, filter_max_rounds=2,
+                              loss_type=loss_type, rollouts_per_micro_batch=micro)
+    torch.manual_seed(0)
+    generated = trainer._generate_and_score_completions(generation_batch(trainer))
+    assert trainer._step_stats["filter/fillers"] == 1.0  # slot 0: q2 (mixed), slot 1: a dropped group
+    assert generated["completion_mask"][4:].sum() == 0
+    tok = trainer.processing_class
+    letters = tok("abcd", add_special_tokens=False)["input_ids"]
+    ids = torch.full((8, 4), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((8, 4), dtype=torch.long)
+    for i, n in enumerate(FILLED_LENGTHS[:4]):  # the filler's rows keep mask 0, as assemble_slots left them
+        ids[i, :n] = torch.tensor(letters[:n])
+        mask[i, :n] = 1
+    inputs = {"prompt_ids": generated["prompt_ids"], "prompt_mask": generated["prompt_mask"],
+              "completion_ids": ids, "completion_mask": mask, "advantages": torch.tensor(FILLED_ADVANTAGES),
+              "num_items_in_batch": mask.sum()}
+    parts = 1 if micro is None else 8 // micro
+    total = 0.0
+    for k in range(parts):
+        trainer._step = k
+        rows_k = slice(k * 8 // parts, (k + 1) * 8 // parts)
+        part = {key: (v[rows_k] if key != "num_items_in_batch" else v) for key, v in inputs.items()}
+        total += trainer.compute_loss(trainer.model, part).item()
+    assert total == pytest.approx(FILLED_LOSS[loss_type], rel=1e-5)
 
 
 def test_skip_unsolved_rollouts_masks_the_wrong_group(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ treated apart:
 - correct (every rollout right): dropped, no signal for either term;
 - wrong (every rollout wrong): kept when the arm has an NLL term (its question's explanation is
   scored); its zero-advantage rollouts are trained on as usual, or, with `skip_wrong_rollouts`, kept
-  out of the GRPO loss (loss mask 0: no KL or entropy gradient, not counted in a token-mean). An arm
-  without an NLL term (plain GRPO) drops them, as DAPO does;
+  out of the GRPO loss (an untrained slot, below). An arm without an NLL term (plain GRPO) drops
+  them, as DAPO does;
 - mixed: kept and trained as usual.
 
 A step has `capacity` group slots (its prompts on this process). Kept groups fill them in generation
@@ -17,6 +17,14 @@ order; a group kept beyond the last slot is surplus (generated, not used). After
 are refilled by generating that many further prompts, up to `max_rounds` rounds in all (the step's
 own batch is round 1). Slots still open after the last round take dropped groups as fillers: their
 rollouts get no loss and their question no NLL term, so the tensors keep the step's shape.
+
+An untrained slot (a filler, or a skipped all-wrong group) has loss mask 0: no policy, KL or entropy
+gradient, and it is not counted in any loss type's average. The token-normalised types (dapo, bnpo,
+cispo, vespo) divide by masked tokens and leave it out by themselves; the ones that divide by rollouts
+(grpo, sapo, luspo: a mean over rollouts; dr_grpo: rollouts x max_completion_length) would count its
+G rows, so the trainer multiplies their loss by `rollout_loss_scale` (the step's rollouts / its
+trained rollouts, over every process): the step's loss is then the same average over the trained
+rollouts alone.
 
     kinds = group_kinds([1, 1, 0, 1, 0, 0], 2)                 # ["correct", "mixed", "wrong"]
     sel = select_groups([kinds], capacity=3, keep_wrong=True)  # 1 slot open: refill 1 prompt
@@ -111,4 +119,21 @@ def select_groups(rounds: Sequence[Sequence[str]], capacity: int, keep_wrong: bo
                      surplus=surplus, fillers=fillers)
 
 
-__all__ = ["GROUP_KINDS", "GroupFilter", "Slot", "Selection", "group_kinds", "select_groups"]
+# TRL loss types whose policy loss divides by the number of rollouts rather than by masked tokens.
+PER_ROLLOUT_LOSSES = ("grpo", "sapo", "luspo", "dr_grpo")
+
+
+def rollout_loss_scale(loss_type: str, rollouts: int, trained: int) -> float:
+    """The factor that makes a per-rollout loss average over the `trained` of the step's `rollouts`
+    (both counted over every process); 1 for the token-normalised loss types, and when nothing trains.
+
+    >>> rollout_loss_scale("grpo", 8, 4), rollout_loss_scale("dapo", 8, 4), rollout_loss_scale("dr_grpo", 8, 0)
+    (2.0, 1.0, 1.0)
+    """
+    if loss_type not in PER_ROLLOUT_LOSSES or trained <= 0:
+        return 1.0
+    return rollouts / trained
+
+
+__all__ = ["GROUP_KINDS", "PER_ROLLOUT_LOSSES", "GroupFilter", "Slot", "Selection", "group_kinds",
+           "rollout_loss_scale", "select_groups"]

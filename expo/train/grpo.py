@@ -19,6 +19,7 @@ the clipped policy loss. This subclass adds, per step:
 - dynamic sampling fitted to ExPO (`train.filter_groups`, expo.train.group_filter): all-correct groups
   dropped, all-wrong ones kept for the NLL term (dropped by plain GRPO), open slots refilled from
   further prompts for up to `filter_max_rounds` rounds; group counts logged per step (`filter/...`).
+  Untrained slots (fillers) count in no loss type's average (`rollout_loss_scale`).
 - the loss: TRL's `loss_type` aggregation for the policy term (grpo: mean of per-sequence means; dapo:
   token sum / the step's active rollout tokens; dr_grpo: token sum / (rollouts x max_completion_length)),
   and the NLL term normalised apart, by the step's explanation tokens, whatever the loss type.
@@ -59,7 +60,7 @@ from expo.generation.trl_rollouts import shared_engine_rollouts
 from expo.losses import micro_batch_share, pack_scored_rows, scored_nll_sum, unsolved_groups
 from expo.progress import watch
 from expo.train.explanations import ExplanationBuffer, Regenerate
-from expo.train.group_filter import GroupFilter, Selection, group_kinds, select_groups
+from expo.train.group_filter import GroupFilter, Selection, group_kinds, rollout_loss_scale, select_groups
 from expo.train.timing import PhaseTimer
 
 EXPO_STATE_FILE = "expo_state.json"
@@ -103,6 +104,7 @@ class ExpoGRPOTrainer(GRPOTrainer):
         self.metrics_writer = metrics_writer  # its lines so far are copied into each checkpoint
         self.timer = PhaseTimer()
         self._nll_plan: NLLPlan | None = None
+        self._rollouts = (0, 0)  # the step's (rollouts, trained rollouts) over every process; (0, 0): all train
         self._last_rewards: torch.Tensor | None = None
         self._loss_acc = _new_loss_acc()  # this step's sums over its micro-batches (for the logs)
         self._step_tokens = 0
@@ -195,6 +197,7 @@ class ExpoGRPOTrainer(GRPOTrainer):
             self._maybe_regenerate(inputs)
         self._last_rewards = None  # set by _calculate_rewards below; never a previous step's
         explained = None
+        self._rollouts = (0, 0)
         if training and self.group_filter is not None:
             output, inputs, rewards, explained = self._filtered_generation(inputs)
         else:
@@ -237,6 +240,10 @@ class ExpoGRPOTrainer(GRPOTrainer):
         self._log_selection(selection, len(outputs))
         output = assemble_slots(outputs, selection, G, self._tokenizer.pad_token_id)
         output["num_items_in_batch"] = self.accelerator.gather(output["completion_mask"].sum()).sum()
+        mine = torch.tensor([len(selection.slots) * G, sum(G for s in selection.slots if s.trained)],
+                            device=self.accelerator.device)
+        rollouts, trained = self.accelerator.gather(mine).view(-1, 2).sum(dim=0).tolist()
+        self._rollouts = (int(rollouts), int(trained))
         rows = [(s.round, slice(s.index * G, (s.index + 1) * G)) for s in selection.slots]
         chosen = [x for r, group in rows for x in batches[r][group]]
         chosen_rewards = torch.cat([rewards[r][group] for r, group in rows])
@@ -359,6 +366,10 @@ class ExpoGRPOTrainer(GRPOTrainer):
         grpo_loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # already / grad accum
         if not self.model.training:
             return grpo_loss
+        # A loss type that divides by rollouts counted the untrained slots' rows: undo it for the step.
+        # (TRL adds to this loss only its entropy bonus, which no config key turns on, and a MoE router
+        # loss, off unless the model's config asks for router logits.)
+        grpo_loss = grpo_loss * rollout_loss_scale(self.loss_type, *self._rollouts)
         micro = max(int(self.args.steps_per_generation), 1)
         k = self._step % micro  # which micro-batch of the step this is (TRL's own buffer index)
         if k == 0:

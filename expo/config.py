@@ -446,6 +446,10 @@ class ClusterConfig:
 
     image: str = "ghcr.io/expo-pipeline/expo:0.1.0"
     accelerator_type: str = "nvidia.com/gpu"
+    # Memory of one GPU of that type, GiB: 80 for the H100 / A100 80GB the recipes are sized for (141
+    # for an H200, 48 for an L40S). `expo plan` sets each stage's estimated peak per GPU against it, and
+    # `expo compile` / `expo submit` refuse a config that does not fit.
+    gpu_memory_gib: float = 80.0
     gpus_generate: int = 1
     gpus_train: int = 1
     gpus_evaluate: int = 1
@@ -483,6 +487,7 @@ class ClusterConfig:
         _check(self.gpus_vllm >= 1, at, "gpus_vllm", "must be >= 1 (vLLM serves on GPUs)")
         _check(bool(self.training_runtime.strip()), at, "training_runtime", "must not be empty")
         _check(self.train_timeout_s > 0, at, "train_timeout_s", "must be positive")
+        _check(self.gpu_memory_gib > 0, at, "gpu_memory_gib", "must be positive (GiB of one GPU)")
         for stage in ("train", "generate", "evaluate", "model"):
             cpu, memory = getattr(self, f"{stage}_cpu"), getattr(self, f"{stage}_memory")
             _check(bool(_CPU_QUANTITY.fullmatch(cpu)), at, f"{stage}_cpu",

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
             "run the whole pipeline locally through kfp.local (embedded default with no arguments)"),
     "compile": ("expo.cli.compile", "compile the pipeline to KFP IR YAML"),
     "submit": ("expo.cli.submit", "compile and submit the pipeline to a Kubeflow Pipelines endpoint"),
+    "plan": ("expo.cli.plan", "will it fit? each stage's GPUs and estimated peak memory per GPU and per pod"),
     "data": ("expo.cli.data", "prepare a data set: load, extract answers, dedupe, split"),
     "model": ("expo.cli.prepare_model",
               "prepare the starting model (a path, a hub id, or the embedded tiny one)"),

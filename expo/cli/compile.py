@@ -27,6 +27,7 @@ def _check_output(path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from expo.cli.plan import preflight
     from expo.config import load_pipeline_config
     from pipelines.expo_pipeline import compile_pipeline
 
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     output = _check_output(args.output)
     cfg = load_pipeline_config(args.config, args.overrides)
+    preflight(cfg, "compile")  # a config that cannot fit its GPUs is refused before it is compiled
     path = compile_pipeline(cfg, output)
     print(f"compiled pipeline '{cfg.name}' ({', '.join(cfg.train.arms)}) -> {path}")
     values = defaults(cfg)

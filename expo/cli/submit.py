@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from expo.cli import add_config_arguments
+
+if TYPE_CHECKING:
+    from expo.config import ExpoConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,14 +30,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from expo.cli.plan import preflight
     from expo.config import load_pipeline_config
     from expo.params import parse_cli
     from pipelines.kfp_client import submit
 
     cfg = load_pipeline_config(args.config, args.overrides)
     arguments = parse_cli(args.params)
+    preflight(_as_run(cfg, arguments), "submit")  # refused before anything reaches the cluster
     run_id, url = submit(cfg, host=args.host, namespace=args.namespace, experiment=args.experiment,
                          run_name=args.run_name, token_env=args.token_env, cache=not args.no_cache,
                          service_account=args.service_account, arguments=arguments)
     print(f"submitted run {run_id}\n{url}")
     return 0
+
+
+def _as_run(cfg: ExpoConfig, arguments: dict[str, Any]) -> ExpoConfig:
+    """The config this run will see: `--param` values (a model source, arms, G) over the compiled ones."""
+    from expo import params
+    from expo.config import ExpoConfig, from_dict, to_dict
+
+    if not arguments:
+        return cfg
+    lines = params.template([params.BY_NAME[name] for name in arguments], arguments)
+    run_cfg = from_dict(ExpoConfig, params.apply(to_dict(cfg), lines))
+    run_cfg.validate()
+    return run_cfg

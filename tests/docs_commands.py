@@ -126,7 +126,8 @@ def registered_names() -> set[str]:
     from expo.config import load_config
 
     names = {load_config(None).register.model_name}
-    for path in [*(ROOT / "configs").glob("*.yaml"), *(ROOT / "expo" / "toy").glob("*.yaml")]:
+    toy = [ROOT / "expo" / "toy" / name for name in ("defaults.yaml", "smoke.yaml")]  # its other YAML is no config
+    for path in [*(ROOT / "configs").glob("*.yaml"), *toy]:
         names.add(load_config(path).register.model_name)
     return names
 

@@ -389,10 +389,15 @@ def in_distribution_check(model: Any, tokenizer: Any, rows: Sequence[dict[str, A
             for key in ("overall", level_key(r.get("level"))):
                 groups.setdefault(key, []).append(pair)
     levels = sorted_levels(g for g in groups if g != "overall")
+    # How many compared explanations are their question's reference solution word for word: where the
+    # check contradicts ExPO's premise, the others are where to look (expo.report says so).
+    compared = [(t, r["solution"]) for r in paired_rows for t in texts[_question_key(r)]]
     return {"overall": _paired_stats(groups["overall"]),
             "by_level": {lv: _paired_stats(groups[lv]) for lv in levels},
             "unpaired": {"explanation_only": sum(1 for key in texts if key not in solved),
-                         "expert_only": sum(1 for key in solved if key not in texts)}}
+                         "expert_only": sum(1 for key in solved if key not in texts)},
+            "same_text": {"explanations": len(compared),
+                          "equal_to_expert": sum(1 for t, x in compared if t.strip() == x.strip())}}
 
 
 def in_distribution_for(model_dir_or_uri: str, data_dir: str | Path, explanations_dir: str | Path,

@@ -501,7 +501,25 @@ def _lp(s: dict[str, Any] | None) -> str:
     return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}] (n={s['count']})"
 
 
-def in_distribution_section(check: dict[str, Any]) -> list[Block]:
+def in_distribution_reading(check: dict[str, Any], note: str = "") -> str:
+    """What the check says, when it contradicts ExPO's premise (self-explanations less likely under the
+    policy than expert solutions): the share that are the expert text itself, where to look, and `note`
+    (a task-specific reason the caller knows). Empty when the premise holds or nothing was compared."""
+    overall = check.get("overall", {})
+    e, x = overall.get("explanation"), overall.get("expert")
+    if not (e and x and e.get("mean") is not None and x.get("mean") is not None) or e["mean"] >= x["mean"]:
+        return ""
+    same = check.get("same_text") or {}
+    text = (f"Here self-explanations score below expert solutions ({e['mean'] - x['mean']:+.3f} per token): the "
+            "premise does not hold for this model and data. The check scores each text under the plain "
+            "solve prompt, so what lowers an explanation is text the policy, unaided, would not write.")
+    if same.get("explanations"):
+        text += (f" {same['equal_to_expert']} of {same['explanations']} compared explanations are the reference "
+                 "solution word for word; the others (explanations.jsonl) hold the difference.")
+    return f"{text} {note}".strip()
+
+
+def in_distribution_section(check: dict[str, Any], note: str = "") -> list[Block]:
     rows = []
     for level, g in [("all", check.get("overall", {}))] + list(check.get("by_level", {}).items()):
         e, x = g.get("explanation"), g.get("expert")
@@ -513,7 +531,8 @@ def in_distribution_section(check: dict[str, Any]) -> list[Block]:
                   "Self-explanations above expert solutions means they are closer to the policy."),
             _source_note("in_distribution"),
             ("table", Table("in_distribution", ["level", "self-explanations", "expert solutions",
-                                                "gap (explanation - expert)"], rows))]
+                                                "gap (explanation - expert)"], rows))] + (
+        [("p", reading)] if (reading := in_distribution_reading(check, note)) else [])
 
 
 def split_note(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
@@ -635,7 +654,7 @@ def build_blocks(evaluations: dict[str, dict[str, Any]] | None, training: dict[s
                  explanation_stats: dict[str, Any] | None, in_distribution: dict[str, Any] | None,
                  validation: dict[str, list[dict[str, Any]]] | None = None,
                  checkpoint: dict[str, Any] | None = None,
-                 headline: dict[str, Any] | None = None) -> list[Block]:
+                 headline: dict[str, Any] | None = None, in_distribution_note: str = "") -> list[Block]:
     blocks: list[Block] = headline_section(headline) if headline else []
     if evaluations:
         blocks += accuracy_section(evaluations) + split_note(evaluations) + delta_section(evaluations)
@@ -646,7 +665,7 @@ def build_blocks(evaluations: dict[str, dict[str, Any]] | None, training: dict[s
     if explanation_stats:
         blocks += explanation_section(explanation_stats)
     if in_distribution:
-        blocks += in_distribution_section(in_distribution)
+        blocks += in_distribution_section(in_distribution, in_distribution_note)
     return blocks
 
 
@@ -655,15 +674,16 @@ def write_report(output_dir: str | Path, evaluations: dict[str, dict[str, Any]] 
                  explanation_stats: dict[str, Any] | None = None,
                  in_distribution: dict[str, Any] | None = None, title: str = "ExPO report",
                  validation: dict[str, list[dict[str, Any]]] | None = None,
-                 checkpoint: dict[str, Any] | None = None, headline: dict[str, Any] | None = None) -> Path:
+                 checkpoint: dict[str, Any] | None = None, headline: dict[str, Any] | None = None,
+                 in_distribution_note: str = "") -> Path:
     """Write report.html (self-contained), report.md and the PNGs into output_dir; return the HTML path.
     `validation`: each arm's validation.jsonl rows; `checkpoint`: the chosen arm's selection.json with
     "arm" and "register" (which step was evaluated and registered); `headline`: the gate's decision
-    (`headline_section`)."""
+    (`headline_section`); `in_distribution_note`: a task's own reading of a check against the premise."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     blocks = build_blocks(evaluations, training, explanation_stats, in_distribution, validation, checkpoint,
-                          headline)
+                          headline, in_distribution_note)
     if not blocks:
         blocks = [("p", "Nothing to report: no evaluation, training, explanation or in-distribution input.")]
     for kind, value in blocks:

@@ -300,7 +300,7 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
         headline = {**decision, "metric": cfg.register.gate_metric, "margin": cfg.register.gate_margin,
                     "mlflow_run": run.parent_id, "experiment": cfg.tracking.experiment,
                     "tracking_uri": tracking.redact_uri(tracking.resolve_tracking_uri(cfg.tracking))}
-        write_report(output_dir, headline=headline, evaluations=evaluations, training=training, explanation_stats=expl_stats,
+        write_report(output_dir, headline=headline, in_distribution_note=_in_distribution_note(cfg, explanations_dir), evaluations=evaluations, training=training, explanation_stats=expl_stats,
                      in_distribution=in_dist if in_dist and in_dist["overall"]["paired"]["pairs"] else None,
                      title=f"ExPO run: {cfg.name}", validation=validation,
                      checkpoint={**summary.get("checkpoint", {}), "register": decision["register"]}
@@ -319,6 +319,16 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
         tracking.log_metrics({f"gate/{k}": float(v) for k, v in decision.items()
                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return summary
+
+
+def _in_distribution_note(cfg: ExpoConfig, explanations_dir: str) -> str:
+    """The embedded task's own reading of its in-distribution check (expo.toy.task); none elsewhere."""
+    path = Path(explanations_dir) / "explanations.jsonl"
+    if cfg.data.source != "builtin:needle" or not path.is_file():
+        return ""
+    from expo.toy.task import contradicted_checks
+
+    return contradicted_checks([r["explanation"] for r in read_jsonl(path) if r.get("accepted")])
 
 
 def build_summary(evaluations: dict[str, dict]) -> dict[str, Any]:

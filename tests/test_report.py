@@ -292,3 +292,18 @@ def test_every_plot_gives_an_arm_one_colour_and_the_curves_are_a_grid(tmp_path):
     write_report(tmp_path, {"base": _metrics("base", [1, 1, 1, 1])}, training=training)
     width, height = PILImage.open(tmp_path / "training_curves.png").size
     assert width <= 1200 and width / height < 3  # rows of at most three panels, not a strip
+
+
+def test_an_in_distribution_check_against_the_premise_is_explained(tmp_path):
+    against = {"overall": {"explanation": {"count": 4, "mean": -0.72, "lo": -0.8, "hi": -0.6},
+                           "expert": {"count": 4, "mean": -0.46, "lo": -0.5, "hi": -0.4}},
+               "by_level": {}, "same_text": {"explanations": 4, "equal_to_expert": 2}}
+    write_report(tmp_path, {"base": _metrics("base", [1, 1, 1, 1])}, in_distribution=against,
+                 in_distribution_note="A task's own reason.")
+    md = (tmp_path / "report.md").read_text()
+    assert "score below expert solutions (-0.260 per token)" in md
+    assert "2 of 4 compared explanations are the reference solution word for word" in md
+    assert "A task's own reason." in md
+    write_report(tmp_path, {"base": _metrics("base", [1, 1, 1, 1])}, in_distribution=IN_DIST)  # premise holds
+    assert "score below" not in (tmp_path / "report.md").read_text()
+

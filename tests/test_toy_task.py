@@ -122,3 +122,11 @@ def test_rows_pass_the_math_verifier() -> None:
     assert verify.is_equivalent(verification(golds[0]), golds[0])
     other = next(n for n in GOOD if str(n) != golds[0])
     assert not verify.is_equivalent(verification(other), golds[0])
+
+
+def test_the_embedded_task_names_its_contradicted_checks():
+    from expo.toy.task import contradicted_checks, verification
+
+    texts = ["373:no \\boxed{373}", verification(374), "758:no \\boxed{758}"]
+    assert contradicted_checks(texts).startswith("In this task 2 of 3 accepted explanations box the given")
+    assert contradicted_checks([verification(374)]) == ""

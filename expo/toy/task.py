@@ -32,6 +32,7 @@ answer from the solution's last `\\boxed{}`.
 from __future__ import annotations
 
 import random
+import re
 
 LEVELS = (1, 2, 3, 4, 5)
 LIST_LENGTH = 20
@@ -71,6 +72,20 @@ def solution(numbers: list[int]) -> str:
     if needle is None:
         raise ValueError(f"no number with the property in {numbers}")
     return verification(needle)
+
+
+def contradicted_checks(explanations: list[str]) -> str:
+    """The embedded task's reading of an in-distribution check against ExPO's premise: how many
+    explanations box the given number after checking it wrong (`373:no \\boxed{373}`). The verifier
+    judges the boxed answer only, so they pass; the policy, unaided, would not box a number it has
+    just checked `no`, which makes them unlikely under the solve prompt. Empty when there are none."""
+    wrong = sum(1 for text in explanations if re.fullmatch(r"\s*(\d+):no\s*\\boxed\{\1\}\s*", text))
+    if not wrong:
+        return ""
+    return (f"In this task {wrong} of {len(explanations)} accepted explanations box the given number after "
+            "checking it wrong (\"373:no \\boxed{373}\"): the verifier judges the boxed answer only, and the "
+            "policy, unaided, would not box a number it has just checked \"no\", so these texts are "
+            "unlikely under the solve prompt, while the expert solution's check is right.")
 
 
 def verification(answer: int | str) -> str:

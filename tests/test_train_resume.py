@@ -1,15 +1,21 @@
-"""Checkpoint checks: a truncated or half-written newest checkpoint is skipped with a warning."""
+"""Checkpoint checks: a truncated or half-written newest checkpoint is skipped with a warning; a
+checkpoint of several processes holds every process's state, and a resumed two-process run (torchrun,
+gloo, on CPU) gives each process back its own explanation buffer."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from expo.io import read_json, read_jsonl
 from expo.train.resume import checkpoint_problem, latest_valid_checkpoint
+from tests.trainkit import make_folders
 
 
 def fake_checkpoint(root: Path, step: int) -> Path:
@@ -51,3 +57,56 @@ def test_numeric_order_and_none(tmp_path: Path) -> None:
     for step in (2, 10, 9):
         fake_checkpoint(tmp_path, step)
     assert latest_valid_checkpoint(tmp_path).name == "checkpoint-10"  # 10 > 9 although "10" < "9"
+
+
+def test_a_multi_process_checkpoint_needs_every_process_files(tmp_path: Path) -> None:
+    """Two processes: rng_state_0.pth and rng_state_1.pth instead of rng_state.pth, and rank 1's own
+    expo_state-rank1.json beside rank 0's expo_state.json (which records the world of 2)."""
+    folder = fake_checkpoint(tmp_path, 4)
+    (folder / "rng_state.pth").unlink()
+    for rank in (0, 1):
+        torch.save({"x": rank}, folder / f"rng_state_{rank}.pth")
+    (folder / "expo_state.json").write_text(json.dumps({"step": 4, "world": 2}))
+    (folder / "expo_state-rank1.json").write_text(json.dumps({"step": 4, "rank": 1}))
+    assert checkpoint_problem(folder) is None
+    (folder / "rng_state_1.pth").unlink()
+    assert "rng_state_1.pth" in checkpoint_problem(folder)
+    torch.save({"x": 1}, folder / "rng_state_1.pth")
+    (folder / "expo_state-rank1.json").unlink()  # rank 0 marked it complete, rank 1's file is gone
+    assert "expo_state-rank1.json is missing" in checkpoint_problem(folder)
+
+
+def _two_processes(root: Path, out: Path, steps: int) -> None:
+    """An online exp-grpo run of `steps` steps with 2 CPU processes (tests/ddp_resume_worker.py)."""
+    from expo.cluster.pod import torchrun_env
+
+    script = Path(__file__).resolve().parent / "ddp_resume_worker.py"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+            str(root), str(out), str(steps)]
+    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_resumed_two_process_run_restores_every_process_buffer(tmp_path: Path) -> None:
+    """Each process regenerates explanations for its own questions, so each has a buffer of its own.
+    A 2-step run checkpoints both (rank 1's in expo_state-rank1.json); a longer run resumes from
+    checkpoint 2 and every process starts from exactly the buffer it had when it saved."""
+    make_folders(tmp_path)
+    _two_processes(tmp_path, tmp_path / "first", steps=2)
+    checkpoint = tmp_path / "ckpt" / "checkpoint-2"
+    assert checkpoint_problem(checkpoint) is None
+    assert json.loads((checkpoint / "expo_state.json").read_text())["world"] == 2
+    saved = {rank: read_json(tmp_path / "dump" / f"saved-rank{rank}-step2.json") for rank in (0, 1)}
+    assert read_json(checkpoint / "expo_state-rank1.json")["buffer"] == saved[1]
+    texts = {rank: [item["text"] for items in saved[rank]["items"].values() for item in items]
+             for rank in (0, 1)}
+    assert any(t.startswith("r1n1") for t in texts[1]) and not any(t.startswith("r1") for t in texts[0])
+    assert any(t.startswith("r0n1") for t in texts[0])
+
+    _two_processes(tmp_path, tmp_path / "second", steps=3)
+    assert Path(read_json(tmp_path / "second" / "summary.json")["resumed_from"]).name == "checkpoint-2"
+    for rank in (0, 1):
+        assert read_json(tmp_path / "dump" / f"loaded-rank{rank}.json") == saved[rank], rank
+    assert [row["step"] for row in read_jsonl(tmp_path / "second" / "metrics.jsonl")] == [1, 2, 3]

@@ -30,13 +30,13 @@ Seams used: `_generate`, `_calculate_rewards`, `_get_per_token_logps_and_entropi
 `_generate_single_turn` (shared prefill), `_generate_and_score_completions` (regenerate, dynamic
 sampling, build the NLL plan), `compute_loss` (add this micro-batch's share of the term), `log` (extra
 metrics),
-`_save_checkpoint` (buffer state), `_get_train_sampler` (resumable order). Plain GRPO is this class with no term.
+`_save_checkpoint` (every process's buffer state), `_get_train_sampler` (resumable order). Plain GRPO is this class with no term.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import math
 import os
 import time
@@ -53,6 +53,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
 from expo.errors import ExpoError
+from expo.io import read_json, write_json
 from expo.generation.base import GenerationStats, first_eos, progress_reader
 from expo.generation.hf import StepTokenCounter
 from expo.generation.shared_prefix import sample_shared_prefix
@@ -61,9 +62,11 @@ from expo.losses import micro_batch_share, pack_scored_rows, scored_nll_sum, uns
 from expo.progress import watch
 from expo.train.explanations import ExplanationBuffer, Regenerate
 from expo.train.group_filter import GroupFilter, Selection, group_kinds, rollout_loss_scale, select_groups
+from expo.train.resume import rank_file
 from expo.train.timing import PhaseTimer
 
 EXPO_STATE_FILE = "expo_state.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -419,20 +422,36 @@ class ExpoGRPOTrainer(GRPOTrainer):
     # -- checkpoints -------------------------------------------------------------------------
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """HF Trainer's checkpoint plus every process's own explanation buffer (each process regenerates
+        explanations for its own share of the questions): rank r writes `expo_state-rank<r>.json`, then,
+        once every process has written its files, rank 0 writes `expo_state.json`, the mark that the
+        checkpoint is complete (expo.train.resume)."""
         super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        state = {"step": self.state.global_step,
+                 "buffer": self.buffer.state_dict() if self.buffer is not None else None}
+        if rank > 0:
+            os.makedirs(folder, exist_ok=True)  # rank 0 may not have made it yet
+            write_json(os.path.join(folder, rank_file(EXPO_STATE_FILE, rank)), {**state, "rank": rank})
+        if world > 1:
+            self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             if self.metrics_writer is not None:
                 self.metrics_writer.save_copy(folder)
-            state = {"step": self.state.global_step,
-                     "buffer": self.buffer.state_dict() if self.buffer is not None else None}
-            # Written last: a checkpoint without it was interrupted mid-save (see resume.py).
-            with open(os.path.join(folder, EXPO_STATE_FILE), "w", encoding="utf-8") as fh:
-                json.dump(state, fh)
+            # Written last, after every process's files: a checkpoint without it was interrupted mid-save.
+            write_json(os.path.join(folder, EXPO_STATE_FILE), {**state, "world": world})
 
     def load_expo_state(self, checkpoint: str) -> None:
-        with open(os.path.join(checkpoint, EXPO_STATE_FILE), encoding="utf-8") as fh:
-            state = json.load(fh)
+        """This process's own buffer from `checkpoint`. A checkpoint written by fewer processes has no
+        file for this rank: it starts from rank 0's (the same seed explanations, rank 0's online ones)."""
+        rank = self.accelerator.process_index
+        path = os.path.join(checkpoint, rank_file(EXPO_STATE_FILE, rank))
+        if not os.path.isfile(path):
+            log.warning("%s has no explanation buffer of process %d (it was written by fewer processes); "
+                        "process %d starts from process 0's", checkpoint, rank, rank)
+            path = os.path.join(checkpoint, EXPO_STATE_FILE)
+        state = read_json(path)
         if self.buffer is not None and state.get("buffer") is not None:
             self.buffer.load_state_dict(state["buffer"])
 

@@ -6,7 +6,12 @@ each one, warns about every damaged one it skips, and returns the newest intact 
 
 Checks: `trainer_state.json` parses and names step N; the weights (`model.safetensors` or, with LoRA,
 `adapter_model.safetensors`) have a readable safetensors header whose tensors fit in the file;
-`optimizer.pt`, `scheduler.pt` and `rng_state.pth` exist and are not empty; `expo_state.json` parses.
+`optimizer.pt`, `scheduler.pt` and the RNG state exist and are not empty; `expo_state.json` parses.
+
+Several processes (torchrun, a TrainJob): each keeps state of its own, the RNG state that HF Trainer
+saves as `rng_state_<rank>.pth` and the trainer's `expo_state-rank<r>.json` (`rank_file`). Rank 0
+writes `expo_state.json` last, after every process has written its files, and records the number of
+processes in it (`world`), so a checkpoint is complete only when every process's files are there.
 """
 
 from __future__ import annotations
@@ -21,8 +26,21 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-REQUIRED_NONEMPTY = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
+_RNG_OF_RANK = re.compile(r"^rng_state_(\d+)\.pth$")
+REQUIRED_NONEMPTY = ("optimizer.pt", "scheduler.pt")
 WEIGHTS = ("model.safetensors", "adapter_model.safetensors")
+
+
+def rank_file(name: str, rank: int) -> str:
+    """The file process `rank` keeps its own copy of `name` in: rank 0 `name` itself.
+
+    >>> rank_file("expo_state.json", 0), rank_file("expo_state.json", 1)
+    ('expo_state.json', 'expo_state-rank1.json')
+    """
+    if rank == 0:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}-rank{rank}.{suffix}" if dot else f"{name}-rank{rank}"
 
 
 def checkpoints(root: str | Path) -> list[tuple[int, Path]]:
@@ -50,16 +68,32 @@ def checkpoint_problem(folder: str | Path, extra_files: tuple[str, ...] = ("expo
     problem = safetensors_problem(weights[0])
     if problem:
         return problem
-    for name in REQUIRED_NONEMPTY:
+    world = 1
+    for name in extra_files:
+        try:
+            record = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"{name} is missing or unreadable"
+        world = max(world, int(record.get("world", 1)) if isinstance(record, dict) else 1)
+        for rank in range(1, world):
+            try:
+                json.loads((folder / rank_file(name, rank)).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return f"{rank_file(name, rank)} is missing or unreadable (process {rank} of {world})"
+    for name in REQUIRED_NONEMPTY + _rng_files(folder, world):
         path = folder / name
         if not path.is_file() or path.stat().st_size == 0:
             return f"{name} is missing or empty"
-    for name in extra_files:
-        try:
-            json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return f"{name} is missing or unreadable"
     return None
+
+
+def _rng_files(folder: Path, world: int) -> tuple[str, ...]:
+    """HF Trainer's RNG state: `rng_state.pth` from one process, `rng_state_<rank>.pth` from each of
+    several. Without a recorded world, the numbered files present say how many processes there were."""
+    if world == 1 and not (folder / "rng_state.pth").is_file():
+        ranks = [int(m.group(1)) for p in folder.glob("rng_state_*.pth") if (m := _RNG_OF_RANK.match(p.name))]
+        world = max(ranks) + 1 if ranks else 1
+    return ("rng_state.pth",) if world == 1 else tuple(f"rng_state_{rank}.pth" for rank in range(world))
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -92,4 +126,4 @@ def latest_valid_checkpoint(root: str | Path, extra_files: tuple[str, ...] = ("e
     return None
 
 
-__all__ = ["checkpoints", "checkpoint_problem", "safetensors_problem", "latest_valid_checkpoint"]
+__all__ = ["checkpoints", "checkpoint_problem", "latest_valid_checkpoint", "rank_file", "safetensors_problem"]

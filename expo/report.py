@@ -622,7 +622,7 @@ def headline_section(headline: dict[str, Any]) -> list[Block]:
         lines.append(f"Best arm: none (no trained arm has a value of {metric}).")
     if headline.get("register"):
         lines.append(f"Gate: passed (better than base by more than register.gate_margin = "
-                     f"{headline.get('margin', 0.0):g}): the best arm is registered as `candidate`; `champion` "
+                     f"{headline.get('margin', 0.0):g}): the best arm is registered with alias candidate; champion "
                      "moves only past the current champion.")
         lines.append(REGISTRATION_PENDING)
     else:

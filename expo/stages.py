@@ -300,7 +300,7 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
         headline = {**decision, "metric": cfg.register.gate_metric, "margin": cfg.register.gate_margin,
                     "mlflow_run": run.parent_id, "experiment": cfg.tracking.experiment,
                     "tracking_uri": tracking.redact_uri(tracking.resolve_tracking_uri(cfg.tracking))}
-        write_report(output_dir, headline=headline, in_distribution_note=_in_distribution_note(cfg, explanations_dir), evaluations=evaluations, training=training, explanation_stats=expl_stats,
+        write_report(output_dir, headline=headline, in_distribution_note=_in_distribution_note(explanations_dir), evaluations=evaluations, training=training, explanation_stats=expl_stats,
                      in_distribution=in_dist if in_dist and in_dist["overall"]["paired"]["pairs"] else None,
                      title=f"ExPO run: {cfg.name}", validation=validation,
                      checkpoint={**summary.get("checkpoint", {}), "register": decision["register"]}
@@ -321,10 +321,11 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
     return summary
 
 
-def _in_distribution_note(cfg: ExpoConfig, explanations_dir: str) -> str:
-    """The embedded task's own reading of its in-distribution check (expo.toy.task); none elsewhere."""
+def _in_distribution_note(explanations_dir: str) -> str:
+    """The embedded task's own reading of its in-distribution check (expo.toy.task): its check format
+    (`373:no \\boxed{373}`) is its own, so other tasks' explanations give none."""
     path = Path(explanations_dir) / "explanations.jsonl"
-    if cfg.data.source != "builtin:needle" or not path.is_file():
+    if not path.is_file():
         return ""
     from expo.toy.task import contradicted_checks
 
@@ -372,10 +373,12 @@ def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: s
         decision = registry.gate_and_promote(cfg.register.model_name, version.version, cfg.register,
                                              tracking=cfg.tracking)
     result = {**dataclasses.asdict(version), "gate": dataclasses.asdict(decision)}
+    if decision.decision in (gates.PROMOTED, gates.ALREADY_CHAMPION) and "champion" not in result["aliases"]:
+        result["aliases"] = [*result["aliases"], "champion"]  # the gate moved it after registration
     record = run_record_dir(run_key)
     if record is not None:
         write_json(record / workspace.REGISTERED_FILE, result)
-        aliases = ", ".join(version.aliases)
+        aliases = ", ".join(result["aliases"])
         complete_headline(record, version.uri + (f" (aliases: {aliases})" if aliases else ""))
     return result
 

@@ -627,6 +627,9 @@ def _coerce(tp: Any, value: Any, at: str) -> Any:
             raise ConfigError(f"config key '{at}': expected a number, got {value!r}")
         return number
     if tp is str:
+        if at.rsplit(".", 1)[-1].endswith(("_cpu", "_memory")) and isinstance(value, (int, float)) \
+                and not isinstance(value, bool):
+            return str(value)  # a Kubernetes quantity written as a number: `train_cpu: 64`
         if not isinstance(value, str):
             raise ConfigError(f"config key '{at}': expected a string, got {value!r}")
         return value

@@ -157,3 +157,13 @@ def test_unknown_key_suggests_the_closest(override, hint):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert hint in str(err.value)
+
+
+@pytest.mark.parametrize(("cpu", "memory", "expected"), [
+    ("64", "68719476736", ("64", "68719476736")),  # numbers, as YAML reads `train_cpu: 64`
+    ("0.5", "128Gi", ("0.5", "128Gi")),
+    ("'500m'", "'64G'", ("500m", "64G")),  # quantities with units stay text
+])
+def test_a_cpu_or_memory_quantity_may_be_written_as_a_number(cpu, memory, expected):
+    cfg = load_config(None, [f"cluster.train_cpu={cpu}", f"cluster.evaluate_memory={memory}"])
+    assert (cfg.cluster.train_cpu, cfg.cluster.evaluate_memory) == expected

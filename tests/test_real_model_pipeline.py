@@ -136,7 +136,7 @@ def test_the_registered_real_model_loads_from_the_server_and_generates(real_run,
 
 
 def test_the_recipes_dynamic_sampling_is_counted_per_step_in_the_report(real_run):
-    """The recipe sets train.filter_groups: each step's group counts reach the report (issue 20)."""
+    """The recipe sets train.filter_groups: each step's group counts reach the report."""
     run_dir, _ = real_run
     report = (run_dir / "report.md").read_text()
     assert "## Dynamic sampling, per step" in report

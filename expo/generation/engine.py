@@ -9,6 +9,11 @@ one per round.
     llm = process_engine(EngineSpec(model="runs/x/model", max_model_len=1024))  # built once
     push_weights(llm, policy)                                                    # the current weights
 
+Sizing (`engine_parallelism`): under torchrun (WORLD_SIZE > 1) each process builds an engine on its
+own GPU (tensor parallel 1, vLLM's external launcher on the processes' group), and the processes split
+the rows between them; a single generation process spreads one engine over every GPU it sees (tensor
+parallelism).
+
 The first caller's `EngineSpec` decides the engine; a later caller gets the same engine (a warning
 when it asked for something else, such as a longer context or another log-prob mode). A training
 process builds it through TRL's trainer first (`expo.generation.trl_rollouts`), which asks for the
@@ -56,6 +61,7 @@ class EngineSpec:
     tensor_parallel_size: int = 1
     cpu_kv_gib: int = 2  # CPU: KV cache size, unless VLLM_CPU_KVCACHE_SPACE is set
     trust_remote_code: bool = False
+    distributed_executor_backend: str | None = None  # "external_launcher" under torchrun
 
 
 def vllm_import() -> Any:
@@ -75,6 +81,25 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def launched_processes() -> int:
+    """Processes of this run as torchrun launched them ($WORLD_SIZE; 1 alone)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def engine_parallelism() -> dict[str, Any]:
+    """How the process's engine spreads over GPUs, as `EngineSpec` fields.
+
+    Under torchrun every process holds one GPU and builds an engine there (tensor parallel 1; vLLM's
+    external launcher joins the processes' group instead of starting its own world of one), and the
+    caller gives each process its share of the rows. A single process (a generation stage) spreads
+    its one engine over every GPU it sees."""
+    import torch
+
+    if launched_processes() > 1:
+        return {"tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher"}
+    return {"tensor_parallel_size": max(1, torch.cuda.device_count())}
+
+
 def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
     """`vllm.LLM` keyword arguments for `spec` on this machine (CPU settings of the module docstring)."""
     cpu = on_cpu()
@@ -86,6 +111,8 @@ def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
     )
     if not cpu:
         kwargs["gpu_memory_utilization"] = spec.memory
+    if spec.distributed_executor_backend:
+        kwargs["distributed_executor_backend"] = spec.distributed_executor_backend
     if spec.max_num_seqs:
         kwargs["max_num_seqs"] = spec.max_num_seqs
     return kwargs
@@ -249,4 +276,5 @@ def reset_for_tests() -> None:
 
 
 __all__ = ["BUILDS", "EngineSpec", "adopt_engine", "current_engine", "engine_kwargs", "engine_max_len",
-           "engine_weights", "ensure_weights_from", "process_engine", "push_weights", "vllm_import"]
+           "engine_parallelism", "engine_weights", "ensure_weights_from", "launched_processes",
+           "process_engine", "push_weights", "vllm_import"]

@@ -31,6 +31,7 @@ from expo.generation.base import Completion, GenerationStats, begin_generate, en
 from expo.generation.engine import (
     EngineSpec,
     engine_max_len,
+    engine_parallelism,
     ensure_weights_from,
     process_engine,
     push_weights,
@@ -81,21 +82,20 @@ class VLLMGenerator:
     """`Generator` over the process's vLLM engine, for the model in `model_path` (folder or hub id).
 
     `memory`: the engine's share of a GPU if this call builds it (0.9 for a generation stage; a
-    training process passes `generation.vllm_train_memory`). `llm`: an engine to use instead (tests).
+    training process passes `generation.vllm_train_memory`); the engine takes the process's own GPU
+    under torchrun, every visible GPU alone (`engine_parallelism`). `llm`: an engine to use instead
+    (tests).
     """
 
     def __init__(self, model_path: str | Path, tokenizer: Any, cfg: GenerationConfig,
                  ignore_eos: bool = False, memory: float = 0.9, trust_remote_code: bool = False,
                  llm: Any = None) -> None:
-        import torch
-
         self._vllm = vllm_import()
         self.tokenizer, self.cfg, self.ignore_eos = tokenizer, cfg, ignore_eos
         self.stats = GenerationStats()
         spec = EngineSpec(model=str(model_path), max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
-                          memory=memory, seed=cfg.seed,
-                          tensor_parallel_size=max(1, torch.cuda.device_count()),
-                          cpu_kv_gib=cfg.vllm_cpu_kv_gib, trust_remote_code=trust_remote_code)
+                          memory=memory, seed=cfg.seed, cpu_kv_gib=cfg.vllm_cpu_kv_gib,
+                          trust_remote_code=trust_remote_code, **engine_parallelism())
         self.llm = llm if llm is not None else process_engine(spec)
         self.max_len = engine_max_len(self.llm)
         self.eos_ids = end_ids(_configured_eos(model_path), tokenizer)

@@ -12,6 +12,10 @@ the start of the round. A round planned with 0 steps is not trained, and a round
 (say, the policy no longer writes a wrong solution) is skipped; both are logged and listed in the
 summary's `round_log`. Only a run in which no round had any pair is an error.
 
+Several processes (torchrun): each samples only its share of the questions (process r takes rows r,
+r + W, ...; with vLLM, from an engine on its own GPU), and every process gets everyone's samples back,
+so all of them build the same pairs and train on the same data set.
+
 Resume: each round's pairs are saved before it trains (`round-r/pairs.jsonl`), each finished or
 skipped round leaves `round-r/done.json`, and each trained round's policy is saved (`round-r/policy/`),
 so a killed run redoes at most the unfinished part of one round, from that round's newest intact
@@ -35,7 +39,15 @@ from expo.config import ExpoConfig
 from expo.errors import ConfigError, DataError
 from expo.io import read_json, read_jsonl, write_json, write_jsonl
 from expo.prompts import solve_prompt
-from expo.train.distributed import is_main_process, world_size
+from expo.train.distributed import (
+    from_main,
+    gather_lists,
+    gather_shards,
+    is_main_process,
+    join_process_group,
+    shard,
+    world_size,
+)
 from expo.train.explanations import OnlineRegenerator, Regenerate, make_buffer
 from expo.train.final_model import save_final_model
 from expo.train.metrics_jsonl import MetricsWriter
@@ -84,7 +96,10 @@ def default_sampler(cfg: ExpoConfig, tokenizer: Any, regenerator: OnlineRegenera
     regenerator = regenerator or OnlineRegenerator(cfg, tokenizer)
 
     def sample(model: Any, rows: list[dict[str, Any]]) -> list[list[str]]:
+        # Made even for no rows: under several processes building a vLLM engine is a collective call.
         generator = regenerator.generator_for(model)
+        if not rows:
+            return []
         prompts = [solve_prompt(r["question"], tokenizer, cfg.prompts) for r in rows]
         outs = generator.generate(prompts, n=cfg.explain.samples_per_question,
                                   temperature=cfg.train.temperature,
@@ -158,6 +173,7 @@ def train_dpo(cfg: ExpoConfig, rows: list[dict[str, Any]], model_dir: str | Path
               sample_solutions: SampleSolutions | None = None) -> dict[str, Any]:
     """The rounds of the module docstring; the summary adds `rounds`, `planned_steps` and `round_log`
     (per round: planned_steps, steps trained, pairs, and why it was skipped, or None)."""
+    join_process_group()  # the first round's samples are gathered before any trainer joins it
     model, tokenizer, on_gpu = load_policy(model_dir, cfg)
     buffer = make_buffer(cfg, explanations_dir)
     shared = OnlineRegenerator(cfg, tokenizer)  # one generator (one vLLM engine) for every round
@@ -250,23 +266,45 @@ def _round_pairs(folder: Path, r: int, model: Any, rows: list[dict[str, Any]], b
                  regenerate: Regenerate, sample_solutions: SampleSolutions, reward_fn: RewardFn,
                  tokenizer: Any, cfg: ExpoConfig) -> tuple[list[dict[str, Any]], int]:
     """(this round's pairs, possibly none; how many were too long): read back when a killed run saved
-    them, else sampled."""
+    them, else sampled.
+
+    Each process samples its share of `rows` (`shard`) and gets every share back (`gather_shards`):
+    the buffer's new round and the solutions are the same on every process, and so are the pairs."""
     saved, counts = folder / "pairs.jsonl", folder / "pairs.json"
-    if saved.is_file():
-        too_long = read_json(counts)["too_long"] if counts.is_file() else 0
-        return read_jsonl(saved), too_long
+    # The main process's record decides, so every process either reads the same pairs or samples.
+    stored = from_main(lambda: _saved_pairs(saved, counts))
+    if stored is not None:
+        return stored
+    mine = shard(rows)
     model.eval()
     with torch.no_grad():
         if r > 0:
-            buffer.add_round(regenerate(model, rows), step=r)
-        solutions = sample_solutions(model, rows)
+            records = gather_lists(regenerate(model, mine))
+            buffer.add_round(_in_row_order(records, rows), step=r)
+        solutions = gather_shards(sample_solutions(model, mine), len(rows))
     model.train()
     pairs, too_long = fit_pairs(build_pairs(rows, buffer.pick, solutions, reward_fn, tokenizer, cfg),
                                 tokenizer, cfg.dpo_max_length())
-    if pairs:
+    if pairs and is_main_process():  # one writer; the others hold the same pairs
         write_json(counts, {"too_long": too_long})  # before the pairs: pairs.jsonl marks the round sampled
         write_jsonl(saved, pairs)
     return pairs, too_long
+
+
+def _saved_pairs(saved: Path, counts: Path) -> tuple[list[dict[str, Any]], int] | None:
+    """(the pairs a killed run saved for this round, how many were too long), or None."""
+    if not saved.is_file():
+        return None
+    return read_jsonl(saved), read_json(counts)["too_long"] if counts.is_file() else 0
+
+
+def _in_row_order(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Explanation records grouped by their question's place in `rows` (each question's samples keep
+    their order): the buffer gets a round in the same order however many processes sampled it."""
+    place: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        place.setdefault(str(row["id"]), i)
+    return sorted(records, key=lambda rec: place.get(str(rec["id"]), len(rows)))
 
 
 def _resume_point(root: Path, plan: list[int], buffer: Any, writer: MetricsWriter

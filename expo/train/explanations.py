@@ -148,6 +148,9 @@ class OnlineRegenerator:
     backend that is the process's one engine (`expo.generation.engine`; in a GRPO run the one TRL's
     rollouts already use), and each round pushes the current weights into it (`load_weights`, LoRA
     merged) instead of building an engine per round. The transformers backend adopts the live module.
+    Under torchrun each process's engine is on its own GPU (`expo.generation.engine.engine_parallelism`),
+    and a caller that splits rows over processes calls every process, an empty share included:
+    building the engines is a collective step there.
 
     With a `cache` (expo.explain's ExplanationCache), samples are keyed by the policy's parameter
     fingerprint, so a resumed run (or a second arm from the same weights) finds the explanations it
@@ -180,7 +183,9 @@ class OnlineRegenerator:
         from expo.explain import sample_explanations
         from expo.modeling import state_fingerprint
 
-        generator = self.generator_for(model)
+        generator = self.generator_for(model)  # even for no rows: a collective step under torchrun
+        if not rows:
+            return []
         explain = dataclasses.replace(self.cfg.explain, solve_rate_samples=0)
         model_key = state_fingerprint(model) if self.cache is not None else ""
         records, _stats = sample_explanations(generator, rows, explain, self.cfg.prompts, self.tokenizer,

@@ -72,6 +72,25 @@ bench: $(STAMP)
 	if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
 		$(BIN)/python bench/gpu.py; else echo "== bench/gpu.py skipped: no CUDA device"; fi
 
+# The wheels bench/gpu_check.sh installs on a GPU machine that has torch, transformers, accelerate and
+# peft but neither network nor TRL, Math-Verify, datasets' own package or this project: pure-Python
+# wheels for Python 3.12 (the machine's), each without its dependencies (the machine's torch and
+# transformers must stay), at the versions .venv tests, and this project's wheel (the check runs from
+# the working tree; the wheel is there to install the project, `expo plan` included). No torch, no
+# vLLM: the working tree that carries them may hold 64 MiB, so the folder must stay under 60.
+GPU_WHEELS := trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 math-verify==0.9.0 \
+	latex2sympy2-extended==1.11.0 antlr4-python3-runtime==4.13.2
+# .venv's pip where it exists; this target does not need .venv built.
+GPU_PIP := $(if $(wildcard $(BIN)/pip),$(BIN)/pip,$(PYTHON) -m pip)
+.PHONY: gpu-wheels
+gpu-wheels:
+	rm -rf .whl
+	$(GPU_PIP) download --quiet --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+		--no-deps -d .whl $(GPU_WHEELS)
+	$(GPU_PIP) wheel --quiet --no-deps -w .whl .
+	@size=$$(du -sm .whl | cut -f1); echo ".whl/: $$size MiB"; \
+		test "$$size" -lt 60 || { echo "gpu-wheels: .whl/ is $$size MiB, over 60" >&2; exit 1; }
+
 lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/yamllint -s manifests

@@ -205,15 +205,16 @@ def evaluate_model(model_dir_or_uri: str, data_dir: str | Path, cfg: ExpoConfig,
     rows = load_eval_rows(data_dir, cfg.evaluate.max_questions)  # fail on bad data before loading a model
     has_test = (Path(data_dir) / TEST_FILE).is_file()
     test_rows = load_eval_rows(data_dir, file_name=TEST_FILE) if has_test else []
-    from expo.generation import make_generator
-    from expo.modeling import load_model
+    from expo.generation import make_generator, resolve_backend
+    from expo.modeling import load_for_generation
     from expo.prompts import solve_prompt
 
     output_dir = Path(output_dir)
     with tempfile.TemporaryDirectory(prefix="expo-eval-model-") as tmp:
         local = resolve_model(str(model_dir_or_uri), tmp, cfg.tracking)
-        model, tokenizer = load_model(str(local), cfg.model)
-    generator = make_generator(model, tokenizer, cfg.generation)
+        # vLLM: no model on the GPU it claims; the engine is built here, while the folder exists
+        model, tokenizer = load_for_generation(str(local), cfg.model, resolve_backend(cfg.generation))
+        generator = make_generator(model if model is not None else str(local), tokenizer, cfg.generation)
     prompts = [solve_prompt(r["question"], tokenizer, cfg.prompts) for r in rows]
     expected = len(prompts) * (cfg.evaluate.samples + (1 if cfg.evaluate.greedy else 0))
     with watch(f"evaluate {name}", _progress_reader(generator, expected)):  # a line every few seconds, tokens moving per decoding step

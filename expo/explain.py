@@ -738,12 +738,14 @@ def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str 
     scored with the same model: accepted explanations vs expert solutions of the same questions, where
     the data carry solutions); return the statistics."""
     from expo.evaluate import in_distribution_check
-    from expo.generation import make_generator
-    from expo.modeling import load_model
+    from expo.generation import make_generator, resolve_backend
+    from expo.modeling import load_for_generation
 
     rows = read_table(data_dir, "train.jsonl", hint=" (run the data stage first)")
-    model, tokenizer = load_model(model_dir, cfg.model)
-    generator = make_generator(model, tokenizer, generator_config(cfg.generation, cfg.explain))
+    # vLLM: no model here (the engine loads it); the check loads one after sampling (_check_model)
+    model, tokenizer = load_for_generation(model_dir, cfg.model, resolve_backend(cfg.generation))
+    generator = make_generator(model if model is not None else str(model_dir), tokenizer,
+                               generator_config(cfg.generation, cfg.explain))
     output_dir = Path(output_dir)
     cache = ExplanationCache(cache_root(cfg.explain.cache_dir, output_dir) / CACHE_FILE)
     started = time.perf_counter()
@@ -754,7 +756,24 @@ def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str 
     write_jsonl(output_dir / "explanations.jsonl", records)
     write_json(output_dir / "stats.json", stats)
     started = time.perf_counter()
+    if model is None:
+        model = _check_model(model_dir, cfg)
     check = in_distribution_check(model, tokenizer, rows, records, cfg.prompts)
     check["seconds"] = round(time.perf_counter() - started, 3)
     write_json(output_dir / IN_DISTRIBUTION_FILE, check)
     return stats
+
+
+def _check_model(model_dir: str | Path, cfg: ExpoConfig) -> Any:
+    """The model for the in-distribution check once a vLLM engine has sampled: on a GPU the engine is
+    released first and the model scored there. Its log-probs need a forward pass over every compared
+    text, minutes for a 7B model on a GPU and hours on a CPU; the engine is not needed after sampling.
+    Where the card did not get its memory back, the CPU (`device_with_room`)."""
+    import torch
+
+    from expo.generation.engine import release_engine
+    from expo.modeling import device_with_room, load_model
+
+    if torch.cuda.is_available():
+        release_engine()
+    return load_model(model_dir, cfg.model, device=device_with_room(model_dir))[0]

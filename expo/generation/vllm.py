@@ -81,10 +81,10 @@ class CountingBar:
 class VLLMGenerator:
     """`Generator` over the process's vLLM engine, for the model in `model_path` (folder or hub id).
 
-    `memory`: the engine's share of a GPU if this call builds it (0.9 for a generation stage; a
-    training process passes `generation.vllm_train_memory`); the engine takes the process's own GPU
-    under torchrun, every visible GPU alone (`engine_parallelism`). `llm`: an engine to use instead
-    (tests).
+    `memory`: the engine's share of a GPU if this call builds it (`generation.vllm_memory` for a
+    generation stage; a training process passes `generation.vllm_train_memory`), cut to what is free
+    when it is built; the engine takes the process's own GPU under torchrun, every visible GPU alone
+    (`engine_parallelism`). `llm`: an engine to use instead (tests).
     """
 
     def __init__(self, model_path: str | Path, tokenizer: Any, cfg: GenerationConfig,

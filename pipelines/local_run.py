@@ -74,7 +74,8 @@ def run_local(cfg: ExpoConfig, run_dir: Path, console: Console | None = None,
     started = time.monotonic()
     console.start()
     try:
-        with interrupts_as_exceptions(), routed_output(console, log_file, verbose=verbose) as observer:
+        mute = lambda: setattr(console, "muted", True)  # noqa: E731 (the killed stages must not print FAILED)
+        with interrupts_as_exceptions(on_signal=mute), routed_output(console, log_file, verbose=verbose) as observer:
             pipeline = build_pipeline(cfg, for_cluster=False)
             pipeline(**pipeline_arguments(cfg))  # the config's values as the root parameters, as on a cluster
     except RuntimeError as exc:
@@ -82,7 +83,7 @@ def run_local(cfg: ExpoConfig, run_dir: Path, console: Console | None = None,
         raise ExpoError(f"pipeline failed: {cause} (task log: {finished.restore()}; "
                         f"outputs kept in {run_dir})") from None
     except KeyboardInterrupt as exc:
-        console.muted = True  # the stages about to be killed must not print FAILED
+        console.muted = True  # also when the interrupt came some other way than our handler
         raise _stopped(cfg, exc, finished) from None
     finally:
         console.stop()

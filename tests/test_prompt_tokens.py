@@ -70,6 +70,7 @@ def small_cfg() -> ExpoConfig:
     cfg.train.steps, cfg.train.prompts_per_step, cfg.train.num_generations = 1, 1, 2
     cfg.train.expo_beta, cfg.explain.mode = 0.1, "offline"
     cfg.generation.max_new_tokens = 3
+    cfg.explain.max_new_tokens = 64  # the explanation is scored whole: its budget fits it
     cfg.evaluate.samples, cfg.evaluate.greedy = 1, False
     return cfg
 

@@ -35,7 +35,8 @@ TINY_BUDGET = [
     "data.eval_fraction=0.5",
     "generation.max_new_tokens=24", "explain.max_new_tokens=96",
     "explain.samples_per_question=4", "explain.solve_rate_samples=1",  # ExP-GRPO needs an accepted one
-    "train.arms=[exp-grpo]", "train.steps=2", "train.prompts_per_step=2", "train.num_generations=2",
+    # every step takes all 8 training questions, so the ones with an accepted explanation are scored
+    "train.arms=[exp-grpo]", "train.steps=2", "train.prompts_per_step=8", "train.num_generations=2",
     "train.checkpoint_every=1", "train.expo_on=all",
     "evaluate.samples=2",  # the 8 held-out questions, 2 per level
     "register.gate_margin=-1.0",  # register whatever comes out: the test checks the wiring

@@ -83,6 +83,7 @@ def test_online_regeneration_logs_acceptance_and_guard(tmp_path: Path) -> None:
     cfg = small_config(steps=3, expo_beta=0.1, acceptance_floor=0.5)
     cfg.explain.mode = "online"
     cfg.explain.regenerate_every = 1
+    cfg.explain.max_new_tokens = 32  # the fake's explanations (~20 characters) fit their budget, scored whole
     fake = FakeRegenerate()
     summary = train_arm("exp-grpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out",
                         reward_fn=zero_reward, regenerate=fake)

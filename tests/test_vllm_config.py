@@ -56,3 +56,13 @@ def test_the_counting_bar_moves_progress_as_vllm_finishes_requests():
     assert bar.n == 4 and stats.finished() == 4
     assert abs(stats.generated() - 100) <= 1  # the rate times the elapsed time it was computed over
     assert read().startswith("4/6 samples, ")
+
+
+def test_the_counting_bar_passes_the_prompts_vllm_adds_through():
+    # vLLM wraps the prompts it adds in the same callable: maybe_tqdm(prompts, use_tqdm=..., desc=...)
+    from expo.generation.base import GenerationStats
+    from expo.generation.vllm import CountingBar
+
+    stats = GenerationStats()
+    assert list(CountingBar(stats, ["a", "b"], desc="Adding requests")) == ["a", "b"]
+    assert stats.finished() == 0  # adding is not finishing

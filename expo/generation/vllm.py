@@ -40,17 +40,22 @@ from expo.generation.engine import (
 
 
 class CountingBar:
-    """What vLLM's offline loop asks of a tqdm bar (`n`, `update`, `format_dict["elapsed"]`, `postfix`,
-    `refresh`, `close`), counting instead of drawing: samples of finished requests into
+    """What vLLM asks of a tqdm bar, counting instead of drawing. Adding requests, vLLM iterates the
+    bar over the prompts (passed through). Running the engine, it calls `update`, reads
+    `format_dict["elapsed"]` and sets `postfix`, and this counts: samples of finished requests into
     `stats.sequences_in_flight`, and output tokens into `stats.tokens_in_flight`, read back from the
     rate vLLM writes into `postfix` ("... output: 812.50 toks/s") times the elapsed time it was
     computed over. Requests finish throughout a call, so a stage's progress moves inside it."""
 
     _OUTPUT_RATE = re.compile(r"output:\s*([0-9.]+)")
 
-    def __init__(self, stats: GenerationStats, total: int = 0, **_: Any) -> None:
-        self.stats, self.total, self.n = stats, total, 0
+    def __init__(self, stats: GenerationStats, iterable: Any = None, total: int = 0, **_: Any) -> None:
+        self.stats, self.iterable, self.total, self.n = stats, iterable, total, 0
         self._started, self._elapsed = time.perf_counter(), 0.0
+
+    def __iter__(self) -> Any:
+        """vLLM also wraps the prompts it adds (`maybe_tqdm(prompts, use_tqdm=...)`): pass them through."""
+        return iter(self.iterable if self.iterable is not None else ())
 
     @property
     def format_dict(self) -> dict[str, float]:

@@ -59,7 +59,7 @@ $(CHROMIUM):
 # ../shared/data is missing (tests/realmodel.py).
 test: $(STAMP) $(VSTAMP) $(CHROMIUM)
 	EXPO_REQUIRE_REAL=1 $(BIN)/python -m pytest -q -m "not fault and not vllm" $(PYTEST_ARGS)
-	EXPO_REQUIRE_REAL=1 EXPO_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_online.py
+	EXPO_REQUIRE_REAL=1 EXPO_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_online.py tests/test_vllm_processes.py
 
 fault_test: $(STAMP)
 	$(BIN)/python -m pytest -q -m fault $(PYTEST_ARGS)

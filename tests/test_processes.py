@@ -27,6 +27,7 @@ def test_sigterm_raises_interrupted_with_its_exit_code_and_the_handler_comes_bac
 # verifier pools) that stop_descendants would rightly count and stop.
 _TREE = """
 import json, subprocess, sys, time
+import psutil
 from expo.processes import stop_descendants
 code = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)")

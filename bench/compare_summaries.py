@@ -1,7 +1,7 @@
 """Are two `expo run` results the same? Compare their summary.json files, leaving out what varies
 between runs of the same config and seed: paths, wall times, kfp.local's task order and tokens/s.
 
-Why: a refactor that must not change behaviour (issue 21) is checked by running the same config before
+Why: a refactor that must not change behaviour is checked by running the same config before
 and after it, each from its own clone, and comparing the two summaries.
 
     git clone -q . /tmp/before && (cd /tmp/before && git checkout -q REV)

@@ -22,7 +22,7 @@ import yaml
 
 from expo.errors import ConfigError
 
-# The embedded default task (issue 8) and the tiny model warmed up on it.
+# The embedded default task (the needle task) and the tiny model warmed up on it.
 EMBEDDED_DATA = "builtin:needle"
 EMBEDDED_MODEL = "builtin:tiny"
 # The settings tuned for that task: what `expo run` uses when no --config is given. The dataclass

@@ -1,6 +1,6 @@
 """Shared pytest fixtures. Each block names its owner; keep blocks small and import from helper modules."""
 
-# --- MLflow (issue 6): a session-scoped real server and per-test SQLite stores -----------------------
+# --- MLflow: a session-scoped real server and per-test SQLite stores ------------------------------
 from tests.mlflow_server import (  # noqa: F401
     _sqlite_template,
     make_model_dir,
@@ -15,8 +15,8 @@ def pytest_collection_finish(session):  # start the MLflow server early when a s
     from tests.mlflow_server import start_early
 
     start_early(session.items)
-# --- end MLflow (issue 6) ------------------------------------------------------------------------------
+# --- end MLflow --------------------------------------------------------------------------------------
 
-# --- Real tokenizers and the real SmolLM2 chat model (issue 16) ---------------------------------------
+# --- Real tokenizers and the real SmolLM2 chat model --------------------------------------------------
 from tests.realmodel import llama3_tokenizer, smollm2_dir, smollm2_tokenizer  # noqa: E402, F401
-# --- end real model (issue 16) ---------------------------------------------------------------------------
+# --- end real model ----------------------------------------------------------------------------------

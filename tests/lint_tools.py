@@ -1,4 +1,4 @@
-"""The lint tools of the image and manifest tests (issue 9): where they are, and one checkov run.
+"""The lint tools of the image and manifest tests: where they are, and one checkov run.
 
 - hadolint, yamllint, kubernetes-validate and kubectl (for `kubectl kustomize`, kustomize v5 inside)
   come from the project's `lint` extra, in .venv beside this interpreter.

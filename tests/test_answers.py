@@ -102,8 +102,8 @@ def test_last_number_reads_only_the_tail():
 
 
 FINAL_ANSWER = [
-    # (text, expected answer, the rule that finds it). The first two are issue 16's defect 9a: the old
-    # last-number fallback read them as 4 and 3.
+    # (text, expected answer, the rule that finds it). A last-number fallback would read the first two
+    # as 4 and 3.
     ("The answer is 3/4", "3/4", "statement"),  # a fraction is one value, not its denominator
     ("12 apples (see step 3)", "12", "number"),  # a closing remark in parentheses is not the answer
     # answer statements win over a later bare number

@@ -294,8 +294,8 @@ def test_wrong_answer_is_reported_before_style_problems():
 
 
 def test_an_answer_the_reward_accepts_is_not_rejected_for_its_form():
-    # Issue 16: 190 of 192 explanations were rejected as `no_boxed_answer` while plain solves scored
-    # correct through the verifier's fallback. Judged with the real verifier, both read the same answer.
+    # An explanation whose answer the reward accepts through the verifier's fallback is not rejected as
+    # `no_boxed_answer`: judged with the real verifier, both read the same answer.
     from expo.verify import rewards
 
     texts = ["First 2 + 3 = 5. The answer is 5.", "She has 2 + 3 = 5 apples in all (see step 1).",
@@ -398,7 +398,7 @@ def _cfg(args, *extra) -> ExpoConfig:
 
 
 def test_explanations_have_their_own_token_budget(tmp_path):
-    # Issue 16: a hint makes chat models verbose; explanations get explain.max_new_tokens, solves keep
+    # A hint makes chat models verbose; explanations get explain.max_new_tokens, solves keep
     # generation.max_new_tokens (the fake generator's config: 64).
     cfg = ExplainConfig(**{**vars(CFG), "max_new_tokens": 100})
     gen, _, _ = run(cfg=cfg)

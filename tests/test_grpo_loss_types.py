@@ -1,5 +1,5 @@
 """TRL's loss types combined with the ExPO term, by hand; dynamic sampling inside the trainer; the
-config keys of issue 20 (loss settings, per-arm overrides) as TRL receives them.
+loss config keys (loss settings, per-arm overrides) as TRL receives them.
 
 The policy part is checked on a fixed batch where every number is chosen: 8 rollouts with completion
 lengths L = 1, 2, 3, 4, 1, 2, 3, 4 and advantages A = 1, 0, 0, -1, 0, 2, 0, 0. Each batch is used once,

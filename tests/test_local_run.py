@@ -173,7 +173,7 @@ def test_report_of_the_run_renders_in_headless_chromium(cold_run, tmp_path):
 
 
 def test_the_terminal_is_short_alive_and_ends_with_the_table_uri_and_log(cold_run):
-    """issue 17: at most 60 lines, none of kfp.local's dumps or colour codes, a line at least every
+    """At most 60 lines, none of kfp.local's dumps or colour codes, a line at least every
     30 s, an aligned table, "from cache" never said on a first run, the log file named last."""
     run_dir, proc = cold_run
     lines = proc.stdout.splitlines()

@@ -2,7 +2,7 @@
 
 A Llama-3-style chat template writes `<|begin_of_text|>` into the rendered text, and TRL tokenizes text
 prompts with special tokens on, which adds it again: rollouts, the ExPO NLL and the DPO pairs would see
-[BOS, BOS, ...] while sampling, evaluation and the in-distribution check see one BOS (issue 16, defect 1).
+[BOS, BOS, ...] while sampling, evaluation and the in-distribution check see one BOS.
 Here the ids of one question's solve prompt are collected from each path, through the real seams (a
 tiny model with the tokenizer's vocabulary, hidden 16), and compared with the chat template's own
 tokenization, for the real SmolLM2 tokenizer (ChatML, adds no BOS) and a Llama-3-style one:

@@ -1,4 +1,4 @@
-"""Fuzzing the config loader (issue 11, bad input): random nested dicts, random `--set` strings and
+"""Fuzzing the config loader (bad input): random nested dicts, random `--set` strings and
 random config file bytes (non-UTF-8 included) give either a valid ExpoConfig or exactly one
 ConfigError line naming a key; never another exception type.
 

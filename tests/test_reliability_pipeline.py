@@ -1,4 +1,4 @@
-"""Pipeline-level faults (issue 11): `expo run` is killed with SIGKILL mid-training, the MLflow server
+"""Pipeline-level faults: `expo run` is killed with SIGKILL mid-training, the MLflow server
 stops mid-pipeline, the output folder cannot be written. Each test runs the real CLI in a subprocess on
 the smoke config (expo/toy/smoke.yaml, shrunk with --set) and checks what happens, what is kept
 and that the next `expo run` finishes.

@@ -1,4 +1,4 @@
-"""Security checks of issue 11 that no other test file makes: a planted secret is written nowhere in a
+"""Security checks that no other test file makes: a planted secret is written nowhere in a
 whole run folder (MLflow store, artifacts, KFP outputs, checkpoints, report, logs), credential-looking
 config values never reach the MLflow store, and the shipped configs keep the unsafe loading options off.
 

@@ -109,7 +109,7 @@ def test_rewards_batch_matches_the_table_in_order():
 
 FALLBACK = [
     # (completion without a box, gold, equivalent?): the fallback reads what a person would
-    # (issue 16, defect 9a; the old last-number fallback got the first four wrong).
+    # (a last-number fallback gets the first four wrong).
     ("The answer is 3/4", "\\frac{3}{4}", True),  # was read as 4
     ("12 apples (see step 3)", "12", True),  # was read as 3
     ("So she has 12 apples, see step 3.", "12", True),  # a reference without parentheses
@@ -388,7 +388,7 @@ def test_forked_child_gets_its_own_pool_and_leaves_the_parents_alone():
 
 
 # ---------------------------------------------------------------------------------------------------
-# From any script: workers never import the caller's main module (issue 16, defect 9b)
+# From any script: workers never import the caller's main module
 
 _SCRIPT = ("from expo.verify import is_equivalent, rewards\n"
            "print(is_equivalent(r'\\boxed{0.5}', r'\\frac{1}{2}'), is_equivalent('7', '8'))\n"

@@ -1,4 +1,4 @@
-"""Named timing contexts for the phases of one training step (issue 10).
+"""Named timing contexts for the phases of one training step.
 
 The trainer wraps each phase (generation, reward, log-probs, the ExPO NLL, backward, explanation
 regeneration) in `timer.phase(name)`; at the end of the step `timer.flush()` returns seconds per phase

@@ -28,6 +28,7 @@ class UnbalancedBraces(ValueError):
 class Boxed:
     content: str
     start: int  # index of the backslash of the box command
+    end: int  # index just after the box (its closing brace, or its bare token)
 
 
 def last_boxed(text: str) -> str | None:
@@ -72,10 +73,11 @@ def _box_at(text: str, start: int, cmd: str) -> Boxed | None:
     while i < len(text) and text[i].isspace():
         i += 1
     if i < len(text) and text[i] == "{":
-        return Boxed(_balanced(text, i), start)
+        content = _balanced(text, i)
+        return Boxed(content, start, i + len(content) + 2)  # "{" + content + "}"
     # `\boxed 5` / `\boxed5` (no braces) is valid LaTeX; take the token up to a space, `$` or brace.
     token = _BARE_TOKEN.match(text, i)
-    return Boxed(token.group(0), start) if token else None
+    return Boxed(token.group(0), start, token.end()) if token else None
 
 
 def _balanced(text: str, open_at: int) -> str:

@@ -261,14 +261,9 @@ def _occurs(answer: str, before: str) -> bool:
 
 
 def _is_result(text: str, at: int) -> bool:
-    """Whether the number at `text[at]` is a value of the reasoning, not a label (see `derived`)."""
-    window = max(0, at - _CONTEXT)
-    before = text[window:at]
-    opens_line = ("\n" in before or window == 0) and not before.rsplit("\n", 1)[-1].strip()
-    if opens_line and _LIST_NUMBER.match(text, at):
-        return False
-    return not (_INDEX_BEFORE.search(text, window, at) or _REFERENCE.search(text, window, at)
-                or _ANSWER_BEFORE.search(text, window, at))
+    """Whether the number at `text[at]` is a value of the reasoning (`_is_value`) outside an earlier
+    answer statement (see `derived`)."""
+    return _is_value(text, at) and not _ANSWER_BEFORE.search(text, max(0, at - _CONTEXT), at)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,24 +394,15 @@ def judge_text(text: str, reward: float | None, min_reasoning_chars: int, *, tru
 _AFTER_BOX = re.compile(r"[ \t]*(?:\$\$|\$|\\\]|\\\))?[ \t]*[.!]?")  # "$", "$$", "\]" or "\)", then "."
 
 
-def through_final_answer(text: str, box_start: int) -> str:
-    r"""`text` cut right after the box at `box_start` (and the `$`, `\]` or full stop closing it).
+def through_final_answer(text: str, box_end: int) -> str:
+    r"""`text` cut right after its box, which ends at `box_end` (`expo.answers.Boxed.end`), and the `$`,
+    `\]` or full stop closing it.
 
     A sample cut at the token limit after its last box passes the filter on that box; what follows the
     box is unfinished work. Trained on, the explanation is the text through its answer, so the NLL
     target ends where the verified answer does (the trainer adds the EOS), never mid-sentence.
     """
-    depth, i = 0, text.find("{", box_start)
-    while 0 <= i < len(text):
-        c = text[i]
-        i += 1
-        if c == "\\":
-            i += 1  # an escaped character, "\{" included
-            continue
-        depth += (c == "{") - (c == "}")
-        if depth == 0:
-            break
-    return text[: _AFTER_BOX.match(text, i).end()].rstrip()
+    return text[: _AFTER_BOX.match(text, box_end).end()].rstrip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,7 +595,7 @@ def _judge(rows: list[dict[str, Any]], samples: list[list[dict]], cfg: ExplainCo
                                 question=str(row["question"]))
             text = sample["text"]
             if reason is None and sample["truncated"]:  # passed on a box before the cut: keep through it
-                text = through_final_answer(text, last_boxed_span(text).start)
+                text = through_final_answer(text, last_boxed_span(text).end)
             passed = reason is None
             if passed and text in kept:
                 reason = "duplicate"

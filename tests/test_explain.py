@@ -593,7 +593,7 @@ def test_an_explanation_cut_after_its_box_is_kept_through_the_box(text, kept):
     # trained on ends with its verified answer
     from expo.answers import last_boxed_span
 
-    assert through_final_answer(text, last_boxed_span(text).start) == kept
+    assert through_final_answer(text, last_boxed_span(text).end) == kept
 
 
 def test_a_truncated_sample_that_passed_on_its_box_is_recorded_through_the_box():

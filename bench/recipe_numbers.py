@@ -1,7 +1,7 @@
 """Write a recipe run's figures to a JSON file, from what the run itself recorded (nothing typed by hand).
 
-    /usr/bin/time -v .venv/bin/expo run --config configs/smollm2-135m-ladder.yaml --output /tmp/r/ladder \
-        2> /tmp/r/ladder.time
+    /usr/bin/time -v -o /tmp/r/ladder.time .venv/bin/expo run --config configs/smollm2-135m-ladder.yaml \
+        --output /tmp/r/ladder
     .venv/bin/python bench/recipe_numbers.py /tmp/r/ladder --time-log /tmp/r/ladder.time \
         --out docs/results/smollm2-135m-ladder.json
 

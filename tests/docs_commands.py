@@ -142,8 +142,8 @@ def check(cmd: Command) -> list[str]:
     if problems:  # the checks below would only say it again
         return [f"{cmd.where}: {' '.join(cmd.argv)}: {p}" for p in problems]
     argv = cmd.argv
-    while argv and argv[0] in ("nice", "time", "/usr/bin/time", "-v"):
-        argv = argv[1:]
+    while argv and argv[0] in ("nice", "time", "/usr/bin/time", "-v", "-o"):
+        argv = argv[2:] if argv[0] == "-o" else argv[1:]  # time's -o FILE: where its report goes
     if not argv:
         return problems
     program = argv[0]
@@ -217,6 +217,8 @@ def _check_expo(args: list[str]) -> list[str]:
 def _check_script(script: Path, args: list[str]) -> list[str]:
     if not script.is_file():
         return [f"{os.path.relpath(script, ROOT)} does not exist"]
+    if "--" in args:  # the end of the script's options: what follows is another program's (bench/record.py)
+        args = args[:args.index("--")]
     options = {a.split("=", 1)[0] for a in args if a.startswith("--")}
     if not options:
         return []

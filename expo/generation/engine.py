@@ -192,14 +192,6 @@ def process_engine(spec: EngineSpec) -> Any:
     return _ENGINE
 
 
-def adopt_engine(llm: Any, spec: EngineSpec) -> None:
-    """Make an engine built elsewhere (TRL's own, for multi-process colocate) the process's engine."""
-    global _ENGINE, _SPEC, _WEIGHTS, BUILDS
-    if _ENGINE is None:
-        _ENGINE, _SPEC, _WEIGHTS = llm, spec, str(spec.model)
-        BUILDS += 1
-
-
 def current_engine() -> Any | None:
     """The process's engine if one was built, else None."""
     return _ENGINE
@@ -340,7 +332,7 @@ def reset_for_tests() -> None:
     _ENGINE, _SPEC, _WEIGHTS = None, None, None
 
 
-__all__ = ["BUILDS", "ENGINE_HEADROOM_BYTES", "EngineSpec", "adopt_engine", "current_engine",
+__all__ = ["BUILDS", "ENGINE_HEADROOM_BYTES", "EngineSpec", "current_engine",
            "engine_devices", "engine_kwargs", "engine_max_len", "engine_parallelism", "engine_weights",
            "ensure_weights_from", "gpu_memory_share", "launched_processes", "process_engine", "push_weights",
            "release_engine", "vllm_import"]

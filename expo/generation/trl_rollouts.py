@@ -13,9 +13,9 @@ path, `expo.generation.shared_prefix`, stays), and for vLLM:
 `GRPOTrainer.__init__`, so while the trainer is built that name points at `SharedEngineGeneration`,
 which takes the process's engine (built with the CPU settings TRL has no knobs for: fp32,
 enforce_eager, a bounded KV cache) instead of building one of its own. Online explanations in the same
-process then sample from that engine: one engine per training process. With several training
-processes or tensor parallelism TRL builds its engine itself (external launcher, TP groups) and the
-process adopts it.
+process then sample from that engine: one engine per training process, on vLLM's external launcher
+when torchrun started several (each on its own GPU, tensor parallel 1), and each process pushes the
+policy's weights into its own engine after every optimizer step.
 """
 
 from __future__ import annotations
@@ -62,36 +62,36 @@ def rollout_args(cfg: ExpoConfig) -> dict[str, Any]:
 def _shared_generation_class() -> type:
     from trl.generation.vllm_generation import VLLMGeneration
 
-    from expo.generation.engine import EngineSpec, adopt_engine, process_engine, push_weights
+    from expo.generation.engine import EngineSpec, process_engine, push_weights
 
     class SharedEngineGeneration(VLLMGeneration):
         """TRL's vLLM generation whose colocate engine is the process's engine."""
 
         def _spec(self) -> EngineSpec:
+            several = self.accelerator.num_processes > 1
             return EngineSpec(
                 model=str(self.model.name_or_path), max_model_len=int(self.max_model_length or 2048),
                 memory=self.gpu_memory_utilization, logprobs_mode="processed_logprobs",
-                seed=self.accelerator.process_index // self.tensor_parallel_size,
-                max_num_seqs=self.max_num_seqs, tensor_parallel_size=self.tensor_parallel_size,
+                seed=self.accelerator.process_index, max_num_seqs=self.max_num_seqs,
                 cpu_kv_gib=int(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")),
-                trust_remote_code=self.trust_remote_code)
+                trust_remote_code=self.trust_remote_code,
+                distributed_executor_backend="external_launcher" if several else None)
 
         def _init_vllm(self) -> None:
-            if self.mode != "colocate":
-                super()._init_vllm()
+            if self.mode != "colocate" or self.tensor_parallel_size > 1:
+                super()._init_vllm()  # a server, or TRL's tensor-parallel groups (no config key asks for them)
                 return
-            if self.accelerator.num_processes > 1 or self.tensor_parallel_size > 1:
-                super()._init_vllm()  # TRL's external-launcher engine with its TP groups
-                adopt_engine(self.llm, self._spec())
-                return
+            # One engine per training process on its own GPU; under torchrun it joins the processes'
+            # group through vLLM's external launcher, as TRL's own colocate engine does.
             self.llm = process_engine(self._spec())
             self._owns_engine = True
             self._llm_weights_sleeping = False  # sleep mode is not used with the shared engine
             self.accelerator.wait_for_everyone()
 
         def sync_weights(self) -> None:
-            """One process, one engine: the policy's weights pushed in place (LoRA merged), the way
-            vLLM 0.32 reloads (TRL 1.16's `model.load_weights` call fails there)."""
+            """The policy's weights pushed into the process's engine in place (LoRA merged), the way
+            vLLM 0.32 reloads (TRL 1.16's `model.load_weights` call fails there): every process
+            pushes into its own engine."""
             if not getattr(self, "_owns_engine", False):
                 super().sync_weights()
                 return

@@ -241,7 +241,7 @@ class ExplainConfig:
                "must be positive, or null for generation.max_new_tokens")
 
 
-ALGORITHMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo")
+ALGORITHMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo", "sdft")
 # Every loss formulation TRL 1.16's GRPOConfig accepts (its `loss_type`; docs/architecture.md).
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
@@ -346,6 +346,28 @@ class TrainConfig:
     select_checkpoint: Literal["last", "best"] = "last"  # see eval_every
     # see eval_every
     select_metric: Literal["hardest_level_pass@1", "overall_pass@1"] = "hardest_level_pass@1"
+    # sdft (expo.train.sdft): answer-conditioned self-distillation on TRL's SDFTTrainer. The student on the
+    # solve prompt is trained towards the teacher, the same model on the explanation prompt, token by token
+    # over the student's own rollouts. Defaults: the SDFT paper's (arXiv 2601.19897) as TRL ships them:
+    # an EMA teacher (update rate 0.05 per step), top-100 logit distillation, alpha 0.5 (0 = forward KL
+    # KL(teacher || student), 1 = reverse KL, between: the generalised Jensen-Shannon mix of the two).
+    sdft_teacher: Literal["base", "live", "ema"] = "ema"  # base: the initial model; live: the current one
+    sdft_teacher_update_rate: float = 0.05  # ema: teacher <- (1 - rate) teacher + rate student, each step
+    sdft_mode: Literal["topk_logits", "full_logits", "sampled_token"] = "topk_logits"
+    sdft_topk: int = 100  # topk_logits: the student's top-k tokens are the support (at most the vocabulary)
+    sdft_alpha: float = 0.5  # the divergence's weight on reverse KL; sampled_token supports only 1.0
+    # Hints for collapsed groups (expo.train.hints; the arms on the GRPO trainer): a question whose G
+    # rollouts are all wrong and which has no accepted explanation is rolled out again with a hint in
+    # the prompt; those rollouts keep the verifier's reward and are trained under the plain solve prompt.
+    # The hint: a prefix of the reference solution where the row has one (hint_prefix of its words at
+    # step 0, shortened on hint_prefix_schedule), else a hint the model writes from question and answer
+    # (cached; one that states the answer is not used). Never at validation or evaluation.
+    hints: bool = False
+    hint_source: Literal["auto", "solution", "model"] = "auto"  # auto: the solution where there is one
+    hint_prefix: float = 0.5  # share of the reference solution's words shown at step 0
+    hint_prefix_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    hint_template: str = "A hint: {hint}"  # how the hint enters the prompt, after the question
+    hint_max_new_tokens: int = 64  # a model-written hint's budget
 
     def validate(self, at: str) -> None:
         _check(bool(self.arms), at, "arms", "needs at least one arm")
@@ -385,6 +407,26 @@ class TrainConfig:
         _check(self.overlong_buffer >= 0, at, "overlong_buffer", "must be >= 0 (tokens; 0 = off)")
         _check(self.filter_max_rounds >= 1, at, "filter_max_rounds",
                "must be >= 1 (generation rounds per step, the first included)")
+        _check(self.sdft_teacher in ("base", "live", "ema"), at, "sdft_teacher",
+               f"unknown teacher {self.sdft_teacher!r} (known: base, live, ema)")
+        _check(0.0 < self.sdft_teacher_update_rate <= 1.0, at, "sdft_teacher_update_rate", "must be in (0, 1]")
+        _check(self.sdft_mode in ("topk_logits", "full_logits", "sampled_token"), at, "sdft_mode",
+               f"unknown mode {self.sdft_mode!r} (known: topk_logits, full_logits, sampled_token)")
+        _check(self.sdft_topk > 0, at, "sdft_topk", "must be positive")
+        _check(0.0 <= self.sdft_alpha <= 1.0, at, "sdft_alpha", "must be in [0, 1]")
+        _check(self.sdft_mode != "sampled_token" or self.sdft_alpha == 1.0, at, "sdft_alpha",
+               "sdft_mode 'sampled_token' distils the sampled token by reverse KL only: set sdft_alpha to 1.0")
+        _check(self.hint_source in ("auto", "solution", "model"), at, "hint_source",
+               f"unknown hint source {self.hint_source!r} (known: auto, solution, model)")
+        _check(0.0 < self.hint_prefix <= 1.0, at, "hint_prefix", "must be in (0, 1] (a share of the solution)")
+        _check(self.hint_prefix_schedule in ("constant", "linear", "cosine"), at, "hint_prefix_schedule",
+               f"unknown schedule {self.hint_prefix_schedule!r} (known: constant, linear, cosine)")
+        _check("{hint}" in self.hint_template, at, "hint_template", "must contain {hint}")
+        _check(self.hint_max_new_tokens > 0, at, "hint_max_new_tokens", "must be positive")
+        _check(not (self.hints and self.filter_groups), at, "hints",
+               "hints and filter_groups do not combine yet (both rebuild the step's groups): turn one off")
+        _check(not (self.hints and self.kl_beta > 0), at, "hints",
+               "hints need kl_beta 0: the reference log-probs of a hinted rollout would be taken under the hinted prompt")
         for arm, overrides in self.arm_overrides.items():
             _check(arm in ALGORITHMS, at, "arm_overrides",
                    f"unknown algorithm {arm!r} (known: {', '.join(ALGORITHMS)})")

@@ -51,7 +51,7 @@ PARAMETERS: tuple[Param, ...] = (
           "training problems: hub id, folder, .jsonl/.parquet/.csv file or builtin:<name>"),
     Param("test_source", "data.test_source", str,
           "test set apart from the training data, evaluated by level for base and every arm ('' = none)"),
-    Param("arms", "train.arms", list, "algorithms trained side by side: grpo, exp-grpo, grpo-sft, exp-dpo"),
+    Param("arms", "train.arms", list, "algorithms trained side by side: grpo, exp-grpo, grpo-sft, exp-dpo, sdft"),
     Param("steps", "train.steps", int, "optimizer steps per arm"),
     Param("expo_beta", "train.expo_beta", float, "weight of the self-explanation NLL term of exp-grpo"),
     Param("expo_beta_schedule", "train.expo_beta_schedule", str,

@@ -96,7 +96,8 @@ HALF_DTYPES = ("bfloat16", "float16")
 # arm -> (its trainer, the train key weighing its NLL term: expo_beta scores self-explanations, sft_beta
 # reference solutions). expo.train.arms holds the same facts; a test keeps the two in step.
 ARMS: dict[str, tuple[str, str | None]] = {"grpo": ("grpo", None), "exp-grpo": ("grpo", "expo_beta"),
-                                           "grpo-sft": ("grpo", "sft_beta"), "exp-dpo": ("dpo", None)}
+                                           "grpo-sft": ("grpo", "sft_beta"), "exp-dpo": ("dpo", None),
+                                           "sdft": ("sdft", None)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +474,9 @@ def _train_static(cfg: ExpoConfig, shape: ModelShape, arm: str, world: int) -> d
     params = shape.params()
     trainable = shape.lora_params(tc.lora_r) if tc.lora else params
     weights = params * weight_bytes + (trainable * 4 if tc.lora else 0)
-    has_reference = not tc.lora and (ARMS[arm][0] == "dpo" or tc.for_arm(arm).kl_beta > 0)
+    # DPO's reference model, GRPO's KL reference, SDFT's teacher (a copy unless it is the live policy)
+    has_reference = not tc.lora and (ARMS[arm][0] == "dpo" or tc.for_arm(arm).kl_beta > 0
+                                     or (ARMS[arm][0] == "sdft" and tc.sdft_teacher != "live"))
     weights += params * weight_bytes if has_reference else 0
     grads = trainable * 4 * (2 if world > 1 else 1)
     return {"weights": weights, "grads": grads, "optimizer": trainable * 8}
@@ -520,7 +523,7 @@ def _train_gpu(cfg: ExpoConfig, shape: ModelShape, arm: str
     if engine is not None:
         gpu["vllm"] = engine.share
         notes.append(engine.note)
-    elif cfg.generation.backend == "hf" and ARMS[arm][0] == "grpo":
+    elif cfg.generation.backend == "hf" and ARMS[arm][0] in ("grpo", "sdft"):
         seq = _engine_length(cfg)
         gpu["vllm"] = rollouts * seq * shape.kv_bytes_per_token(2) + rollouts * shape.vocab * 4
         notes.append(f"transformers rollouts: KV cache of {rollouts} sequences of {seq} tokens")

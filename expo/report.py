@@ -199,7 +199,7 @@ def _grid(panels: int, ncols: int = 3, width: float = 3.6, height: float = 2.9) 
 
 # One colour per model (base, then arms in pipeline order) in every plot of a report.
 _PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
-_MODEL_ORDER = ("base", "grpo", "exp-grpo", "grpo-sft", "exp-dpo")
+_MODEL_ORDER = ("base", "grpo", "exp-grpo", "grpo-sft", "exp-dpo", "sdft")
 
 
 def model_colour(name: str) -> str:

@@ -25,6 +25,7 @@ def test_one_list_of_arm_names() -> None:
     ("exp-grpo", "grpo", "expo", 0.04, 0.04, [0.04, 0.03, 0.02, 0.01, 0.0]),
     ("grpo-sft", "grpo", "sft", 0.1, 0.0, [0.1] * 5),  # its weight is sft_beta; ExPO's stays 0
     ("exp-dpo", "dpo", None, 0.0, 0.0, [0.0] * 5),
+    ("sdft", "sdft", None, 0.0, 0.0, [0.0] * 5),  # its teacher is the policy on the explanation prompt
 ])
 def test_each_arm_by_hand(name: str, trainer: str, nll: str | None, beta: float, expo_beta: float,
                           weights: list[float]) -> None:
@@ -40,6 +41,7 @@ def test_each_arm_by_hand(name: str, trainer: str, nll: str | None, beta: float,
     ("grpo-sft", 0.04, 0.1, True, False, True),
     ("grpo-sft", 0.04, 0.0, False, False, True),  # no term, but the check for solutions stays
     ("exp-dpo", 0.0, 0.0, False, True, False),  # DPO's chosen side is an explanation, whatever the weights
+    ("sdft", 0.04, 0.1, False, False, False),  # it needs the answer only, never the explanations stage
 ])
 def test_what_each_arm_needs(name: str, expo_beta: float, sft_beta: float, term: bool, explanations: bool,
                              solutions: bool) -> None:
@@ -50,5 +52,5 @@ def test_what_each_arm_needs(name: str, expo_beta: float, sft_beta: float, term:
 
 
 def test_an_unknown_arm_is_a_config_error_listing_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown arm 'ppo' \(known: grpo, exp-grpo, grpo-sft, exp-dpo\)"):
+    with pytest.raises(ConfigError, match=r"unknown arm 'ppo' \(known: grpo, exp-grpo, grpo-sft, exp-dpo, sdft\)"):
         arm_spec("ppo")

@@ -14,7 +14,7 @@ import argparse
 from expo.cli import add_config_arguments
 
 # = expo.config.ALGORITHMS (tests/test_train_arms.py checks it); a literal: `expo --help` imports no config
-ARMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo")
+ARMS = ("grpo", "exp-grpo", "grpo-sft", "exp-dpo", "sdft")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,7 +9,9 @@
 - exp-grpo: the GRPO trainer + an NLL term on self-explanations (the buffer), weight expo_beta on its
   schedule;
 - grpo-sft: the GRPO trainer + an NLL term on the data set's reference solutions, constant sft_beta;
-- exp-dpo: DPO rounds (expo.train.dpo); self-explanations are the chosen side, no NLL term.
+- exp-dpo: DPO rounds (expo.train.dpo); self-explanations are the chosen side, no NLL term;
+- sdft: answer-conditioned self-distillation (expo.train.sdft, TRL's SDFTTrainer): the teacher is the
+  policy on the explanation prompt, no reward in the loss, no NLL term.
 
 Every other module asks this table, never an arm's name. The names are `expo.config.ALGORITHMS` (the
 config checks `train.arms` against it; a test keeps the two in step).
@@ -25,7 +27,7 @@ from expo.config import ALGORITHMS, TrainConfig
 from expo.errors import ConfigError
 from expo.losses import expo_beta_at
 
-Trainer = Literal["grpo", "dpo"]
+Trainer = Literal["grpo", "dpo", "sdft"]
 # What an NLL term scores: "expo" self-explanations (weight expo_beta), "sft" reference solutions (sft_beta)
 NLLText = Literal["expo", "sft"]
 
@@ -36,7 +38,7 @@ class Arm:
     self-explanations."""
 
     name: str
-    trainer: Trainer  # "grpo": expo.train.grpo_training (ExpoGRPOTrainer); "dpo": expo.train.dpo
+    trainer: Trainer  # "grpo": expo.train.grpo_training (ExpoGRPOTrainer); "dpo": expo.train.dpo; "sdft"
     nll: NLLText | None  # the GRPO trainer's NLL term; its name in NLLTerm
     explanations: bool  # reads the explanations stage (an ExplanationBuffer)
 
@@ -81,6 +83,7 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     Arm("exp-grpo", trainer="grpo", nll="expo", explanations=True),
     Arm("grpo-sft", trainer="grpo", nll="sft", explanations=False),
     Arm("exp-dpo", trainer="dpo", nll=None, explanations=True),
+    Arm("sdft", trainer="sdft", nll=None, explanations=False),
 )}
 
 

@@ -1,4 +1,4 @@
-"""The train stage: one arm (grpo, exp-grpo, grpo-sft, exp-dpo) from folders to a model folder.
+"""The train stage: one arm (grpo, exp-grpo, grpo-sft, exp-dpo, sdft) from folders to a model folder.
 
     summary = train_arm("exp-grpo", cfg, "data/", "model/", "explanations/", "out/")
 
@@ -11,7 +11,8 @@ intact checkpoint and ends where an uninterrupted run ends. Every argument is ch
 
 Which trainer an arm runs on, which text its NLL term scores with which weight, and whether it needs
 the explanations stage is the arm table's (expo.train.arms): grpo, exp-grpo and grpo-sft are one code
-path (`ExpoGRPOTrainer`, expo.train.grpo_training), exp-dpo runs DPO rounds (expo.train.dpo).
+path (`ExpoGRPOTrainer`, expo.train.grpo_training), exp-dpo runs DPO rounds (expo.train.dpo), sdft
+self-distils on TRL's SDFT trainer (expo.train.sdft).
 """
 
 from __future__ import annotations
@@ -90,15 +91,22 @@ def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | 
 
         return train_dpo(cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
                          regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
-    from expo.train.grpo_training import train_grpo
     from expo.train.validation import Validator, select_checkpoint
 
     if cfg.train.eval_every > 0:  # validation during training: a learning curve, the best checkpoint
         from expo.modeling import load_tokenizer
 
         callbacks = [*(callbacks or []), Validator(cfg, load_tokenizer(model_dir), data_dir, out)]
-    summary = train_grpo(arm, cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
-                         regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
+    if arm_spec(arm).trainer == "sdft":
+        from expo.train.sdft import train_sdft
+
+        summary = train_sdft(cfg, rows, model_dir, out, reward_fn=reward_fn, callbacks=callbacks,
+                             checkpoint_dir=checkpoints)
+    else:
+        from expo.train.grpo_training import train_grpo
+
+        summary = train_grpo(arm, cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
+                             regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
     if is_main_process():  # which weights out/model holds: the last, or the best validated
         summary["selection"] = select_checkpoint(cfg, out, summary["steps"])
         write_json(out / "summary.json", summary)

@@ -4,12 +4,17 @@
 The run folder is local only; the workspace (expo.workspace) is the folder shared by steps and runs,
 which `expo run` puts inside it as `workspace/` and a cluster mounts as a PVC. Layout:
 
+    expo-runs/mlflow.db, mlartifacts/   the tracking store every run folder beside it shares (runs
+                                        and registry), unless MLFLOW_TRACKING_URI points elsewhere
     expo-runs/<name>/expo-run.json   where the run's tracking store and log are (RUN_RECORD)
                      expo-run.log    kfp.local's full output (LOG_FILE)
                      expo-run.failed.log   a failed run's log, when a finished run's is kept (FinishedRun)
-                     mlflow.db       the tracking store, unless MLFLOW_TRACKING_URI points elsewhere
                      workspace/      $EXPO_WORKSPACE (WORKSPACE_DIR)
                      kfp/, kfp-cache/, config.yaml, summary.json, report.html, report.md
+
+Why one store beside the run folders: the registry exists to compare a candidate with the champion of
+earlier runs; a store per run folder would hold one run's versions only, and `expo models` would know
+nothing of the others. Browse it with `mlflow ui --backend-store-uri sqlite:///expo-runs/mlflow.db`.
 
 Why the store lookup: `expo run` keeps its MLflow store in its run folder, so a plain `./mlflow.db`
 default finds nothing after a local run, and opening it would create an empty store as a side effect. The order, first match wins:
@@ -75,6 +80,12 @@ class FinishedRun:
 def default_run_dir(name: str) -> Path:
     """`./expo-runs/<name>`: where `expo run` works without --output."""
     return Path(RUNS_DIR) / name
+
+
+def local_store_dir(run_dir: Path) -> Path:
+    """Where the local tracking store of `run_dir` lives: the folder that holds it, shared by every
+    run folder there (`./expo-runs/` for the default ones)."""
+    return Path(run_dir).resolve().parent
 
 
 def workspace_of(run_dir: Path) -> Path:
@@ -147,4 +158,4 @@ def _checked(uri: str, why: str) -> tuple[str, str]:
 
 
 __all__ = ["LOG_FILE", "RUN_RECORD", "RUNS_DIR", "STORE_FILE", "WORKSPACE_DIR", "default_run_dir",
-           "find_tracking_uri", "last_run", "store_of_run", "workspace_of"]
+           "find_tracking_uri", "last_run", "local_store_dir", "store_of_run", "workspace_of"]

@@ -239,9 +239,35 @@ def train(config: str, arm: str, data_dir: str, model_dir: str, explanations_dir
         curve_file = Path(output_dir) / VALIDATION_FILE
         if curve_file.is_file():  # the learning curve: val/level<N>/pass_at_1 by step
             tracking.log_metrics_series(unposted(curve_rows(read_jsonl(curve_file)), curve_file))
+            _checkpoint_models(run, cfg, arm, read_jsonl(curve_file), data_dir, output_dir)
         metrics = _numbers(summary)
         tracking.log_metrics({f"final/{k}": v for k, v in metrics.items()})
     return metrics
+
+
+def _checkpoint_models(run: Any, cfg: ExpoConfig, arm: str, history: list[dict[str, Any]], data_dir: str,
+                       output_dir: str) -> None:
+    """A LoggedModel per validated checkpoint (expo.checkpoint_models); the one the arm's model folder
+    holds is named in selection.json (`model_id`). With `select_checkpoint: best`, querying MLflow for
+    the best must find the step training kept (same metric, same tie rule); a mismatch is logged."""
+    import logging
+
+    from expo.checkpoint_models import best_checkpoint, log_checkpoint_models
+    from expo.train.validation import SELECTION_FILE
+
+    ids = log_checkpoint_models(run, arm, history, Path(data_dir) / "eval.jsonl", cfg.train.select_metric)
+    selection_file = Path(output_dir) / SELECTION_FILE
+    if not selection_file.is_file():
+        return
+    selection = read_json(selection_file)
+    chosen = ids.get(int(selection["step"]))
+    if selection.get("chosen") == "best":
+        best = best_checkpoint(run, arm, cfg.train.select_metric)
+        if best is not None and best.model_id != chosen:
+            logging.getLogger(__name__).warning("MLflow's best checkpoint (%s) is not the kept step %s",
+                                                best.name, selection["step"])
+    if chosen:
+        write_json(selection_file, {**selection, "model_id": chosen})
 
 
 @contextlib.contextmanager
@@ -269,6 +295,7 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
     """
     from expo import tracking
     from expo.report import write_report
+    from expo.run_lineage import log_headline
 
     cfg = load_stage_config(config, params)
     with _stage_run(cfg, config, "report", params_text=params) as run:
@@ -318,6 +345,7 @@ def report(config: str, run_key: str, base_eval_dir: str, arm_eval_dirs: list[st
         tracking.log_artifacts(output_dir, "report")
         tracking.log_metrics({f"gate/{k}": float(v) for k, v in decision.items()
                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        log_headline(run.conn, run.parent_id, summary, cfg.register.gate_metric)  # the run as a whole
     return summary
 
 
@@ -368,6 +396,9 @@ def register(config: str, run_key: str, arm: str, model_dir: str, summary_dir: s
                         for k, v in vals.items()})
         tags = {"expo.arm": arm, "expo.base_model": meta.get("base", ""),
                 "expo.expo_beta": str(meta.get("expo_beta", cfg.train.expo_beta))}
+        checkpoint = summary.get("checkpoint", {}).get("model_id")
+        if checkpoint:  # the LoggedModel of the validated checkpoint these weights are
+            tags["expo.checkpoint_model_id"] = checkpoint
         version = registry.log_and_register(model_dir, cfg.register.model_name, cfg.register, tags=tags,
                                             metrics=metrics, run_id=run.run_id, tracking=cfg.tracking)
         decision = registry.gate_and_promote(cfg.register.model_name, version.version, cfg.register,
@@ -390,7 +421,7 @@ def finish_run(config: str, status: str, run_id: str) -> None:
     cfg = load_stage_config(config)
     state = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED"}.get(status, "FAILED")
     tracking.close_parent(tracking.env_pipeline_key(), state, cfg.tracking,
-                          tags={"kfp.run_id": run_id, "kfp.status": status})
+                          tags={"kfp.run_id": run_id, "kfp.status": status}, pipeline=cfg.name)
 
 
 def link_tree(src: Path, dst: Path) -> None:

@@ -16,9 +16,16 @@ run with the key wins and the others are deleted), which needs no lock.
         log_metrics_series(read_jsonl(out / "metrics.jsonl"))
     close_parent(key, "FINISHED", cfg.tracking)   # the KFP exit handler
 
-The URI: `TrackingConfig.tracking_uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///<run_dir>/mlflow.db`
-with artifacts in `<run_dir>/mlartifacts`. Connection errors are retried `cfg.retries` times with
-exponential backoff, then raise `TrackingError` naming the URI (credentials stripped).
+Platform runs: where the platform creates the runs itself (KFP's MLflow integration puts MLFLOW_RUN_ID,
+MLFLOW_EXPERIMENT_ID, MLFLOW_TRACKING_URI and MLFLOW_WORKSPACE into each task's environment), a stage
+logs into that run and tags it and its parent as ours; no run is created, and the platform ends the
+parent (close_parent only tags it).
+
+The URI: `TrackingConfig.tracking_uri`, else $MLFLOW_TRACKING_URI (the platform's wins when it gave a
+run), else `sqlite:///<run_dir>/mlflow.db` with artifacts in `<run_dir>/mlartifacts`. The workspace:
+`TrackingConfig.workspace`, else $MLFLOW_WORKSPACE; a bearer token in $MLFLOW_TRACKING_TOKEN is sent by
+MLflow itself. Connection errors are retried `cfg.retries` times with exponential backoff, then raise
+`TrackingError` naming the URI (credentials stripped).
 """
 
 from __future__ import annotations
@@ -65,6 +72,10 @@ ROLE_TAG = "expo.role"  # "pipeline" on the parent, "stage" on nested runs
 STAGE_TAG = "expo.stage"
 ARM_TAG = "expo.arm"
 PARENT_TAG = "mlflow.parentRunId"
+# What the KFP backend's MLflow integration hands each task (and `expo run` with tracking.platform_runs).
+PLATFORM_RUN_ENV = "MLFLOW_RUN_ID"
+PLATFORM_EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_ID"
+WORKSPACE_ENV = "MLFLOW_WORKSPACE"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 REDACTED = "***"
 
@@ -132,15 +143,32 @@ def _redact_tree(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, run_dir: Path | None = None) -> str:
-    """cfg.tracking_uri, else $MLFLOW_TRACKING_URI, else a SQLite store in `run_dir` (or the cwd)."""
+    """cfg.tracking_uri, else $MLFLOW_TRACKING_URI, else a SQLite store in `run_dir` (or the cwd).
+    A platform run in the environment lives where the platform says: its URI wins over the config's."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env and platform_run_id():
+        return env
     if cfg.tracking_uri.strip():
         return cfg.tracking_uri.strip()
-    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
         return env
     folder = Path(run_dir) if run_dir is not None else Path.cwd()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(folder / STORE_FILE).resolve()}"
+
+
+def platform_run_id() -> str | None:
+    """The run the platform created for this task ($MLFLOW_RUN_ID), None when it made none."""
+    return os.environ.get(PLATFORM_RUN_ENV, "").strip() or None
+
+
+def resolve_workspace(cfg: TrackingConfig) -> str:
+    """The MLflow workspace: the platform's when it gave a run, else cfg.workspace, else
+    $MLFLOW_WORKSPACE; "" for the server's default."""
+    env = os.environ.get(WORKSPACE_ENV, "").strip()
+    if env and platform_run_id():
+        return env
+    return cfg.workspace.strip() or env
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -224,6 +252,9 @@ def connect(cfg: TrackingConfig, run_dir: Path | None = None) -> Connection:
     uri = resolve_tracking_uri(cfg, run_dir)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    workspace = resolve_workspace(cfg)
+    if workspace:  # also into the environment, so the stage's child processes use it too
+        mlflow.set_workspace(workspace)
     conn = Connection(uri=uri, client=MlflowClient(tracking_uri=uri, registry_uri=uri),
                       retries=cfg.retries, backoff_s=cfg.backoff_s, experiment=cfg.experiment)
     if sqlite_path(uri) is not None:
@@ -261,6 +292,36 @@ def _check_key(key: str) -> None:
         raise TrackingError(f"pipeline key {key!r} must be letters, digits, '.', '_' or '-'")
 
 
+def _pipeline_tags(key: str, pipeline: str) -> dict[str, str]:
+    """What marks a run as the parent of pipeline run `key`: key, role, pipeline name, version, commit."""
+    tags = {KEY_TAG: key, ROLE_TAG: "pipeline", "expo.pipeline": pipeline, "expo.version": expo.__version__}
+    commit = _git_commit()
+    if commit:
+        tags["expo.git_commit"] = commit
+    return tags
+
+
+def _tag(conn: Connection, run_id: str, tags: dict[str, str]) -> None:
+    batch = [RunTag(mlflow_key(k), str(v)) for k, v in tags.items()]
+    for i in range(0, len(batch), 100):
+        conn.call("tag run", conn.client.log_batch, run_id, tags=batch[i:i + 100])
+
+
+def _platform_stage(conn: Connection, key: str, stage: str, arm: str | None, pipeline: str,
+                    run_id: str) -> tuple[str, str]:
+    """Make the platform's run for this task our stage run and its parent our pipeline run, by tags
+    alone (nothing is created); returns (run id, parent id). A run without a parent is its own."""
+    run = conn.call("get platform run", conn.client.get_run, run_id)
+    parent_id = run.data.tags.get(PARENT_TAG) or run_id
+    tags = {KEY_TAG: key, ROLE_TAG: "stage", STAGE_TAG: stage}
+    if arm:
+        tags[ARM_TAG] = arm
+    _tag(conn, run_id, tags)
+    if parent_id != run_id:
+        _tag(conn, parent_id, _pipeline_tags(key, pipeline))
+    return run_id, parent_id
+
+
 def _parent(conn: Connection, key: str, tags: dict[str, str], pipeline: str) -> str:
     _check_key(key)
     exp_id = conn.experiment_id()
@@ -270,13 +331,8 @@ def _parent(conn: Connection, key: str, tags: dict[str, str], pipeline: str) -> 
         if found:
             run_id = found[0].info.run_id
         else:
-            base = {KEY_TAG: key, ROLE_TAG: "pipeline", "expo.pipeline": pipeline,
-                    "expo.version": expo.__version__}
-            commit = _git_commit()
-            if commit:
-                base["expo.git_commit"] = commit
             mine = conn.call("create parent run", conn.client.create_run, exp_id,
-                             tags=base, run_name=f"{pipeline}-{key[:8]}").info.run_id
+                             tags=_pipeline_tags(key, pipeline), run_name=f"{pipeline}-{key}").info.run_id
             # Another process may have created one meanwhile (server stores have no lock): the oldest wins.
             found = _search(conn, exp_id, where)
             run_id = found[0].info.run_id if found else mine
@@ -294,13 +350,20 @@ def parent_run(key: str, cfg: TrackingConfig, tags: dict[str, str] | None = None
 
 
 def close_parent(key: str, status: Status, cfg: TrackingConfig | None = None, *,
-                 tags: dict[str, str] | None = None, run_dir: Path | None = None) -> str:
+                 tags: dict[str, str] | None = None, run_dir: Path | None = None,
+                 pipeline: str = "expo") -> str:
     """End the parent run with the pipeline's status, after adding `tags` (e.g. the KFP run id).
-    The exit handler calls it; it creates the parent if no step did (a pipeline that failed early)."""
+    The exit handler calls it; it creates the parent if no step did (a pipeline that failed early).
+    Under a platform run the parent is the platform's: it gets the tags, and the platform ends it."""
     if status not in ("FINISHED", "FAILED", "KILLED"):
         raise TrackingError(f"close_parent: status {status!r} is not FINISHED, FAILED or KILLED")
     conn = connect(cfg or TrackingConfig(), run_dir)
-    run_id = _parent(conn, key, dict(tags or {}), "expo")
+    platform = platform_run_id()
+    if platform:
+        _, parent_id = _platform_stage(conn, key, "finish_run", None, pipeline, platform)
+        _tag(conn, parent_id, dict(tags or {}))
+        return parent_id
+    run_id = _parent(conn, key, dict(tags or {}), pipeline)
     conn.call("end parent run", conn.client.set_terminated, run_id, status)
     return run_id
 
@@ -342,11 +405,16 @@ _ACTIVE: contextvars.ContextVar[StageRun | None] = contextvars.ContextVar("expo_
 @contextlib.contextmanager
 def stage_run(key: str, stage: str, cfg: TrackingConfig, arm: str | None = None, *,
               pipeline: str = "expo", run_dir: Path | None = None) -> Iterator[StageRun]:
-    """Find-or-create the parent and this stage's nested run, make it MLflow's active run, and end it
-    FINISHED on success, FAILED on an exception (re-raised) or KILLED on Ctrl-C."""
+    """Find-or-create the parent and this stage's nested run (or take the platform's run for this task),
+    make it MLflow's active run, and end it FINISHED on success, FAILED on an exception (re-raised) or
+    KILLED on Ctrl-C."""
     conn = connect(cfg, run_dir)
-    parent_id = _parent(conn, key, {}, pipeline)
-    run_id = _stage(conn, key, stage, arm, parent_id)
+    platform = platform_run_id()
+    if platform:
+        run_id, parent_id = _platform_stage(conn, key, stage, arm, pipeline, platform)
+    else:
+        parent_id = _parent(conn, key, {}, pipeline)
+        run_id = _stage(conn, key, stage, arm, parent_id)
     conn.call("start stage run", mlflow.start_run, run_id=run_id, nested=mlflow.active_run() is not None)
     run = StageRun(run_id=run_id, parent_id=parent_id, conn=conn)
     token = _ACTIVE.set(run)
@@ -500,6 +568,7 @@ __all__ = [
     "Connection", "StageRun", "active_stage", "close_parent", "connect", "env_pipeline_key", "file_digest",
     "log_artifacts",
     "log_config", "log_dataset", "log_metrics", "log_metrics_series", "mlflow_key", "parent_run",
-    "pipeline_key", "redact_params", "redact_uri", "resolve_tracking_uri", "set_tags", "sqlite_path",
+    "pipeline_key", "platform_run_id", "redact_params", "redact_uri", "resolve_tracking_uri",
+    "resolve_workspace", "set_tags", "sqlite_path",
     "stage_run", "system_metrics",
 ]

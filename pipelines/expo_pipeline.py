@@ -28,7 +28,7 @@ from kfp import kubernetes as k8s
 import components as c
 from expo import params as P
 from expo.config import ExpoConfig, to_dict
-from expo.cluster.trainjob import KUEUE_LABEL, MLFLOW_CLIENT_LABEL
+from expo.cluster.trainjob import KUEUE_LABEL, MLFLOW_CLIENT_LABEL, MLFLOW_SECRET_KEYS
 from expo.stages import STAGE_SECTIONS, stage_config_yaml
 from expo.workspace import MOUNT_PATH, WORKSPACE_ENV
 
@@ -171,9 +171,8 @@ class _Placement:
         # manifests/base NetworkPolicy admits only pods with this label to the MLflow server.
         k8s.add_pod_label(task, label_key=MLFLOW_CLIENT_LABEL, label_value="true")
         # Credentials come from Kubernetes secrets at run time; no value is ever in the compiled YAML.
-        k8s.use_secret_as_env(task, secret_name=self.cluster.mlflow_secret, secret_key_to_env={
-            "tracking-uri": "MLFLOW_TRACKING_URI", "username": "MLFLOW_TRACKING_USERNAME",
-            "password": "MLFLOW_TRACKING_PASSWORD"}, optional=True)
+        k8s.use_secret_as_env(task, secret_name=self.cluster.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS,
+                              optional=True)
         k8s.use_secret_as_env(task, secret_name=self.cluster.storage_secret, secret_key_to_env={
             "endpoint": "MLFLOW_S3_ENDPOINT_URL", "access-key": "AWS_ACCESS_KEY_ID",
             "secret-key": "AWS_SECRET_ACCESS_KEY"}, optional=True)

@@ -13,6 +13,7 @@ summary table (pipelines/local_output.py routes the rest to the log; `verbose` s
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -33,7 +34,7 @@ from expo.config import ExpoConfig, to_dict
 from expo.errors import ExpoError
 from expo.io import read_json, write_json
 from expo.processes import Interrupted, interrupts_as_exceptions, stop_descendants
-from expo.run_folder import LOG_FILE, RUN_RECORD, FinishedRun, default_run_dir, workspace_of
+from expo.run_folder import LOG_FILE, RUN_RECORD, FinishedRun, default_run_dir, local_store_dir, workspace_of
 from expo.terminal import Console, format_table
 from pipelines.expo_pipeline import build_pipeline, pipeline_arguments, run_key
 
@@ -58,6 +59,7 @@ def run_local(cfg: ExpoConfig, run_dir: Path, console: Console | None = None,
     from kfp import local
 
     from pipelines.local_output import routed_output
+    from pipelines.platform_runs import platform_runs
 
     run_dir = run_dir.resolve()
     check_writable(run_dir)
@@ -75,7 +77,11 @@ def run_local(cfg: ExpoConfig, run_dir: Path, console: Console | None = None,
     console.start()
     try:
         mute = lambda: setattr(console, "muted", True)  # noqa: E731 (the killed stages must not print FAILED)
-        with interrupts_as_exceptions(on_signal=mute), routed_output(console, log_file, verbose=verbose) as observer:
+        key = os.environ["EXPO_PIPELINE_RUN_ID"]
+        platform = platform_runs(cfg.tracking, f"{cfg.name}-{key}") if cfg.tracking.platform_runs else \
+            contextlib.nullcontext(None)
+        with interrupts_as_exceptions(on_signal=mute), \
+                routed_output(console, log_file, verbose=verbose) as observer, platform as platform_parent:
             pipeline = build_pipeline(cfg, for_cluster=False)
             pipeline(**pipeline_arguments(cfg))  # the config's values as the root parameters, as on a cluster
     except RuntimeError as exc:
@@ -88,10 +94,23 @@ def run_local(cfg: ExpoConfig, run_dir: Path, console: Console | None = None,
     finally:
         console.stop()
     summary = collect_summary(cfg, run_dir, [r.as_dict() for r in observer.records])
+    summary["mlflow"] = _describe_parent(cfg, summary, platform_parent)
     summary["wall_s"] = round(time.monotonic() - started, 1)
     summary["log_file"] = str(log_file)
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _describe_parent(cfg: ExpoConfig, summary: dict[str, Any], parent_id: str | None) -> dict[str, str]:
+    """The run's parameters, headline metrics and reuse on its MLflow parent; what summary.json says
+    of that parent (expo.run_lineage)."""
+    from expo.run_lineage import describe_parent
+
+    stages = summary["stages"]
+    return describe_parent(os.environ["EXPO_PIPELINE_RUN_ID"], cfg.tracking, pipeline=cfg.name,
+                           config=to_dict(cfg), summary=summary, run_key=run_key(cfg), parent_id=parent_id,
+                           executed=[s["label"] for s in stages if s["status"] == "done"],
+                           cached=[s["label"] for s in stages if s["status"] == "cached"])
 
 
 def _stopped(cfg: ExpoConfig, exc: KeyboardInterrupt, finished: FinishedRun) -> Interrupted:
@@ -103,7 +122,9 @@ def _stopped(cfg: ExpoConfig, exc: KeyboardInterrupt, finished: FinishedRun) -> 
     stopped = stop_descendants()
     closed = "MLflow parent run KILLED"
     try:
-        tracking.close_parent(os.environ["EXPO_PIPELINE_RUN_ID"], "KILLED", replace(cfg.tracking, retries=0))
+        if not cfg.tracking.platform_runs:  # else pipelines.platform_runs closed it, as the platform would
+            tracking.close_parent(os.environ["EXPO_PIPELINE_RUN_ID"], "KILLED", replace(cfg.tracking, retries=0),
+                                  pipeline=cfg.name)
     except Exception as err:  # the store may be what failed; the stop itself must still be reported
         closed = f"MLflow parent run not closed ({type(err).__name__})"
     log = finished.restore()
@@ -141,7 +162,8 @@ def _set_run_environment(cfg: ExpoConfig, run_dir: Path) -> None:
     from expo.cpu import CONCURRENT_TASKS_ENV
     from expo.tracking import resolve_tracking_uri
 
-    os.environ["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(cfg.tracking, run_dir)
+    # One store for every run folder side by side, so the registry accumulates (expo.run_folder).
+    os.environ["MLFLOW_TRACKING_URI"] = resolve_tracking_uri(cfg.tracking, local_store_dir(run_dir))
     os.environ[workspace.WORKSPACE_ENV] = str(workspace_of(run_dir))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     os.environ["EXPO_PIPELINE_RUN_ID"] = f"local-{stamp}-{uuid.uuid4().hex[:6]}"
@@ -164,6 +186,8 @@ def collect_summary(cfg: ExpoConfig, run_dir: Path,
                     stages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Gather the report's summary, the registration and the stage records into run_dir/summary.json;
     copy the report, with the images report.md links, beside it."""
+    from expo.run_lineage import registered_aliases
+
     record = workspace.run_record_dir(workspace_of(run_dir), run_key(cfg))
     if not (record / workspace.SUMMARY_FILE).is_file():
         raise ExpoError(f"the pipeline finished but left no summary in {record}")
@@ -171,7 +195,8 @@ def collect_summary(cfg: ExpoConfig, run_dir: Path,
     registered = record / workspace.REGISTERED_FILE
     info = read_json(registered) if summary.get("register") and registered.is_file() else {}
     summary["registered_model_uri"] = info.get("uri")
-    summary["registered_aliases"] = info.get("aliases", [])
+    # Read now, not remembered: a later run's gate or `expo promote` may have moved an alias since.
+    summary["registered_aliases"] = registered_aliases(info["uri"], cfg.tracking) if info.get("uri") else []
     summary["model_name"] = cfg.register.model_name
     summary["run_folder"] = str(run_dir)
     summary["executed_steps"] = executed_steps(run_dir)
@@ -181,8 +206,21 @@ def collect_summary(cfg: ExpoConfig, run_dir: Path,
     for name in workspace.REPORT_FILES:
         if (record / name).is_file():
             shutil.copyfile(record / name, run_dir / name)
+            if summary["registered_model_uri"]:
+                refresh_registered_line(run_dir / name, summary["registered_model_uri"],
+                                        summary["registered_aliases"])
     copy_report_images(run_dir / "report.md", record, *report_folders(summary["stages"]))
     return summary
+
+
+def refresh_registered_line(report: Path, uri: str, aliases: list[str]) -> None:
+    """Put the registry's aliases of today into the report's "Registered model: ..." line (the
+    register step wrote the aliases of its own moment)."""
+    text = report.read_text(encoding="utf-8")
+    line = f"Registered model: {uri}" + (f" (aliases: {', '.join(aliases)})" if aliases else "") + "."
+    fresh = re.sub(rf"Registered model: {re.escape(uri)}( \(aliases: [^)]*\))?\.", line, text)
+    if fresh != text:
+        report.write_text(fresh, encoding="utf-8")
 
 
 def report_folders(stages: list[dict[str, Any]]) -> list[Path]:

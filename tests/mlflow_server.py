@@ -54,14 +54,15 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"mlflow server not healthy after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-2000:]}")
 
 
-def _launch(root: Path) -> tuple[subprocess.Popen, str, Path]:
+def _launch(root: Path, *extra: str) -> tuple[subprocess.Popen, str, Path]:
+    """Start `mlflow server` on a free port with its store in `root` (`extra`: more server options)."""
     port = free_port()
     log = root / "server.log"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [_mlflow_executable(), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts"]
+           "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts", *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env,
                                 start_new_session=True)

@@ -28,6 +28,11 @@ def expo_run(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
                           timeout=1500)
 
 
+def store(run_dir: Path) -> str:
+    """The tracking store `expo run` used: the one every run folder beside `run_dir` shares."""
+    return f"sqlite:///{run_dir.parent / 'mlflow.db'}"
+
+
 def executed(run_dir: Path) -> set[str]:
     """The tasks the latest run executed, as summary.json records them (cached tasks leave no folder)."""
     return set(json.loads((run_dir / "summary.json").read_text())["executed_steps"])
@@ -83,13 +88,24 @@ def test_lineage_in_mlflow(cold_run):
     import mlflow
 
     run_dir, _ = cold_run
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store(run_dir))
     exp = client.get_experiment_by_name("expo")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("expo.role") == "pipeline"]
     stages = [r for r in runs if r.data.tags.get("expo.role") == "stage"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert parents[0].data.tags.get("kfp.run_id")
+    parent = parents[0]
+    assert parent.data.tags.get("kfp.run_id")
+    # Named by the config and the run, carrying the run's parameters and headline metrics.
+    assert parent.info.run_name == f"expo-smoke-{parent.data.tags['expo.pipeline_key']}"
+    assert parent.info.run_name.startswith("expo-smoke-local-")
+    assert parent.data.params["train.steps"] == "2" and parent.data.params["name"] == "expo-smoke"
+    for model in ("base", "grpo", "exp-grpo"):
+        assert f"{model}/hardest_level_pass_at_1" in parent.data.metrics, model
+    mine = json.loads((run_dir / "summary.json").read_text())["mlflow"]
+    assert (mine["run_id"], mine["run_name"]) == (parent.info.run_id, parent.info.run_name)
+    assert (mine["experiment"], mine["experiment_id"]) == ("expo", exp.experiment_id)
+    assert mine["results_from"] == parent.info.run_id  # its own report step ran
     names = {(r.data.tags["expo.stage"], r.data.tags.get("expo.arm")) for r in stages}
     assert {("prepare_data", None), ("train", "grpo"), ("train", "exp-grpo"), ("evaluate", "base")} <= names
     data_run = next(r for r in stages if r.data.tags["expo.stage"] == "prepare_data")
@@ -103,7 +119,7 @@ def test_arm_runs_have_step_history_and_system_metrics(cold_run):
     import mlflow
 
     run_dir, _ = cold_run
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store(run_dir))
     exp = client.get_experiment_by_name("expo")
     stages = [r for r in client.search_runs([exp.experiment_id], max_results=100)
               if r.data.tags.get("expo.role") == "stage"]
@@ -123,7 +139,7 @@ def test_registered_champion_is_a_servable_mlflow_model(cold_run, monkeypatch):
     import mlflow
 
     run_dir, _ = cold_run
-    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    uri = store(run_dir)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -136,6 +152,29 @@ def test_registered_champion_is_a_servable_mlflow_model(cold_run, monkeypatch):
     assert isinstance(out[0]["generated_text"], str) and out[0]["generated_text"]
     info = mlflow.models.get_model_info("models:/expo-smoke@champion")
     assert info.signature is not None and "transformers" in info.flavors
+
+
+def test_every_validated_checkpoint_is_a_logged_model_and_the_version_leads_to_one(cold_run):
+    """mlflow.search_logged_models lists each validated checkpoint of each arm with its metrics; the
+    registered version names the LoggedModel of the checkpoint it holds."""
+    import mlflow
+
+    run_dir, _ = cold_run
+    client = mlflow.MlflowClient(tracking_uri=store(run_dir), registry_uri=store(run_dir))
+    mlflow.set_tracking_uri(store(run_dir))
+    exp = client.get_experiment_by_name("expo")
+    found = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list",
+                                        filter_string="model_type = 'checkpoint'")
+    # smoke: 2 steps, validation at each, 2 arms
+    assert sorted(m.name for m in found) == ["exp-grpo-step1", "exp-grpo-step2", "grpo-step1", "grpo-step2"]
+    for model in found:
+        assert {"pass_at_1", "hardest_level_pass_at_1"} <= {m.key for m in model.metrics}, model.name
+        assert {m.dataset_name for m in model.metrics} == {"eval"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    version = client.get_model_version("expo-smoke", summary["registered_model_uri"].rsplit("/", 1)[1])
+    chosen = client.get_logged_model(version.tags["expo.checkpoint_model_id"])
+    assert chosen.name == f"{summary['best_arm']}-step{summary['checkpoint']['step']}"
+    assert chosen.model_id in {m.model_id for m in found}
 
 
 def test_report_has_the_learning_curve_and_names_the_registered_checkpoint(cold_run):
@@ -212,8 +251,39 @@ def test_report_md_in_the_run_folder_stands_alone(cold_run):
     assert "accuracy_by_level.png" in assert_links_resolve(run_dir / "report.md")
     summary = proc.summary
     assert {s["status"] for s in summary["stages"]} == {"done"} and summary["cached_steps"] == []
-    assert json.loads((run_dir / "expo-run.json").read_text())["tracking_uri"] == \
-        f"sqlite:///{run_dir / 'mlflow.db'}"
+    assert json.loads((run_dir / "expo-run.json").read_text())["tracking_uri"] == store(run_dir)
+
+
+def test_a_second_run_beside_it_meets_the_first_run_s_champion(cold_run):
+    """A run of another config in a run folder beside the first shares its store: the registry holds
+    both versions, the second's gate compared it with the first's champion, the two parents are named
+    apart, and the aliases printed are the registry's."""
+    import mlflow
+
+    run_dir, _ = cold_run
+    second = run_dir.parent / "second"
+    proc = expo_run(second, "--set", "train.learning_rate=0.001", "--set", "train.arms=[grpo]")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((second / "expo-run.json").read_text())["tracking_uri"] == store(run_dir)
+    client = mlflow.MlflowClient(tracking_uri=store(run_dir), registry_uri=store(run_dir))
+    first_uri = json.loads((run_dir / "summary.json").read_text())["registered_model_uri"]
+    summary = json.loads((second / "summary.json").read_text())
+    first, mine = int(first_uri.rsplit("/", 1)[1]), int(summary["registered_model_uri"].rsplit("/", 1)[1])
+    assert mine > first
+    tags = client.get_model_version("expo-smoke", str(mine)).tags
+    assert tags["expo.gate.champion_version"] == str(first)  # the first run's champion, from another folder
+    assert tags["expo.gate.decision"] == "promoted"  # smoke's margin of -1: any candidate beats it
+    held = sorted(a for a, v in client.get_registered_model("expo-smoke").aliases.items() if int(v) == mine)
+    assert held == summary["registered_aliases"] == ["candidate", "champion"]
+    assert f"registered model: models:/expo-smoke/{mine} (aliases: candidate, champion)" in proc.stdout
+    listed = subprocess.run([sys.executable, "-m", "expo", "models", "expo-smoke", "--run", str(second), "--json"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert {row["version"] for row in json.loads(listed.stdout)} >= {first, mine}
+    parents = [client.get_run(json.loads((d / "summary.json").read_text())["mlflow"]["run_id"])
+               for d in (run_dir, second)]
+    assert parents[0].info.run_name != parents[1].info.run_name
+    assert parents[1].data.params["train.learning_rate"] == "0.001"
 
 
 def test_a_failed_run_keeps_what_the_finished_run_left(cold_run):
@@ -243,6 +313,16 @@ def test_rerun_is_all_cache_hits_then_training_change_reruns_only_training(cold_
                            "train grpo", "train exp-grpo", "evaluate grpo", "evaluate exp-grpo", "report",
                            "register"}, cached
     assert sum(" cached " in line for line in out) == 10, again.stdout  # ... each hit has its one line
+    # In MLflow, the re-run's parent says what it reused, and from which run.
+    import mlflow
+
+    said = json.loads((run_dir / "summary.json").read_text())["mlflow"]
+    parent = mlflow.MlflowClient(tracking_uri=store(run_dir)).get_run(said["run_id"])
+    assert set(parent.data.tags["expo.cached_steps"].split(", ")) == set(cached)
+    assert parent.data.tags["expo.executed_steps"] == "finish-run"
+    assert said["results_from"] == parent.data.tags["expo.results_from"] != said["run_id"]
+    assert mlflow.MlflowClient(tracking_uri=store(run_dir)).get_run(said["results_from"]).data.tags[
+        "expo.executed_steps"].startswith("prepare-data")
 
     changed = expo_run(run_dir, "--set", "train.learning_rate=0.001")
     assert changed.returncode == 0, changed.stderr[-3000:]

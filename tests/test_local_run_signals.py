@@ -61,7 +61,7 @@ def test_a_signal_stops_every_process_and_closes_the_mlflow_run(signum, tmp_path
     assert "FAILED" not in out  # the stages it killed print nothing
     gone, alive = psutil.wait_procs(list(seen.values()), timeout=10)
     assert not alive, [p.pid for p in alive]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run_dir.parent / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("expo")
     parents = client.search_runs([experiment.experiment_id], "tags.`expo.role` = 'pipeline'")
     assert [run.info.status for run in parents] == ["KILLED"]

@@ -76,7 +76,8 @@ def test_secrets_by_reference_and_volumes(compiled, monkeypatch):
         secrets = {s["secretName"]: s for s in executor["secretAsEnv"]}
         assert set(secrets) == {"expo-mlflow", "expo-object-store"}, name
         envs = {e["envVar"] for s in secrets.values() for e in s["keyToEnv"]}
-        assert {"MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY"} <= envs
+        assert {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_WORKSPACE",
+                "AWS_SECRET_ACCESS_KEY"} <= envs
         assert executor["pvcMount"][0]["mountPath"] == "/workspace"
         assert executor["fieldPathAsEnv"][0]["name"] == "EXPO_PIPELINE_RUN_ID"
     for name in GPU_STEPS:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -54,14 +55,25 @@ def test_a_stage_s_error_is_where_expo_run_looks(local_run_env):
         "train-grpo: the cause, on two lines"
 
 
-def test_the_report_s_record_is_where_expo_run_collects_it(local_run_env):
+def test_the_report_s_record_is_where_expo_run_collects_it(local_run_env, sqlite_store, tmp_path):
+    """The summary and report come from the run's record; the aliases from the registry as it is at
+    the end (here `champion` moved after the register step wrote its record), never from the record."""
+    import mlflow
+
     cfg, run_dir = local_run_env
+    assert os.environ["MLFLOW_TRACKING_URI"] == sqlite_store  # the store beside the run folder
+    client = mlflow.MlflowClient(tracking_uri=sqlite_store, registry_uri=sqlite_store)
+    client.create_registered_model("expo-tiny")
+    client.create_model_version("expo-tiny", source=str(tmp_path))
+    for alias in ("candidate", "champion"):
+        client.set_registered_model_alias("expo-tiny", alias, "1")
     record = stages.run_record_dir(run_key(cfg))
     assert record == run_dir / "workspace" / "runs" / run_key(cfg)
     write_json(record / workspace.SUMMARY_FILE, {"models": {}, "register": True})
     write_json(record / workspace.REGISTERED_FILE, {"uri": "models:/expo-tiny/1", "aliases": ["candidate"]})
-    (record / "report.md").write_text("# report\n")
+    (record / "report.md").write_text("# report\nRegistered model: models:/expo-tiny/1 (aliases: candidate).\n")
     summary = local_run.collect_summary(cfg, run_dir, [])
     assert summary["registered_model_uri"] == "models:/expo-tiny/1"
-    assert summary["registered_aliases"] == ["candidate"]
-    assert (run_dir / "report.md").read_text() == "# report\n"
+    assert summary["registered_aliases"] == ["candidate", "champion"]
+    assert (run_dir / "report.md").read_text() == \
+        "# report\nRegistered model: models:/expo-tiny/1 (aliases: candidate, champion).\n"

@@ -37,6 +37,12 @@ TRAINER_RELEASE = "v2.3.0"  # the Kubeflow Trainer release whose TrainJob API th
 NODE_CONTAINER = "node"  # the trainer container and replicated job of torch runtimes
 PATCH_MANAGER = "expo-pipeline"  # owner of our runtimePatches entry
 MLFLOW_CLIENT_LABEL = "expo.pipeline/mlflow-client"  # the NetworkPolicy lets only these pods reach MLflow
+# The MLflow client secret (cluster.mlflow_secret): its keys and the variables MLflow reads. Every key is
+# optional: a username and password for basic auth, or a bearer token (an OAuth proxy in front of MLflow),
+# and a workspace on a server run with --enable-workspaces.
+MLFLOW_SECRET_KEYS = {"tracking-uri": "MLFLOW_TRACKING_URI", "username": "MLFLOW_TRACKING_USERNAME",
+                      "password": "MLFLOW_TRACKING_PASSWORD", "token": "MLFLOW_TRACKING_TOKEN",
+                      "workspace": "MLFLOW_WORKSPACE"}
 # Labels JobSet puts on every pod of the job; rank 0 is completion index 0 of replicated job `node`.
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
@@ -164,10 +170,12 @@ def _env(cfg: ExpoConfig, run_id: str | None = None) -> list[dict[str, Any]]:
     def from_secret(env: str, key: str) -> dict[str, Any]:
         return from_named(env, secret, key)
 
-    return [
-        from_secret("MLFLOW_TRACKING_URI", "tracking-uri"),
-        from_secret("MLFLOW_TRACKING_USERNAME", "username"),
-        from_secret("MLFLOW_TRACKING_PASSWORD", "password"),
+    from expo.tracking import resolve_workspace
+
+    # The step's own MLflow workspace (the platform's, where it gave one) wins over the secret's: last wins.
+    workspace = resolve_workspace(cfg.tracking)
+    return [from_secret(env, key) for key, env in MLFLOW_SECRET_KEYS.items()] + (
+        [{"name": "MLFLOW_WORKSPACE", "value": workspace}] if workspace else []) + [
         {"name": WORKSPACE_ENV, "value": MOUNT_PATH},
         {"name": "HF_HOME", "value": f"{MOUNT_PATH}/.cache/huggingface"},  # shared, writable model cache
     ] + ([{"name": RUN_ID_ENV, "value": run_id}] if run_id else []) + (

@@ -69,7 +69,8 @@ def _one_line_error(rc, capsys):
 def test_only_bad_rows_is_one_line_and_nonzero(tmp_path, capsys):
     src = write_rows(tmp_path / "bad.jsonl", [{"problem": f"q{i}", "solution": "no box"} for i in range(4)])
     rc = expo.cli.main(["data", "--source", src, "--output", str(tmp_path / "out")])
-    assert _one_line_error(rc, capsys).endswith(f"no usable rows in {src}: 4 no extractable answer")
+    assert _one_line_error(rc, capsys).endswith(
+        f"no usable rows in {src}: 4 no extractable answer (see docs/configuration.md, section data)")
     assert not (tmp_path / "out").exists()
 
 

@@ -353,6 +353,8 @@ class TrainConfig:
     # KL(teacher || student), 1 = reverse KL, between: the generalised Jensen-Shannon mix of the two).
     sdft_teacher: Literal["base", "live", "ema"] = "ema"  # base: the initial model; live: the current one
     sdft_teacher_update_rate: float = 0.05  # ema: teacher <- (1 - rate) teacher + rate student, each step
+    # where the divergence is taken: over the student's top-k tokens, over the whole vocabulary, or on
+    # the sampled token alone
     sdft_mode: Literal["topk_logits", "full_logits", "sampled_token"] = "topk_logits"
     sdft_topk: int = 100  # topk_logits: the student's top-k tokens are the support (at most the vocabulary)
     sdft_alpha: float = 0.5  # the divergence's weight on reverse KL; sampled_token supports only 1.0
@@ -365,6 +367,7 @@ class TrainConfig:
     hints: bool = False
     hint_source: Literal["auto", "solution", "model"] = "auto"  # auto: the solution where there is one
     hint_prefix: float = 0.5  # share of the reference solution's words shown at step 0
+    # how the shown share shrinks over training: linear and cosine reach no prefix at the last step
     hint_prefix_schedule: Literal["constant", "linear", "cosine"] = "linear"
     hint_template: str = "A hint: {hint}"  # how the hint enters the prompt, after the question
     hint_max_new_tokens: int = 64  # a model-written hint's budget

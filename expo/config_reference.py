@@ -130,7 +130,11 @@ def _embedded() -> dict[str, Any]:
     from expo.config import EMBEDDED_PRESET, flatten
 
     data = yaml.safe_load(EMBEDDED_PRESET.read_text(encoding="utf-8")) or {}
-    return flatten(data)
+    flat = flatten(data)
+    overrides = (data.get("train") or {}).get("arm_overrides")
+    if overrides:  # a mapping keyed by arm: shown whole on its own row, not flattened under arm names
+        flat["train.arm_overrides"] = overrides
+    return flat
 
 
 def section_keys(cls: type, prefix: str) -> Iterator[Key]:

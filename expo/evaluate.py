@@ -201,33 +201,47 @@ def evaluate_model(model_dir_or_uri: str, data_dir: str | Path, cfg: ExpoConfig,
     """Evaluate one model on `data_dir/eval.jsonl`; write metrics.json and samples.jsonl; return metrics.
 
     With a test set (`data_dir/test.jsonl`, from data.test_source) the model is evaluated on it too, in
-    full: its metrics are `metrics["test"]` (same shape) and its samples `test_samples.jsonl`."""
+    full: its metrics are `metrics["test"]` (same shape) and its samples `test_samples.jsonl`.
+
+    Under torchrun (one process per GPU) the processes split the sampling and the verification
+    (`expo.generation.sharded`); every one returns the metrics, the main process writes them."""
     rows = load_eval_rows(data_dir, cfg.evaluate.max_questions)  # fail on bad data before loading a model
     has_test = (Path(data_dir) / TEST_FILE).is_file()
     test_rows = load_eval_rows(data_dir, file_name=TEST_FILE) if has_test else []
     from expo.generation import make_generator, resolve_backend
+    from expo.generation.sharded import ProcessShards, shared_scores
     from expo.modeling import load_for_generation
     from expo.prompts import solve_prompt
+    from expo.train.distributed import is_main_process, join_process_group, world_size
+    from expo.verify import rewards
 
+    join_process_group()  # several processes: before a model or an engine takes this process's GPU
     output_dir = Path(output_dir)
     with tempfile.TemporaryDirectory(prefix="expo-eval-model-") as tmp:
         local = resolve_model(str(model_dir_or_uri), tmp, cfg.tracking)
         # vLLM: no model on the GPU it claims; the engine is built here, while the folder exists
         model, tokenizer = load_for_generation(str(local), cfg.model, resolve_backend(cfg.generation))
         generator = make_generator(model if model is not None else str(local), tokenizer, cfg.generation)
+    verifier = rewards
+    if world_size() > 1:
+        generator, verifier = ProcessShards(generator), shared_scores(rewards)
     prompts = [solve_prompt(r["question"], tokenizer, cfg.prompts) for r in rows]
     expected = len(prompts) * (cfg.evaluate.samples + (1 if cfg.evaluate.greedy else 0))
     with watch(f"evaluate {name}", _progress_reader(generator, expected)):  # a line every few seconds, tokens moving per decoding step
-        results, samples = run_evaluation(generator, rows, prompts, cfg.evaluate, seed=cfg.generation.seed)
+        results, samples = run_evaluation(generator, rows, prompts, cfg.evaluate, seed=cfg.generation.seed,
+                                          verifier=verifier)
     metrics = build_metrics(results, samples, name, str(model_dir_or_uri), cfg.evaluate)
     metrics["split"] = "validation"  # which set these numbers come from (the held-out fraction)
     if test_rows:
         test_prompts = [solve_prompt(r["question"], tokenizer, cfg.prompts) for r in test_rows]
         test_results, test_samples = run_evaluation(generator, test_rows, test_prompts, cfg.evaluate,
-                                                    seed=cfg.generation.seed)
+                                                    seed=cfg.generation.seed, verifier=verifier)
         metrics["test"] = {**build_metrics(test_results, test_samples, name, str(model_dir_or_uri),
                                            cfg.evaluate), "split": "test", "source": test_source(data_dir)}
-        write_jsonl(output_dir / "test_samples.jsonl", test_samples)
+        if is_main_process():
+            write_jsonl(output_dir / "test_samples.jsonl", test_samples)
+    if not is_main_process():
+        return metrics
     write_jsonl(output_dir / "samples.jsonl", samples)
     write_json(output_dir / "metrics.json", metrics)
     return metrics

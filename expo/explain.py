@@ -315,6 +315,12 @@ def _mentions(text: str, answer: str) -> Iterator[tuple[int, int]]:
         at = text.find(answer, at + 1)
 
 
+def mentions_answer(text: str, answer: str) -> bool:
+    """Whether `text` states `answer` anywhere as a value (a number of the same value, or its LaTeX):
+    a hint that does is no hint but the answer, and is not used (expo.train.hints)."""
+    return next(_mentions(text, answer), None) is not None
+
+
 def _is_value(text: str, at: int) -> bool:
     """Whether the number at `text[at]` is a value, not a list number, an exponent, an index or a reference."""
     window = max(0, at - _CONTEXT)
@@ -412,11 +418,13 @@ def through_final_answer(text: str, box_end: int) -> str:
 class ExplanationCache:
     """Samples by key in a JSONL file (a folder gets `explanations-cache.jsonl` inside).
 
-    Append-only, one writer at a time: a line cut short by a crash is ignored on the next load.
+    Append-only, one writer at a time: a line cut short by a crash is ignored on the next load. Under
+    torchrun every process holds the same entries and only the main one appends (`writer`).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, writer: bool = True) -> None:
         path = Path(path)
+        self.writer = writer
         self.path = path / CACHE_FILE if path.is_dir() or not path.suffix else path
         self.hits = 0
         self.misses = 0
@@ -449,6 +457,8 @@ class ExplanationCache:
 
     def put(self, key: str, samples: list[dict[str, Any]]) -> None:
         self._entries[key] = samples
+        if not self.writer:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"key": key, "samples": samples}, ensure_ascii=False) + "\n")
@@ -722,23 +732,34 @@ def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str 
     """Sample explanations of the train split with the model in `model_dir`; write
     `explanations.jsonl` (every sample), `stats.json` and `in_distribution.json` (the paper's check,
     scored with the same model: accepted explanations vs expert solutions of the same questions, where
-    the data carry solutions); return the statistics."""
+    the data carry solutions); return the statistics.
+
+    Under torchrun (one process per GPU) the processes split the sampling and the verification
+    (`expo.generation.sharded`) and the main process writes the files and runs the check."""
     from expo.evaluate import in_distribution_check
     from expo.generation import make_generator, resolve_backend
+    from expo.generation.sharded import ProcessShards, shared_scores
     from expo.modeling import load_for_generation
+    from expo.train.distributed import is_main_process, join_process_group, world_size
+    from expo.verify import rewards
 
     rows = read_table(data_dir, "train.jsonl", hint=" (run the data stage first)")
+    join_process_group()  # several processes: before a model or an engine takes this process's GPU
     # vLLM: no model here (the engine loads it); the check loads one after sampling (_check_model)
     model, tokenizer = load_for_generation(model_dir, cfg.model, resolve_backend(cfg.generation))
     generator = make_generator(model if model is not None else str(model_dir), tokenizer,
                                generator_config(cfg.generation, cfg.explain))
+    split = world_size() > 1
     output_dir = Path(output_dir)
-    cache = ExplanationCache(cache_root(cfg.explain.cache_dir, output_dir) / CACHE_FILE)
+    cache = ExplanationCache(cache_root(cfg.explain.cache_dir, output_dir) / CACHE_FILE, writer=is_main_process())
     started = time.perf_counter()
-    records, stats = sample_explanations(generator, rows, cfg.explain, cfg.prompts, tokenizer, cache,
-                                         model_key=fingerprint(model_dir), progress=progress,
-                                         generation=cfg.generation)
+    records, stats = sample_explanations(ProcessShards(generator) if split else generator, rows, cfg.explain,
+                                         cfg.prompts, tokenizer, cache, model_key=fingerprint(model_dir),
+                                         progress=progress, generation=cfg.generation,
+                                         reward_fn=shared_scores(rewards) if split else rewards)
     stats["seconds"] = round(time.perf_counter() - started, 3)
+    if not is_main_process():
+        return stats
     write_jsonl(output_dir / "explanations.jsonl", records)
     write_json(output_dir / "stats.json", stats)
     started = time.perf_counter()

@@ -2,6 +2,7 @@
 
     expo explain --data out/data --model out/model --output out/explanations
     expo explain --data out/data --model out/model --output out/x --set explain.samples_per_question=8
+    torchrun --nproc-per-node 8 -m expo explain --data out/data --model out/model --output out/x   # one process per GPU: each samples a share
 
 Samples answer-conditioned explanations of the train split, verifies and filters them, and writes
 `explanations.jsonl` (every sample) and `stats.json` (acceptance and solve rate by level). A progress

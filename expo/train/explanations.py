@@ -62,6 +62,10 @@ class ExplanationBuffer:
     def questions(self) -> int:
         return len(self._items)
 
+    def has(self, qid: str) -> bool:
+        """Whether question `qid` has an accepted explanation (without drawing one, as `pick` does)."""
+        return bool(self._items.get(str(qid)))
+
     def add(self, records: Iterable[dict[str, Any]], step: int, seed: bool = False) -> int:
         """Add the accepted records (others are ignored); returns how many were added. `seed` marks
         the initial policy's explanations, which the capacity never trims."""

@@ -97,7 +97,9 @@ class ExpoGRPOTrainer(GRPOTrainer):
     def __init__(self, *args: Any, nll_term: NLLTerm | None = None, buffer: ExplanationBuffer | None = None,
                  regenerate: Regenerate | None = None, regenerate_every: int = 0,
                  rows_by_id: dict[str, dict[str, Any]] | None = None, metrics_writer: Any = None,
-                 group_filter: GroupFilter | None = None, progress_label: str = "train", **kwargs: Any) -> None:
+                 group_filter: GroupFilter | None = None, progress_label: str = "train", hinter: Any = None,
+                 **kwargs: Any) -> None:
+        self.hinter = hinter  # hints for collapsed groups (expo.train.hints.Hinter); None = off
         self.nll_term = nll_term
         self.group_filter = group_filter  # dynamic sampling (expo.train.group_filter); None = off
         self.buffer = buffer
@@ -206,6 +208,8 @@ class ExpoGRPOTrainer(GRPOTrainer):
         else:
             output = super()._generate_and_score_completions(inputs)
             rewards = self._last_rewards
+            if training and self.hinter is not None and rewards is not None:  # never while validating
+                output = self.hinter.rescue(self, inputs, output, rewards)
         if training:
             self._step_tokens = int(output["prompt_mask"].sum() + output["completion_mask"].sum())
             self._nll_plan = self._plan_nll(self._nll_rows(inputs, rewards, explained))
@@ -444,7 +448,8 @@ class ExpoGRPOTrainer(GRPOTrainer):
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         state = {"step": self.state.global_step,
-                 "buffer": self.buffer.state_dict() if self.buffer is not None else None}
+                 "buffer": self.buffer.state_dict() if self.buffer is not None else None,
+                 "hints": self.hinter.state_dict() if self.hinter is not None else None}
         if rank > 0:
             os.makedirs(folder, exist_ok=True)  # rank 0 may not have made it yet
             write_json(os.path.join(folder, rank_file(EXPO_STATE_FILE, rank)), {**state, "rank": rank})
@@ -466,6 +471,8 @@ class ExpoGRPOTrainer(GRPOTrainer):
                         "process %d starts from process 0's", checkpoint, rank, rank)
             path = os.path.join(checkpoint, EXPO_STATE_FILE)
         state = read_json(path)
+        if self.hinter is not None and state.get("hints") is not None:
+            self.hinter.load_state_dict(state["hints"])
         if self.buffer is not None and state.get("buffer") is not None:
             self.buffer.load_state_dict(state["buffer"])
 

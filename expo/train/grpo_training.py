@@ -32,6 +32,7 @@ from expo.train.distributed import world_size
 from expo.train.explanations import Regenerate, make_buffer
 from expo.train.final_model import save_final_model
 from expo.train.group_filter import GroupFilter
+from expo.train.hints import WriteHints, make_hinter
 from expo.train.grpo import EXPO_STATE_FILE, ExpoGRPOTrainer, NLLTerm
 from expo.train.metrics_jsonl import MetricsWriter
 from expo.train.policy import load_policy, lora_config, mixed_precision
@@ -161,7 +162,8 @@ def nll_term(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], buffer: Any)
 def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: Any, tokenizer: Any,
                   on_gpu: bool, explanations_dir: str | Path | None, checkpoint_dir: Path, reward_fn: RewardFn,
                   regenerate: Regenerate | None, callbacks: list[Any],
-                  metrics_writer: MetricsWriter | None = None) -> ExpoGRPOTrainer:
+                  metrics_writer: MetricsWriter | None = None, write_hints: WriteHints | None = None
+                  ) -> ExpoGRPOTrainer:
     dataset = Dataset.from_list([
         {"prompt": solve_prompt(r["question"], tokenizer, cfg.prompts), "id": str(r["id"]), "answer": r["answer"]}
         for r in rows
@@ -172,6 +174,7 @@ def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: 
     if online and regenerate is None:
         regenerate = default_regenerate(cfg, tokenizer)
     term = nll_term(arm, cfg, rows, buffer)
+    hinter = make_hinter(cfg, rows, tokenizer, buffer if term is not None else None, write_hints)
     trainer = ExpoGRPOTrainer(
         model=model, reward_funcs=[reward_fn, *length_rewards(cfg)],  # correctness first: see _calculate_rewards
         args=grpo_args(cfg, checkpoint_dir, on_gpu), train_dataset=dataset,
@@ -179,6 +182,7 @@ def build_trainer(arm: str, cfg: ExpoConfig, rows: list[dict[str, Any]], model: 
         nll_term=term, buffer=buffer, group_filter=group_filter(cfg.train, term is not None),
         regenerate=regenerate if online else None, regenerate_every=cfg.explain.regenerate_every,
         rows_by_id={str(r["id"]): r for r in rows}, metrics_writer=metrics_writer, progress_label=f"train {arm}",
+        hinter=hinter,
     )
     trainer.remove_callback(PrinterCallback)  # MetricsWriter logs one short line per step instead
     return trainer

@@ -35,8 +35,11 @@ import torch
 from datasets import Dataset
 from transformers import PrinterCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl.experimental.sdft import SDFTConfig, SDFTTrainer
-from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder
+
+# TRL warns on every import from trl.experimental; the pin (trl==1.16) is this module's answer to it.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+from trl.experimental.sdft import SDFTConfig, SDFTTrainer  # noqa: E402
+from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder  # noqa: E402
 
 from expo.config import ExpoConfig
 from expo.errors import ConfigError, ExpoError

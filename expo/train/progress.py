@@ -4,7 +4,8 @@ A Trainer callback: each per-step log becomes, at most every couple of seconds (
 step), `[progress] train exp-grpo: step 8/50  reward 0.312  expo 0.0521  2.1 s/step`. Arms train side
 by side under `expo run`, so every line names its arm and the total. Rank 0 alone prints. Within a
 step, a heartbeat (`step 8/50 running, 64 s`) fills any 20 s the step's own lines (its rollouts'
-tokens) leave silent.
+tokens) leave silent. In a Kubeflow TrainJob the same count goes to the job's status
+(expo.train.trainer_status), so `kubectl get trainjob` shows the step the lines print.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from expo.progress import Heartbeat, Progress
+from expo.train.trainer_status import TrainerStatus
 
 # (shown as, keys in the step's logs: TRL's names and ours; the first present wins)
 FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -53,6 +55,14 @@ class StepProgress(TrainerCallback):
         self.total, self.offset = total, 0
         # a step of a real model takes minutes, most of it in phases that print nothing of their own
         self.heartbeat = Heartbeat(f"train {arm}", quiet_s=quiet_s)
+        self.status = TrainerStatus.from_env() if self.main else None
+
+    def _total(self, args: Any, state: Any) -> int:
+        return self.total or state.max_steps or args.max_steps
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.status is not None:
+            self.status.begin(self._total(args, state))
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if not self.main:
@@ -63,6 +73,8 @@ class StepProgress(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.heartbeat.stop()
+        if self.status is not None:
+            self.status.step(self.offset + state.global_step, self._total(args, state))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.heartbeat.stop()
@@ -71,6 +83,8 @@ class StepProgress(TrainerCallback):
                **kw: Any) -> None:
         if not self.main or not logs or "loss" not in logs or "train_loss" in logs:
             return
+        if self.status is not None:
+            self.status.observe(logs)
         total = self.total or state.max_steps or args.max_steps
         step = self.offset + state.global_step
         self.tick.update(step_text(step, total, logs), force=step >= total)

@@ -31,6 +31,7 @@ from expo.train.arms import arm_spec
 from expo.train.distributed import is_main_process
 from expo.train.explanations import Regenerate, load_offline
 from expo.train.rewards import RewardFn, default_reward
+from expo.train.trainer_status import finish_open
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,10 @@ def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | 
     if arm_spec(arm).trainer == "dpo":
         from expo.train.dpo import train_dpo
 
-        return train_dpo(cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
-                         regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
+        summary = train_dpo(cfg, rows, model_dir, explanations_dir, out, reward_fn=reward_fn,
+                            regenerate=regenerate, callbacks=callbacks, checkpoint_dir=checkpoints)
+        finish_open()  # the TrainJob's status: 100 % once the arm has trained (its last round may be skipped)
+        return summary
     from expo.train.validation import Validator, select_checkpoint
 
     if cfg.train.eval_every > 0:  # validation during training: a learning curve, the best checkpoint
@@ -110,6 +113,7 @@ def train_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str | 
     if is_main_process():  # which weights out/model holds: the last, or the best validated
         summary["selection"] = select_checkpoint(cfg, out, summary["steps"])
         write_json(out / "summary.json", summary)
+    finish_open()  # the TrainJob's status: 100 % once the arm's model is saved
     return summary
 
 

@@ -15,10 +15,15 @@
 # compile and download; the final stages copy one virtual environment and run as uid 10001.
 # No secret enters a layer: credentials come from Kubernetes secrets at run time.
 
+# The base images are build arguments so that a build without registry access can substitute local
+# ones (docker/image_check.sh builds the CPU target on a Debian base made by mmdebstrap); the
+# defaults are the images a normal build uses.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-base-ubuntu22.04
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 
 # ---------------------------------------------------------------- CPU
-FROM python:3.11.14-slim-bookworm AS cpu-builder
+FROM ${PYTHON_IMAGE} AS cpu-builder
 ARG TORCH_CPU_INDEX
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -33,7 +38,7 @@ COPY components /src/components
 COPY pipelines /src/pipelines
 RUN pip install --no-deps /src && pip check
 
-FROM python:3.11.14-slim-bookworm AS cpu
+FROM ${PYTHON_IMAGE} AS cpu
 RUN groupadd --gid 10001 expo \
     && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin expo
 COPY --from=cpu-builder /opt/venv /opt/venv
@@ -47,7 +52,7 @@ CMD ["expo", "--help"]
 # ---------------------------------------------------------------- GPU
 # CUDA "base" flavour: the driver-facing runtime and compat libraries; cuBLAS, cuDNN and NCCL come
 # with torch's wheels. Ubuntu 22.04 ships Python 3.11, the version the lock was resolved for.
-FROM nvidia/cuda:13.0.1-base-ubuntu22.04 AS gpu-python
+FROM ${CUDA_IMAGE} AS gpu-python
 ENV DEBIAN_FRONTEND=noninteractive
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # gcc and the Python headers: Triton (under vLLM and torch.compile) builds small launchers at run time.

@@ -266,12 +266,16 @@ def _base_name(evaluations: dict[str, dict[str, Any]]) -> str:
     return "base" if "base" in evaluations else next(iter(evaluations))
 
 
-def delta_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
-    base = _base_name(evaluations)
+def delta_section(evaluations: dict[str, dict[str, Any]], against: str | None = None) -> list[Block]:
+    """Paired changes of every model against `against` (default the base model), the base model left
+    out of a comparison against another arm (it has its own)."""
+    base = against or _base_name(evaluations)
+    if base not in evaluations:
+        return []
     b = evaluations[base]
     rows = []
     for name, m in evaluations.items():
-        if name == base:
+        if name == base or (against is not None and name == _base_name(evaluations)):
             continue
         if b.get("per_question") and m.get("per_question"):
             cmp = compare([QuestionResult.from_dict(d) for d in b["per_question"]],
@@ -294,8 +298,8 @@ def delta_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
             ("p", f"Per-question paired differences against {base} on shared questions, "
                   "normal 95% interval."),
             _source_note("deltas"),
-            ("table", Table("deltas", ["model", "level", "questions", "delta pass@1", "delta pass@k", "k"],
-                            rows))]
+            ("table", Table("deltas" if against is None else f"deltas_vs_{base}",
+                            ["model", "level", "questions", "delta pass@1", "delta pass@k", "k"], rows))]
 
 
 def pass_at_k_section(evaluations: dict[str, dict[str, Any]]) -> list[Block]:
@@ -658,9 +662,13 @@ def build_blocks(evaluations: dict[str, dict[str, Any]] | None, training: dict[s
     blocks: list[Block] = headline_section(headline) if headline else []
     if evaluations:
         blocks += accuracy_section(evaluations) + split_note(evaluations) + delta_section(evaluations)
+        blocks += delta_section(evaluations, against="grpo")  # every other arm against plain GRPO
         blocks += pass_at_k_section(evaluations) + test_section(evaluations)
     if training:
         blocks += training_section(training) + group_filter_section(training) + timing_section(training)
+    from expo.arm_report import arm_blocks  # sections that compare the arms with each other
+
+    blocks += arm_blocks(evaluations or {}, training or {})
     blocks += validation_section(validation, checkpoint)
     if explanation_stats:
         blocks += explanation_section(explanation_stats)

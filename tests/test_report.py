@@ -125,7 +125,7 @@ def test_full_report_renders_with_expected_tables(tmp_path):
 
     rows = page.tables
     assert set(rows) == {"accuracy", "deltas", "pass_at_k", "training", "timing", "explanations",
-                         "reject_reasons", "in_distribution"}
+                         "reject_reasons", "in_distribution", "newly_solved", "cost"}
     # most frequent reason first; levels without a reason count 0
     assert rows["reject_reasons"] == [["wrong_answer", "9", "0", "5", "4"], ["truncated", "3", "0", "0", "3"]]
     assert [(r[0], r[1]) for r in rows["accuracy"]] == [

@@ -168,6 +168,10 @@ class ExpoSDFTTrainer(SDFTTrainer):
         self._metrics["train"]["solved_groups"].append(float((per_group.nan_to_num(0.0).max(dim=1).values > 0)
                                                              .float().sum().item()))
         self._step_tokens = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
+        # the rollouts' prompt and completion tokens over every process, a running total as TRL's GRPO keeps
+        seen = self.accelerator.gather(torch.tensor([self._step_tokens], device=self.accelerator.device))
+        self.state.num_input_tokens_seen += int(seen.sum().item())
+        self._metrics["train"]["num_tokens"] = [float(self.state.num_input_tokens_seen)]
         return batch
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,

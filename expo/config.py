@@ -426,8 +426,6 @@ class TrainConfig:
                f"unknown schedule {self.hint_prefix_schedule!r} (known: constant, linear, cosine)")
         _check("{hint}" in self.hint_template, at, "hint_template", "must contain {hint}")
         _check(self.hint_max_new_tokens > 0, at, "hint_max_new_tokens", "must be positive")
-        _check(not (self.hints and self.filter_groups), at, "hints",
-               "hints and filter_groups do not combine yet (both rebuild the step's groups): turn one off")
         _check(not (self.hints and self.kl_beta > 0), at, "hints",
                "hints need kl_beta 0: the reference log-probs of a hinted rollout would be taken under the hinted prompt")
         for arm, overrides in self.arm_overrides.items():

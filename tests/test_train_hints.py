@@ -82,12 +82,14 @@ def unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
     return ids[mask.bool()].tolist()
 
 
+@pytest.mark.parametrize("filter_groups", [False, True])
 def test_a_collapsed_group_without_explanation_is_rolled_out_again_with_a_hint_and_trained_plain(
-        tmp_path: Path) -> None:
+        tmp_path: Path, filter_groups: bool) -> None:
     """Both groups are all wrong; q0 has an accepted explanation (its NLL term teaches it), q1 has none:
     q1 alone is rolled out again from the solve prompt plus half its solution (no box), and the step
-    trains q1's hinted completions under q1's plain solve prompt tokens."""
-    trainer, cfg = hints_trainer(tmp_path, "exp-grpo", expo_beta=0.1)
+    trains q1's hinted completions under q1's plain solve prompt tokens; with dynamic sampling too
+    (which keeps all-wrong groups for the NLL term)."""
+    trainer, cfg = hints_trainer(tmp_path, "exp-grpo", expo_beta=0.1, filter_groups=filter_groups)
     calls = record_generation(trainer)
     G = trainer.num_generations
     batch = [trainer.train_dataset[i] for i in range(2) for _ in range(G)]
@@ -190,6 +192,7 @@ def test_a_hinted_question_later_solved_without_a_hint_counts_as_rescued() -> No
     hinter = Hinter(cfg, {r["id"]: r for r in hint_rows()}, None, lambda qid: True)  # all explained
     hinter.hinted = {"q0": 0}
     inputs = [{"id": "q0"}, {"id": "q0"}, {"id": "q1"}, {"id": "q1"}]
-    out = hinter.rescue(Trainer(), inputs, {"x": 1}, torch.tensor([0.0, 1.0, 0.0, 0.0]))
-    assert out == {"x": 1} and hinter.rescued == {"q0": 3}
+    batch = {"completion_mask": torch.ones(4, 3, dtype=torch.long)}
+    out = hinter.rescue(Trainer(), inputs, batch, torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    assert out is batch and hinter.rescued == {"q0": 3}
     assert Trainer._step_stats["hints/rescued"] == 1.0 and Trainer._step_stats["hints/groups"] == 0.0

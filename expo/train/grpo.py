@@ -208,8 +208,8 @@ class ExpoGRPOTrainer(GRPOTrainer):
         else:
             output = super()._generate_and_score_completions(inputs)
             rewards = self._last_rewards
-            if training and self.hinter is not None and rewards is not None:  # never while validating
-                output = self.hinter.rescue(self, inputs, output, rewards)
+        if training and self.hinter is not None and rewards is not None:  # never while validating
+            output = self.hinter.rescue(self, inputs, output, rewards)
         if training:
             self._step_tokens = int(output["prompt_mask"].sum() + output["completion_mask"].sum())
             self._nll_plan = self._plan_nll(self._nll_rows(inputs, rewards, explained))

@@ -23,6 +23,10 @@ is tiny for precisely the rollouts worth learning (those the hint made right) an
 signal; SAGE and QuestA train hinted rollouts without it. With vLLM rollouts TRL's
 sampler-vs-trainer correction still applies within the hinted prompt.
 
+With dynamic sampling (train.filter_groups) hints act on the groups the filter kept for training:
+plain GRPO drops all-wrong groups first (DAPO's rule), so there hints reach only arms with an NLL term
+(which keep them); a slot the filter left untrained (a filler) is never hinted.
+
 Never at validation or evaluation: the trainer calls `rescue` only while the model trains; validation
 (expo.train.validation) and evaluation (expo.evaluate) build their prompts with `solve_prompt` alone.
 
@@ -174,11 +178,13 @@ class Hinter:
         G, step = trainer.num_generations, trainer.state.global_step
         qids = [str(x["id"]) for x in inputs[::G]]
         solved = (rewards.nan_to_num(0.0).view(-1, G).max(dim=1).values > 0).tolist()
+        # a group dynamic sampling left untrained (a filler, or NLL term only) keeps its place as it is
+        trained = (output["completion_mask"].view(len(qids), -1).sum(dim=1) > 0).tolist()
         for qid, ok in zip(qids, solved, strict=True):
             if ok and qid in self.hinted and qid not in self.rescued:
                 self.rescued[qid] = step
-        eligible = [i for i, (qid, ok) in enumerate(zip(qids, solved, strict=True))
-                    if not ok and not self.explained(qid)]
+        eligible = [i for i, (qid, ok, used) in enumerate(zip(qids, solved, trained, strict=True))
+                    if used and not ok and not self.explained(qid)]
         hints = self._hints(trainer, [self.rows_by_id[qids[i]] for i in eligible], step)
         chosen = [(i, h) for i, h in zip(eligible, hints, strict=True) if h is not None]
         device = trainer.accelerator.device

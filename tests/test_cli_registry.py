@@ -65,15 +65,15 @@ def test_models_wide_and_json_show_everything(mlflow_server, two_versions, capsy
 
 def test_after_a_local_run_the_run_folders_store_is_found_and_no_store_is_created(
         tmp_path, monkeypatch, _sqlite_template, make_model_dir, unique_name, capsys):
-    """`expo run` leaves expo-runs/<name>/mlflow.db and expo-run.json; from the same folder, with no
-    variable set, `expo models` lists the version and `expo promote` moves an alias; ./mlflow.db never
-    appears."""
+    """`expo run` leaves expo-runs/mlflow.db (shared by the run folders there) and expo-runs/<name>/
+    expo-run.json naming it; from the working folder, with no variable set, `expo models` lists the
+    version and `expo promote` moves an alias; ./mlflow.db never appears."""
     import shutil
 
     run_dir = tmp_path / "expo-runs" / "expo-embedded"
     run_dir.mkdir(parents=True)
-    shutil.copy2(_sqlite_template, run_dir / "mlflow.db")
-    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
+    shutil.copy2(_sqlite_template, run_dir.parent / "mlflow.db")
+    uri = f"sqlite:///{run_dir.parent / 'mlflow.db'}"
     (run_dir / "expo-run.json").write_text(f'{{"tracking_uri": "{uri}"}}')
     track = TrackingConfig(tracking_uri=uri, experiment=unique_name)
     with T.stage_run(T.pipeline_key({"cli": unique_name}), "register", track) as run:
@@ -96,11 +96,12 @@ def test_after_a_local_run_the_run_folders_store_is_found_and_no_store_is_create
     assert capsys.readouterr().out.strip() == f"{unique_name}@staging -> version 1 (was no version)"
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlflow.db.lock").exists()
 
-    monkeypatch.chdir(tmp_path / "expo-runs")  # no run folder below, no ./mlflow.db: one line, no store
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no run folder below, no ./mlflow.db: one line, no store
     assert main(["models", unique_name]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("expo models: error: no tracking store found") and len(err.splitlines()) == 1
-    assert not (tmp_path / "expo-runs" / "mlflow.db").exists()
+    assert not (tmp_path / "elsewhere" / "mlflow.db").exists()
 
 
 def test_promote_via_env_uri_records_user_and_reason(mlflow_server, two_versions, capsys, monkeypatch):

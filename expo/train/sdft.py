@@ -42,7 +42,7 @@ from trl.experimental.sdft import SDFTConfig, SDFTTrainer  # noqa: E402
 from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder  # noqa: E402
 
 from expo.config import ExpoConfig
-from expo.errors import ConfigError, ExpoError
+from expo.errors import ExpoError
 from expo.generation.trl_rollouts import rollout_args, shared_engine_rollouts
 from expo.io import write_json
 from expo.prompts import explain_prompt, hint_sentence, solve_prompt
@@ -226,9 +226,8 @@ def build_sdft_trainer(cfg: ExpoConfig, rows: list[dict[str, Any]], model: Any, 
                        checkpoint_dir: Path, reward_fn: RewardFn, callbacks: list[Any],
                        metrics_writer: MetricsWriter | None = None) -> ExpoSDFTTrainer:
     vocab = model.get_output_embeddings().weight.shape[0]
-    if cfg.train.sdft_mode == "topk_logits" and cfg.train.sdft_topk > vocab:
-        raise ConfigError(f"config key 'train.sdft_topk': {cfg.train.sdft_topk} is more than the model's "
-                          f"{vocab} vocabulary entries")
+    if cfg.train.sdft_topk > vocab:  # a support wider than the vocabulary is the vocabulary (full_logits' sum)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, sdft_topk=vocab))
     trainer = ExpoSDFTTrainer(
         model=model, args=sdft_args(cfg, checkpoint_dir, on_gpu), train_dataset=sdft_dataset(rows, tokenizer, cfg),
         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks,

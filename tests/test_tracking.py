@@ -243,3 +243,30 @@ def _closed_port() -> int:
     from tests.mlflow_server import free_port
 
     return free_port()  # bound then released: nothing listens there
+
+
+def test_a_platform_run_is_logged_into_and_tagged_never_duplicated(sqlite_store, monkeypatch):
+    """With MLFLOW_RUN_ID set (the KFP backend's run for this task), the stage logs into that run, tags
+    it and the platform's parent as ours, and creates no run; the exit handler tags the parent only."""
+    client = MlflowClient(sqlite_store)
+    experiment = client.create_experiment("platform")
+    parent = client.create_run(experiment, run_name="kfp-parent").info.run_id
+    task = client.create_run(experiment, run_name="train", tags={T.PARENT_TAG: parent}).info.run_id
+    closer = client.create_run(experiment, run_name="finish-run", tags={T.PARENT_TAG: parent}).info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store)
+    monkeypatch.setenv(T.PLATFORM_RUN_ENV, task)
+    cfg = TrackingConfig(tracking_uri="sqlite:///elsewhere.db", system_metrics_interval_s=0)  # the platform's wins
+    with T.stage_run("kfp-run-1", "train", cfg, arm="exp-grpo", pipeline="expo-smoke") as run:
+        T.log_metrics({"loss": 0.5}, step=1)
+    assert (run.run_id, run.parent_id) == (task, parent)
+    monkeypatch.setenv(T.PLATFORM_RUN_ENV, closer)
+    assert T.close_parent("kfp-run-1", "FINISHED", cfg, tags={"kfp.status": "SUCCEEDED"},
+                          pipeline="expo-smoke") == parent
+    assert len(client.search_runs([experiment])) == 3  # nothing created beside the platform's runs
+    mine, top = client.get_run(task), client.get_run(parent)
+    assert mine.data.metrics["loss"] == 0.5 and mine.info.status == "FINISHED"
+    assert (mine.data.tags[T.ROLE_TAG], mine.data.tags[T.STAGE_TAG], mine.data.tags[T.ARM_TAG]) == (
+        "stage", "train", "exp-grpo")
+    assert (top.data.tags[T.ROLE_TAG], top.data.tags[T.KEY_TAG], top.data.tags["expo.pipeline"]) == (
+        "pipeline", "kfp-run-1", "expo-smoke")
+    assert top.data.tags["kfp.status"] == "SUCCEEDED" and top.info.status == "RUNNING"  # the platform ends it

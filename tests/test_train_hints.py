@@ -158,6 +158,11 @@ def test_a_real_run_writes_hints_and_none_reaches_validation_or_evaluation(tmp_p
     assert [r["hints/groups"] for r in lines] == [2.0, 2.0]  # random weights never solve: both hinted
     state = read_json(tmp_path / "out" / "checkpoints" / "checkpoint-2" / "expo_state.json")
     assert set(state["hints"]["hinted"]) == {"q0", "q1"} and set(state["hints"]["written"]) == {"q0", "q1"}
+    model, tok, _ = load_policy(f["model"], cfg)  # a resumed run gets the hints back from the checkpoint
+    resumed = build_trainer("grpo", cfg, read_jsonl(f["data"] / "train.jsonl"), model, tok, False, f["explanations"],
+                            tmp_path / "ckpt", boxed_reward, None, [])
+    resumed.load_expo_state(str(tmp_path / "out" / "checkpoints" / "checkpoint-2"))
+    assert resumed.hinter.state_dict() == state["hints"]
     seen_in_training = list(seen)
     evaluate_model(str(tmp_path / "out" / "model"), f["data"], cfg, tmp_path / "eval")
     from expo.modeling import load_tokenizer

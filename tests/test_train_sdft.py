@@ -4,6 +4,8 @@ outputs, kill and resume (with the EMA teacher), and one clear error per bad set
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,13 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from expo.config import load_config
 from expo.errors import ConfigError
-from expo.io import read_jsonl
+from expo.io import read_json, read_jsonl
 from expo.modeling import load_tokenizer
 from expo.prompts import explain_content, explain_prompt, hint_sentence, prompt_ids, solve_content, solve_prompt
 from expo.scratch_models import tiny_qwen2
 from expo.train import train_arm
-from expo.train.sdft import build_sdft_trainer
+from expo.train.resume import checkpoint_problem
+from expo.train.sdft import SDFT_STATE_FILE, build_sdft_trainer
 from trainkit import boxed_reward, make_folders, rows, small_config
 
 
@@ -190,3 +193,31 @@ def test_a_top_k_wider_than_the_vocabulary_is_the_whole_vocabulary(tmp_path: Pat
         model = AutoModelForCausalLM.from_pretrained(f["model"]).float()
         trainer = build_sdft_trainer(cfg, rows(2), model, tok, False, tmp_path / "ckpt", boxed_reward, [])
         assert trainer.args.distillation_topk == used
+
+
+def _two_processes(root: Path, out: Path, steps: int) -> None:
+    from expo.cluster.pod import torchrun_env
+
+    script = Path(__file__).resolve().parent / "ddp_sdft_worker.py"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+            str(root), str(out), str(steps)]
+    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_processes_train_checkpoint_and_resume(tmp_path: Path) -> None:
+    """Two real processes (torchrun, gloo) split each step's prompts; a checkpoint is complete only with
+    both processes' files (the mark records the world), and a longer run resumes from it."""
+    make_folders(tmp_path)
+    _two_processes(tmp_path, tmp_path / "first", steps=2)
+    checkpoint = tmp_path / "ckpt" / "checkpoint-2"
+    assert checkpoint_problem(checkpoint, (SDFT_STATE_FILE,)) is None
+    assert read_json(checkpoint / SDFT_STATE_FILE)["world"] == 2
+    assert (checkpoint / "sdft_state-rank1.json").is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    (checkpoint / "sdft_state-rank1.json").unlink()  # a process's files missing: not a checkpoint to resume
+    assert "sdft_state-rank1.json is missing" in checkpoint_problem(checkpoint, (SDFT_STATE_FILE,))
+    _two_processes(tmp_path, tmp_path / "second", steps=3)
+    assert Path(read_json(tmp_path / "second" / "summary.json")["resumed_from"]).name == "checkpoint-1"
+    assert [row["step"] for row in read_jsonl(tmp_path / "second" / "metrics.jsonl")] == [1, 2, 3]

@@ -53,7 +53,7 @@ from expo.train.metrics_jsonl import MetricsWriter
 from expo.train.policy import load_policy, lora_config, mixed_precision
 from expo.train.progress import StepProgress
 from expo.train.distributed import world_size
-from expo.train.resume import latest_valid_checkpoint
+from expo.train.resume import latest_valid_checkpoint, rank_file
 from expo.train.rewards import RewardFn
 from expo.train.timing import PhaseTimer
 
@@ -187,19 +187,26 @@ class ExpoSDFTTrainer(SDFTTrainer):
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        """HF Trainer's checkpoint, the EMA teacher's weights, the metrics so far, then the mark."""
+        """HF Trainer's checkpoint, the EMA teacher's weights, the metrics so far, then the mark: rank 0
+        writes it once every process has written its files (as the GRPO arms do, expo.train.resume)."""
         super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        state = {"step": self.state.global_step, "teacher": self.args.teacher_model_kind}
+        if rank > 0:
+            os.makedirs(folder, exist_ok=True)
+            write_json(os.path.join(folder, rank_file(SDFT_STATE_FILE, rank)), {**state, "rank": rank})
+        if world > 1:
+            self.accelerator.wait_for_everyone()
         if not self.args.should_save:
             return
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.teacher_model_kind == "ema" and self.teacher_model is not self.model:
             from safetensors.torch import save_model  # tied embeddings saved once, as save_pretrained does
 
             save_model(self.accelerator.unwrap_model(self.teacher_model), os.path.join(folder, TEACHER_FILE))
         if self.metrics_writer is not None:
             self.metrics_writer.save_copy(folder)
-        write_json(os.path.join(folder, SDFT_STATE_FILE), {"step": self.state.global_step,
-                                                           "teacher": self.args.teacher_model_kind})
+        write_json(os.path.join(folder, SDFT_STATE_FILE), {**state, "world": world})
 
     def load_teacher(self, checkpoint: Path) -> None:
         """The EMA teacher as `checkpoint` left it (the base and live teachers need nothing)."""
@@ -211,7 +218,9 @@ class ExpoSDFTTrainer(SDFTTrainer):
                             "(train.sdft_teacher changed since?); resume with the same teacher, or start afresh")
         from safetensors.torch import load_model
 
-        load_model(self.accelerator.unwrap_model(self.teacher_model), path, device=str(self.accelerator.device))
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        # where its weights live ("cpu", "cuda:1"): accelerate names a process's CPU "cpu:0", which safetensors refuses
+        load_model(teacher, path, device=str(next(teacher.parameters()).device))
 
 
 def sdft_dataset(rows: list[dict[str, Any]], tokenizer: Any, cfg: ExpoConfig) -> Dataset:

@@ -201,3 +201,31 @@ def test_a_hinted_question_later_solved_without_a_hint_counts_as_rescued() -> No
     out = hinter.rescue(Trainer(), inputs, batch, torch.tensor([0.0, 1.0, 0.0, 0.0]))
     assert out is batch and hinter.rescued == {"q0": 3}
     assert Trainer._step_stats["hints/rescued"] == 1.0 and Trainer._step_stats["hints/groups"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_processes_hint_only_where_a_process_has_a_collapsed_unexplained_group(tmp_path: Path) -> None:
+    """Two real processes (torchrun, gloo), one question each per step, all rollouts wrong; q0 and q1
+    have accepted explanations, q2 and q3 none (and no solutions: the policy writes their hints). A step
+    where one process holds an explained question and the other an unexplained one hints one group:
+    both processes still roll out a hinted round together (TRL gathers its rewards), the first process's
+    share discarded."""
+    import subprocess
+    import sys
+
+    from expo.cluster.pod import torchrun_env
+
+    f = make_folders(tmp_path, n=4, solutions=False)
+    records = read_jsonl(f["explanations"] / "explanations.jsonl")
+    for rec in records:
+        rec["accepted"] = rec["id"] in ("q0", "q1")
+    write_jsonl(f["explanations"] / "explanations.jsonl", records)
+    script = Path(__file__).resolve().parent / "ddp_hints_worker.py"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+            str(tmp_path), str(tmp_path / "out"), "4"]
+    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = read_jsonl(tmp_path / "out" / "metrics.jsonl")
+    assert len(lines) == 4
+    assert 1.0 in [row["hints/groups"] for row in lines]  # one process hinted, the other filled its share

@@ -116,6 +116,8 @@ class PolicyHintWriter:
                                             memory=self.cfg.generation.vllm_train_memory)
         else:
             self.generator.load_weights(model)
+        if not rows:  # the engine is built and loaded above even so: a collective step under torchrun
+            return []
         prompts = [render(HINT_WRITER.replace("{question}", r["question"]).replace("{answer}", str(r["answer"])),
                           self.tokenizer, self.cfg.prompts) for r in rows]
         outs = self.generator.generate(prompts, n=HINT_SAMPLES, temperature=self.cfg.explain.temperature,
@@ -150,11 +152,16 @@ class Hinter:
             return "solution" if has_solution else "model"
         return self.cfg.train.hint_source
 
-    def hints_for(self, rows: list[dict[str, Any]], step: int, model: Any) -> list[str | None]:
-        """One hint per row at `step` (None: none usable); model hints are written once per question."""
+    def missing(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows whose hint the model has yet to write."""
+        return [r for r in rows if self.source(r) == "model" and str(r["id"]) not in self.written]
+
+    def hints_for(self, rows: list[dict[str, Any]], step: int, model: Any, write: bool = False) -> list[str | None]:
+        """One hint per row at `step` (None: none usable); model hints are written once per question.
+        `write`: call the writer even with nothing to write (another process writes: see `_hints`)."""
         share = prefix_share(step, self.cfg.train)
-        missing = [r for r in rows if self.source(r) == "model" and str(r["id"]) not in self.written]
-        if missing:
+        missing = self.missing(rows)
+        if missing or write:
             for row, texts in zip(missing, self.write_hints(model, missing), strict=True):
                 self.written[str(row["id"])] = usable_hint(texts, row["answer"])
         out: list[str | None] = []
@@ -204,15 +211,19 @@ class Hinter:
         return output
 
     def _hints(self, trainer: Any, rows: list[dict[str, Any]], step: int) -> list[str | None]:
-        """The rows' hints; the policy writes any it needs in eval mode, without gradients."""
-        if not rows:
+        """The rows' hints; the policy writes any it needs in eval mode, without gradients. A vLLM
+        engine is built and loaded by every process together (torchrun), so when any process has hints
+        to write, every process calls the writer, with an empty share if it has none."""
+        want = torch.tensor([1 if self.missing(rows) else 0], device=trainer.accelerator.device)
+        write = bool(trainer.accelerator.gather(want).max().item())
+        if not rows and not write:
             return []
         model = trainer.accelerator.unwrap_model(trainer.model)
         was_training = model.training
         with torch.no_grad():
             model.eval()
             try:
-                return self.hints_for(rows, step, model)
+                return self.hints_for(rows, step, model, write)
             finally:
                 model.train(was_training)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from expo.metrics import QuestionResult, level_key, sorted_levels
-from expo.report import Block, Table
+from expo.blocks import Block, Table
 
 NEWLY_SOLVED_SOURCE = "Source: the per-question tallies (per_question) of each evaluate step's metrics.json."
 COST_SOURCE = "Source: each arm's metrics.jsonl: the sum of time/step and the last num_tokens."

@@ -26,10 +26,11 @@ import io
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from expo.arm_report import arm_blocks
+from expo.blocks import Block, Image, Table
 from expo.io import atomic_write_text
 from expo.metrics import QuestionResult, compare, sorted_levels
 
@@ -69,21 +70,7 @@ SOLVE_RATE_KEYS = ("solve_rate", "unconditioned_solve_rate")
 # Blocks and their two renderings.
 
 
-@dataclass
-class Table:
-    id: str
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class Image:
-    file: str  # PNG file name beside the report
-    png: bytes
-    alt: str
-
-
-Block = tuple[str, Any]  # ("h2" | "p", text) | ("table", Table) | ("img", Image)
+# Table, Image and Block: expo.blocks (sections outside this module build them too, expo.arm_report).
 
 
 def _md_cell(text: str) -> str:
@@ -666,9 +653,7 @@ def build_blocks(evaluations: dict[str, dict[str, Any]] | None, training: dict[s
         blocks += pass_at_k_section(evaluations) + test_section(evaluations)
     if training:
         blocks += training_section(training) + group_filter_section(training) + timing_section(training)
-    from expo.arm_report import arm_blocks  # sections that compare the arms with each other
-
-    blocks += arm_blocks(evaluations or {}, training or {})
+    blocks += arm_blocks(evaluations or {}, training or {})  # the arms compared with each other
     blocks += validation_section(validation, checkpoint)
     if explanation_stats:
         blocks += explanation_section(explanation_stats)

@@ -157,8 +157,7 @@ class ExpoSDFTTrainer(SDFTTrainer):
             batch = super().sample_rollouts(inputs)
         with self.timer.phase("reward"):
             texts = self.processing_class.batch_decode(batch["completion_ids"], skip_special_tokens=True)
-            rewards = self.reward_fn([t for t in texts], answer=[x["answer"] for x in inputs],
-                                     id=[x["id"] for x in inputs])
+            rewards = self.reward_fn(texts, answer=[x["answer"] for x in inputs], id=[x["id"] for x in inputs])
         scored = torch.tensor([float("nan") if r is None else float(r) for r in rewards],
                               device=self.accelerator.device)
         everyone = self.accelerator.gather(scored)

@@ -60,6 +60,7 @@ $(CHROMIUM):
 test: $(STAMP) $(VSTAMP) $(CHROMIUM)
 	EXPO_REQUIRE_REAL=1 $(BIN)/python -m pytest -q -m "not fault and not vllm" $(PYTEST_ARGS)
 	EXPO_REQUIRE_REAL=1 EXPO_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_online.py tests/test_vllm_processes.py
+	$(MAKE) --no-print-directory image-check
 
 fault_test: $(STAMP)
 	$(BIN)/python -m pytest -q -m fault $(PYTEST_ARGS)
@@ -104,6 +105,20 @@ lint: $(STAMP)
 image:
 	docker build --target cpu -t expo:cpu .
 	docker build --target gpu -t expo:gpu .
+
+# The CPU image built without Docker and the smoke pipeline run inside it (docker/image_check.sh).
+# It needs root and Debian's buildah and mmdebstrap, installed here where missing (as for chromium).
+BUILDAH := /usr/bin/buildah
+MMDEBSTRAP := /usr/bin/mmdebstrap
+$(BUILDAH) $(MMDEBSTRAP):
+	@test "$$(id -u)" = 0 || { echo "image-check needs root (buildah, mmdebstrap)" >&2; exit 1; }
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y --no-install-recommends buildah mmdebstrap >/dev/null 2>&1 || \
+	{ apt-get update -qq && apt-get install -y --no-install-recommends buildah mmdebstrap >/dev/null; }
+
+.PHONY: image-check
+image-check: $(BUILDAH) $(MMDEBSTRAP)
+	docker/image_check.sh
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) expo-runs .pytest_cache

@@ -540,7 +540,7 @@ def _train_engine(cfg: ExpoConfig, shape: ModelShape, arm: str, rollouts: int) -
         return None
     trainer, weight_key = ARMS[arm]
     length = _engine_length(cfg)
-    if trainer == "grpo" and gen.vllm_mode == "colocate":
+    if trainer in ("grpo", "sdft") and gen.vllm_mode == "colocate":  # TRL's colocated rollout engine
         return _engine(cfg, shape, gen.vllm_train_memory, 1, length, TRL_VLLM_TOKENS, rollouts,
                        "generation.vllm_train_memory")
     online = weight_key == "expo_beta" and tc.expo_beta > 0 and cfg.explain.mode == "online"

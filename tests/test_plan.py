@@ -147,6 +147,9 @@ def test_the_7b_lora_evaluation_engine_by_hand():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_every_recipe_is_planned_and_fits(path):
     plan = make_plan(load_config(path))
+    if load_config(path).model.source == "builtin:tiny":  # an embedded-task config (configs/compare-privileged.yaml)
+        assert "nothing to plan" in plan.note and plan.refusal() is None
+        return
     assert plan.shape is not None, plan.note
     assert plan.refusal() is None
     for stage in plan.stages:

@@ -57,7 +57,7 @@ cleanup() {
 
 # The phases' functions chain with && because `set -e` does not apply inside an `if` condition.
 base_tar() {  # $1: the cached tarball to write
-    mmdebstrap --variant=apt --include="$BASE_PACKAGES" "$SUITE" "$1.tmp" "${MIRRORS[@]}" \
+    mmdebstrap --variant=apt --format=tar --include="$BASE_PACKAGES" "$SUITE" "$1.tmp" "${MIRRORS[@]}" \
         && mv "$1.tmp" "$1"
 }
 
@@ -117,10 +117,10 @@ trap cleanup EXIT
 total=$SECONDS
 echo "image-check: CPU target of $ROOT/Dockerfile (logs: $LOGS)"
 
-key=$(printf '%s\n' "$SUITE" "$BASE_PACKAGES" "${MIRRORS[@]}" | sha256sum | cut -c1-12)
+key=$(printf '%s\n' tar "$SUITE" "$BASE_PACKAGES" "${MIRRORS[@]}" | sha256sum | cut -c1-12)
 BASE_TAR=$CACHE/debian-$SUITE-$key.tar
 if [ ! -f "$BASE_TAR" ]; then
-    rm -f "$CACHE"/debian-*.tar
+    rm -rf "$CACHE"/debian-*.tar
     phase base-debian base_tar "$BASE_TAR"
 else
     echo "  base-debian    cached ($(basename "$BASE_TAR"))"
@@ -156,6 +156,12 @@ tail -n 1 "$LOGS/run-checked.log" | sed 's/^/  /'
 # gigabytes of CUDA libraries).
 lock_python=$ROOT/.venv/bin/python
 [ -x "$lock_python" ] || lock_python=python3
-phase gpu-lock "$lock_python" "$ROOT/docker/lock.py" --check gpu
+gpu_ok=$CACHE/gpu-lock-$(sha256sum <"$ROOT/docker/requirements-gpu.lock" | cut -c1-12).ok
+if [ ! -f "$gpu_ok" ]; then
+    phase gpu-lock "$lock_python" "$ROOT/docker/lock.py" --check gpu
+    rm -f "$CACHE"/gpu-lock-*.ok && touch "$gpu_ok"
+else
+    echo "  gpu-lock       passed before for this lock ($(basename "$gpu_ok"))"
+fi
 echo "image-check: passed in $((SECONDS - total)) s; image $IMAGE: $size" \
     "(uncompressed, as buildah reports it)"

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TINY = ["data.builtin_per_level=6", "model.warmup_steps=5", "generation.max_new_tokens=8", "train.overlong_buffer=2",
         "evaluate.samples=2", "explain.samples_per_question=1", "explain.solve_rate_samples=0",
-        "train.arms=[grpo]", "train.steps=1", "train.prompts_per_step=2", "train.num_generations=2",
+        "train.arms=[grpo,sdft]", "train.steps=1", "train.prompts_per_step=2", "train.num_generations=2",
         "train.checkpoint_every=1", "register.model_name=components-test"]
 
 
@@ -53,12 +53,20 @@ def chain(tmp_path_factory):
     a["arm"], a["arm_m"] = artifact(dsl.Dataset, root, "arm"), artifact(dsl.Metrics, root, "arm_m")
     c.evaluate.python_func(config=conf["evaluate"], name="grpo", model=a["trained"], data=a["data"],
                            results=a["arm"], metrics=a["arm_m"])
+    # the self-distillation arm through the same two components
+    a["sdft"], a["sdft_m"] = artifact(dsl.Model, root, "sdft"), artifact(dsl.Metrics, root, "sdft_m")
+    c.train.python_func(config=conf["train"], arm="sdft", data=a["data"], model=a["model"],
+                        explanations=a["expl"], trained=a["sdft"], metrics=a["sdft_m"])
+    a["sdft_eval"], a["sdft_eval_m"] = artifact(dsl.Dataset, root, "sdft_eval"), artifact(dsl.Metrics, root,
+                                                                                           "sdft_eval_m")
+    c.evaluate.python_func(config=conf["evaluate"], name="sdft", model=a["sdft"], data=a["data"],
+                           results=a["sdft_eval"], metrics=a["sdft_eval_m"])
     outs = {name: artifact(cls, root, name) for name, cls in (
         ("summary", dsl.Dataset), ("best", dsl.Model), ("page", dsl.HTML), ("md", dsl.Markdown),
         ("report_m", dsl.Metrics))}
     decision = c.report.python_func(
-        config=conf["report"], run_key="k1", base_eval=a["base"], arm_evals=[a["arm"]],
-        trained=[a["trained"]], explanations=a["expl"], summary=outs["summary"], best_model=outs["best"],
+        config=conf["report"], run_key="k1", base_eval=a["base"], arm_evals=[a["arm"], a["sdft_eval"]],
+        trained=[a["trained"], a["sdft"]], explanations=a["expl"], summary=outs["summary"], best_model=outs["best"],
         page=outs["page"], markdown=outs["md"], metrics=outs["report_m"])
     a.update(outs)
     uri = c.register.python_func(config=conf["register"], run_key="k1", arm="grpo", model=outs["best"],
@@ -85,8 +93,24 @@ def test_outputs_land_where_the_next_stage_reads(chain):
     assert (Path(a["trained"].path) / "model" / "config.json").is_file()
     assert (Path(a["expl"].path) / "explanations.jsonl").is_file()
     assert Path(a["page"].path).read_text().lstrip().lower().startswith("<!doctype html")
-    assert decision in ("grpo", "")  # the arm to register, "" when it did not beat base
+    assert decision in ("grpo", "sdft", "")  # the arm to register, "" when it did not beat base
     assert (Path(a["best"].path) / "config.json").is_file()  # the best arm's model, linked for register
+
+
+def test_the_sdft_arm_trains_logs_and_reports_like_every_arm(chain):
+    """Its train step's MLflow run holds its step metrics; the report has its rows beside GRPO's."""
+    import mlflow
+
+    root, a, _, _ = chain
+    assert (Path(a["sdft"].path) / "model" / "config.json").is_file()
+    assert json.loads(Path(a["sdft_m"].path).read_text())
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("expo").experiment_id],
+                              filter_string="tags.`expo.arm` = 'sdft'")
+    train_runs = [r for r in runs if "loss" in r.data.metrics]
+    assert train_runs and "reward_mean" in train_runs[0].data.metrics
+    page = Path(a["md"].path).read_text()
+    assert "| sdft | all |" in page and "## Cost per arm" in page
 
 
 def test_register_and_finish(chain):

@@ -26,7 +26,9 @@ from typing import Any
 
 RUNS = {  # tag -> toy_sweep overrides
     "arms": ["--set", "train.arms=[grpo,exp-grpo,sdft]"],
-    "hints": ["--set", "train.arms=[exp-grpo]", "--set", "train.hints=true"],
+    # The embedded task's solutions open with the answer ("179:yes \\boxed{179}"): no prefix of one is a
+    # hint, so there the policy writes the hints.
+    "hints": ["--set", "train.arms=[exp-grpo]", "--set", "train.hints=true", "--set", "train.hint_source=model"],
 }
 ROWS = (("base", "arms", "base"), ("grpo", "arms", "grpo"), ("exp-grpo", "arms", "exp-grpo"),
         ("sdft", "arms", "sdft"), ("exp-grpo + hints", "hints", "exp-grpo"))  # (shown, tag, model)

@@ -36,6 +36,9 @@ def test_the_prefix_shortens_on_its_schedule_and_never_reaches_the_box() -> None
     assert solution_prefix(solution, 1.0) == solution.split("\\boxed")[0].strip()  # all but the answer
     assert solution_prefix(solution, 0.5) == "Add the number to itself: one and"  # 7 of 15 words
     assert solution_prefix(solution, 0.0) is None  # the last step: no hint left
+    # never the answer: the embedded task's solutions open with it, so they give no prefix hint
+    assert solution_prefix("179:yes \\boxed{179}", 0.5, "179") is None
+    assert solution_prefix("Add 1 and 1 to get 2, so the sum is 2. \\boxed{2}", 1.0, "2") == "Add 1 and 1 to get"
     assert TrainConfig(steps=3, hint_prefix=0.5, hint_prefix_schedule="constant").hint_prefix == 0.5
 
 

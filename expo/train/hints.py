@@ -7,7 +7,8 @@ GRPO, which reads no explanations), the group is rolled out again with a hint in
 arXiv 2602.03143; NuRL, arXiv 2509.25666; QuestA, arXiv 2507.13266):
 - a prefix of the reference solution where the row has one (QuestA's partial solutions): the first
   `hint_prefix` of its words at step 0, shortened on `hint_prefix_schedule` (linear: to none at the last
-  step, so the policy is weaned off it), and never reaching the solution's final `\\boxed`;
+  step, so the policy is weaned off it), and never reaching the solution's final `\\boxed` nor its first
+  statement of the answer (a solution that opens with the answer gives no prefix hint);
 - else a hint the policy writes from the question and the answer (NuRL's abstract hints), kept for the
   question once written (and in the checkpoint), and thrown away when it states the answer
   (expo.explain.mentions_answer): such a hint is the answer, and the model would learn to copy it.
@@ -66,17 +67,24 @@ def prefix_share(step: int, tc: TrainConfig) -> float:
     return expo_beta_at(step, tc.steps, tc.hint_prefix, tc.hint_prefix_schedule)
 
 
-def solution_prefix(solution: str, share: float) -> str | None:
-    """The first `share` of the solution's words, cut before its final `\\boxed` (None: no words left).
+def solution_prefix(solution: str, share: float, answer: str | None = None) -> str | None:
+    """The first `share` of the solution's words, cut before its final `\\boxed` and before the first
+    word that states `answer` (a prefix that states the answer is the answer, not a hint); None when
+    no word is left.
 
     >>> solution_prefix("First add 2 and 3. Then double it: \\\\boxed{10}", 0.5)
     'First add 2 and'
     >>> solution_prefix("Add. \\\\boxed{5}", 0.1) is None
     True
+    >>> solution_prefix("2 + 3 = 5, doubled: 10. \\\\boxed{10}", 1.0, answer="10")
+    '2 + 3 = 5, doubled:'
     """
     words = solution.split()
     box = solution.rfind("\\boxed")
     before_box = (solution[:box] if box >= 0 else solution).split()
+    if answer is not None:
+        stated = next((i for i, w in enumerate(before_box) if mentions_answer(w, str(answer))), len(before_box))
+        before_box = before_box[:stated]
     n = min(math.floor(len(words) * share), len(before_box))
     return " ".join(before_box[:n]) if n > 0 else None
 
@@ -167,7 +175,7 @@ class Hinter:
         out: list[str | None] = []
         for row in rows:
             if self.source(row) == "solution":
-                out.append(solution_prefix(str(row.get("solution") or ""), share))
+                out.append(solution_prefix(str(row.get("solution") or ""), share, str(row["answer"])))
             else:
                 out.append(self.written[str(row["id"])])
         return out

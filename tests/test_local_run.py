@@ -262,7 +262,8 @@ def test_a_second_run_beside_it_meets_the_first_run_s_champion(cold_run):
 
     run_dir, _ = cold_run
     second = run_dir.parent / "second"
-    proc = expo_run(second, "--set", "train.learning_rate=0.001", "--set", "train.arms=[grpo]")
+    proc = expo_run(second, "--set", "train.learning_rate=0.001", "--set", "train.arms=[grpo]",
+                    "--set", "model.warmup_steps=20")  # another config; a short warm-up saves minutes
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((second / "expo-run.json").read_text())["tracking_uri"] == store(run_dir)
     client = mlflow.MlflowClient(tracking_uri=store(run_dir), registry_uri=store(run_dir))

@@ -50,7 +50,7 @@ def platform_run(workspace_server, tmp_path_factory):
     env.update(MLFLOW_TRACKING_URI=proxy.url, MLFLOW_TRACKING_TOKEN=TOKEN)
     proc = subprocess.run([sys.executable, "-m", "expo", "run", "--config", str(SMOKE), "--output", str(run_dir),
                            "--set", "tracking.platform_runs=true", "--set", f"tracking.workspace={WORKSPACE}",
-                           "--set", "train.arms=[exp-grpo]"],
+                           "--set", "train.arms=[exp-grpo]", "--set", "model.warmup_steps=20"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir, json.loads((run_dir / "summary.json").read_text())

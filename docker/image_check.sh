@@ -43,10 +43,13 @@ phase() {
     if "$@" >"$LOGS/$name.log" 2>&1; then
         printf '  %-14s %4d s\n' "$name" $((SECONDS - start))
     else
-        tail -n 15 "$LOGS/$name.log" | sed 's/^/    | /' >&2
-        local why
-        why=$(grep -m1 -o 'building at STEP "[^"]*"' "$LOGS/$name.log" || true)
-        fail "$name" "${why:-$(tail -n 1 "$LOGS/$name.log")} (log: $LOGS/$name.log)"
+        local log=$LOGS/$name.log step cause
+        tail -n 15 "$log" | sed 's/^/    | /' >&2
+        # A failed Dockerfile step is named by its instruction; the cause is the last line above
+        # buildah's own exit lines.
+        step=$(grep -m1 -o 'building at STEP "[^"]*"' "$log" || true)
+        cause=$(grep -v -e '^subprocess exited' -e '^Error: building at STEP' "$log" | tail -n 1)
+        fail "$name" "${step:+$step: }$cause (log: $log)"
     fi
 }
 
@@ -93,18 +96,19 @@ CHECK_USER='test "$(id -u):$(id -g)" = 10001:10001 || { echo "runs as $(id -u):$
 
 # The run's summary and its registered model, read inside the image from the mounted run folder.
 CHECK_RUN='
-import json, subprocess, sys
+import json, subprocess
 run = "/workspace/run"
-s = json.load(open(f"{run}/summary.json"))
-assert set(s["models"]) == {"base", "grpo", "exp-grpo"}, f"summary models: {sorted(s[\"models\"])}"
-uri = s["registered_model_uri"]
-assert uri.startswith("models:/expo-smoke/"), f"registered_model_uri: {uri!r}"
+summary = json.load(open(f"{run}/summary.json"))
+models = sorted(summary["models"])
+assert models == ["base", "exp-grpo", "grpo"], f"summary.json has the models {models}"
+uri = summary["registered_model_uri"]
+assert uri.startswith("models:/expo-smoke/"), f"summary.json registered {uri}"
 out = subprocess.run(["expo", "models", "expo-smoke", "--run", run, "--json"], check=True,
                      capture_output=True, text=True).stdout
 aliases = {str(row["version"]): row["aliases"] for row in json.loads(out)}
 version = uri.rsplit("/", 1)[1]
-assert version in aliases, f"{uri} is not in the registry, which has versions {sorted(aliases)}"
-print(f"summary: arms {sorted(s[\"models\"])}; registered {uri}, aliases {aliases[version]}")
+assert version in aliases, f"{uri} is not in the registry, which has the versions {sorted(aliases)}"
+print(f"summary: models {models}; registered {uri}, aliases {aliases[version]}")
 '
 
 [ "$(id -u)" = 0 ] || fail "setup" "buildah with chroot isolation and mmdebstrap need root"

@@ -6,7 +6,8 @@
 #   make image-check            # or docker/image_check.sh; needs root, buildah and mmdebstrap
 #
 # Base image: the registry's python:3.11.14-slim-bookworm cannot be pulled here, so mmdebstrap makes
-# a Debian bookworm base with the same Python 3.11 (cached; rebuilt when its package list changes).
+# a Debian bookworm base: the same Debian release, Debian's Python 3.11 (3.11.2, not 3.11.14); cached,
+# rebuilt when its package list or mirrors change.
 # Packages: this machine's pip (its own indexes, proxy and certificates; here the CPU torch wheel is
 # local) builds a wheelhouse of the lock and torch (cached per lock), and the build installs from it
 # alone, so the Dockerfile's own pip commands run unchanged and offline.

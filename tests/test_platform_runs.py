@@ -50,7 +50,7 @@ def platform_run(workspace_server, tmp_path_factory):
     env.update(MLFLOW_TRACKING_URI=proxy.url, MLFLOW_TRACKING_TOKEN=TOKEN)
     proc = subprocess.run([sys.executable, "-m", "expo", "run", "--config", str(SMOKE), "--output", str(run_dir),
                            "--set", "tracking.platform_runs=true", "--set", f"tracking.workspace={WORKSPACE}",
-                           "--set", "train.arms=[exp-grpo]", "--set", "model.warmup_steps=20"],
+                           "--set", "train.arms=[grpo]", "--set", "model.warmup_steps=20"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return run_dir, json.loads((run_dir / "summary.json").read_text())
@@ -80,18 +80,18 @@ def test_one_run_per_task_under_the_platform_parent_holding_what_stages_log(plat
     assert parent.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in children)
     # The platform's parent carries our tags, parameters and headline metrics ...
     assert parent.data.tags["expo.role"] == "pipeline" and parent.data.tags["kfp.status"] == "SUCCEEDED"
-    assert parent.data.params["train.steps"] == "2" and "exp-grpo/hardest_level_pass_at_1" in parent.data.metrics
+    assert parent.data.params["train.steps"] == "2" and "grpo/hardest_level_pass_at_1" in parent.data.metrics
     # ... and each task's run what the stage's own nested run holds.
     stage = {(r.data.tags["expo.stage"], r.data.tags.get("expo.arm")): r for r in children}
     data = stage[("prepare_data", None)]
     assert {i.tags[0].value for i in data.inputs.dataset_inputs} == {"train", "eval"}
-    train = stage[("train", "exp-grpo")]
+    train = stage[("train", "grpo")]
     assert train.data.params["train.steps"] == "2"
     assert sorted(m.step for m in client.get_metric_history(train.info.run_id, "loss")) == [1, 2]
     assert "system/cpu_utilization_percentage" in train.data.metrics
-    evaluation = stage[("evaluate", "exp-grpo")]
-    assert [f.path for f in client.list_artifacts(evaluation.info.run_id, "evaluation")] == ["evaluation/exp-grpo"]
-    register = stage[("register", "exp-grpo")]
+    evaluation = stage[("evaluate", "grpo")]
+    assert [f.path for f in client.list_artifacts(evaluation.info.run_id, "evaluation")] == ["evaluation/grpo"]
+    register = stage[("register", "grpo")]
     version = client.get_model_version("expo-smoke", summary["registered_model_uri"].rsplit("/", 1)[1])
     assert version.run_id == register.info.run_id
     assert summary["mlflow"]["experiment"] == "expo"

@@ -8,6 +8,7 @@ rendered from docs/results/NAME.json by the renderer for NAME (RENDERERS). Each 
 command that wrote the file, the commit and the machine. Which command writes which file:
 
 - embedded-default-seeds.json: bench/toy_sweep.py, one run per seed and arm (the file's `command`);
+- privileged-embedded.json: bench/privileged_sweep.py (base, GRPO, ExP-GRPO, SDFT, ExP-GRPO + hints);
 - smollm2-135m-*.json: bench/recipe_numbers.py on a recipe's run folder;
 - bench-*.json: bench/record.py around one benchmark script.
 
@@ -108,8 +109,35 @@ def benchmark(n: dict[str, Any]) -> list[str]:
             f"{_provenance(n)} Load average while it ran: {n['load']}; {n['date']}."]
 
 
+def privileged(n: dict[str, Any]) -> list[str]:
+    """The privileged-information family on several seeds (bench/privileged_sweep.py): the hardest
+    level per seed, the easier levels' means, the hints' counts and the training seconds."""
+    levels, seeds = n["levels"], n["seeds"]
+    hardest, easier = levels[-1], levels[:-1]
+    out = [f"Level-{hardest} pass@1 (%) per seed and the mean of each easier level "
+           f"({n['questions_per_level']} questions a level, {n['k']} samples each):", "",
+           "| model | " + " | ".join(f"seed {s}" for s in seeds) + f" | mean | L{easier[0]}-L{easier[-1]} mean |",
+           "|---" * (len(seeds) + 3) + "|"]
+    for model, by_level in n["pass@1"].items():
+        per_seed = by_level[hardest]
+        means = " / ".join(f"{sum(v) / len(v):.1f}" for lv, v in by_level.items() if lv in easier)
+        out.append(f"| {model} | " + " | ".join(f"{v:.1f}" for v in per_seed)
+                   + f" | {sum(per_seed) / len(per_seed):.1f} | {means} |")
+    h = n["hints"]
+    out += ["", "Hints (ExP-GRPO + hints), seeds " + ", ".join(map(str, seeds)) + ": hinted groups "
+            + ", ".join(str(h[str(s)]["hinted_groups"]) for s in seeds) + "; of them with a right rollout "
+            + ", ".join(str(h[str(s)]["hinted_groups_with_a_right_rollout"]) for s in seeds)
+            + "; hinted questions later solved without a hint "
+            + ", ".join(str(h[str(s)]["questions_rescued"]) for s in seeds) + ".",
+            "", "Training seconds per seed: " + "; ".join(
+                f"{model} " + ", ".join(f"{t:.0f}" for t in sec["train"]) for model, sec in n["seconds"].items()) + ".",
+            "", _provenance(n)]
+    return out
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "embedded-default-seeds": embedded_seeds,
+    "privileged-embedded": privileged,
     "smollm2-135m-": recipe,
     "bench-": benchmark,
 }

@@ -42,6 +42,16 @@ def test_the_prefix_shortens_on_its_schedule_and_never_reaches_the_box() -> None
     assert TrainConfig(steps=3, hint_prefix=0.5, hint_prefix_schedule="constant").hint_prefix == 0.5
 
 
+def test_solution_hints_without_solutions_are_one_error_before_any_work(tmp_path: Path) -> None:
+    from expo.errors import DataError
+
+    f = make_folders(tmp_path, n=2, solutions=False)
+    cfg = small_config(steps=1, hints=True, hint_source="solution")
+    with pytest.raises(DataError, match="train.hint_source': 'solution' hints need reference solutions"):
+        train_arm("grpo", cfg, f["data"], f["model"], f["explanations"], tmp_path / "out", reward_fn=zero_reward)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("samples,kept", [
     (["Double it: the answer is 4.", "Think of doubling the number."], "Think of doubling the number."),
     (["It equals \\boxed{4}", " 4 "], None),  # every sample states the answer: no hint

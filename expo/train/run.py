@@ -48,7 +48,11 @@ def validate_arm(arm: str, cfg: ExpoConfig, data_dir: str | Path, model_dir: str
     if not (Path(model_dir) / "config.json").is_file():
         raise ConfigError(f"model folder {str(model_dir)!r} has no config.json")
     rows = _train_rows(data_dir)
-    if spec.needs_solutions and not any(str(r.get("solution") or "").strip() for r in rows):
+    has_solutions = any(str(r.get("solution") or "").strip() for r in rows)
+    if spec.trainer == "grpo" and tc.hints and tc.hint_source == "solution" and not has_solutions:
+        raise DataError(f"config key 'train.hint_source': 'solution' hints need reference solutions, and no row of "
+                        f"{data_dir}/train.jsonl has a 'solution' (use hint_source auto or model)")
+    if spec.needs_solutions and not has_solutions:
         raise DataError(f"arm {arm!r} needs reference solutions: no row of {data_dir}/train.jsonl has a "
                         "'solution'")
     if spec.needs_explanations(tc):

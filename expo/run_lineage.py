@@ -21,9 +21,9 @@ import math
 from typing import Any
 
 from expo import gates
-from expo.config import TrackingConfig, flatten
-from expo.tracking import (KEY_TAG, ROLE_TAG, Connection, _parent, _param_value, _tag, connect, mlflow_key,
-                           redact_params, redact_uri)
+from expo.config import TrackingConfig
+from expo.tracking import (KEY_TAG, ROLE_TAG, Connection, config_params, connect, mlflow_key, parent_run,
+                           redact_uri, tag_run)
 
 RUN_KEY_TAG = "expo.run_key"  # the digest of everything that shapes the results (pipelines run_key)
 RESULTS_FROM_TAG = "expo.results_from"  # the parent whose report step computed this run's results
@@ -49,7 +49,7 @@ def log_headline(conn: Connection, parent_id: str, summary: dict[str, Any], gate
     points = [Metric(k, float(v), now, 0) for k, v in headline_metrics(summary["models"], gate_metric).items()]
     if points:
         conn.call("log headline metrics", conn.client.log_batch, parent_id, metrics=points)
-    _tag(conn, parent_id, {"expo.best_arm": summary.get("best_arm", ""),
+    tag_run(conn, parent_id, {"expo.best_arm": summary.get("best_arm", ""),
                            "expo.gate_metric": gate_metric, "expo.register": str(bool(summary.get("register")))})
 
 
@@ -74,9 +74,9 @@ def describe_parent(key: str, cfg: TrackingConfig, *, pipeline: str, config: dic
     `parent_id` where the platform made it); returns what summary.json records of it."""
     from mlflow.entities import Param
 
+    parent_id = parent_id or parent_run(key, cfg, pipeline=pipeline)
     conn = connect(cfg)
-    parent_id = parent_id or _parent(conn, key, {}, pipeline)
-    params = {mlflow_key(k): _param_value(v) for k, v in redact_params(flatten(config)).items()}
+    params = config_params(config)
     parent = conn.call("get parent run", conn.client.get_run, parent_id)
     fresh = [Param(k, v) for k, v in sorted(params.items()) if k not in parent.data.params]
     for i in range(0, len(fresh), 100):  # MLflow takes at most 100 params per batch
@@ -84,7 +84,7 @@ def describe_parent(key: str, cfg: TrackingConfig, *, pipeline: str, config: dic
     if summary.get("models"):
         log_headline(conn, parent_id, summary, config.get("register", {}).get("gate_metric", ""))
     results_from = _results_from(conn, parent_id, run_key, "report" in executed)
-    _tag(conn, parent_id, {KEY_TAG: key, RUN_KEY_TAG: run_key, RESULTS_FROM_TAG: results_from,
+    tag_run(conn, parent_id, {KEY_TAG: key, RUN_KEY_TAG: run_key, RESULTS_FROM_TAG: results_from,
                            "expo.executed_steps": ", ".join(executed) or "none",
                            "expo.cached_steps": ", ".join(cached) or "none",
                            "expo.registered_model": summary.get("registered_model_uri") or ""})

@@ -301,7 +301,8 @@ def _pipeline_tags(key: str, pipeline: str) -> dict[str, str]:
     return tags
 
 
-def _tag(conn: Connection, run_id: str, tags: dict[str, str]) -> None:
+def tag_run(conn: Connection, run_id: str, tags: dict[str, str]) -> None:
+    """Set `tags` on run `run_id` (names made MLflow-safe), 100 to a call."""
     batch = [RunTag(mlflow_key(k), str(v)) for k, v in tags.items()]
     for i in range(0, len(batch), 100):
         conn.call("tag run", conn.client.log_batch, run_id, tags=batch[i:i + 100])
@@ -316,9 +317,9 @@ def _platform_stage(conn: Connection, key: str, stage: str, arm: str | None, pip
     tags = {KEY_TAG: key, ROLE_TAG: "stage", STAGE_TAG: stage}
     if arm:
         tags[ARM_TAG] = arm
-    _tag(conn, run_id, tags)
+    tag_run(conn, run_id, tags)
     if parent_id != run_id:
-        _tag(conn, parent_id, _pipeline_tags(key, pipeline))
+        tag_run(conn, parent_id, _pipeline_tags(key, pipeline))
     return run_id, parent_id
 
 
@@ -361,7 +362,7 @@ def close_parent(key: str, status: Status, cfg: TrackingConfig | None = None, *,
     platform = platform_run_id()
     if platform:
         _, parent_id = _platform_stage(conn, key, "finish_run", None, pipeline, platform)
-        _tag(conn, parent_id, dict(tags or {}))
+        tag_run(conn, parent_id, dict(tags or {}))
         return parent_id
     run_id = _parent(conn, key, dict(tags or {}), pipeline)
     conn.call("end parent run", conn.client.set_terminated, run_id, status)
@@ -448,10 +449,15 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
 
 
+def config_params(cfg_dict: dict[str, Any]) -> dict[str, str]:
+    """A config as MLflow params: flattened keys, credentials redacted, long values cut."""
+    return {mlflow_key(k): _param_value(v) for k, v in redact_params(flatten(cfg_dict)).items()}
+
+
 def log_config(cfg_dict: dict[str, Any]) -> dict[str, str]:
     """The config as flattened params (credentials redacted, long values cut) and as `config.yaml`."""
     run = active_stage()
-    params = {mlflow_key(k): _param_value(v) for k, v in redact_params(flatten(cfg_dict)).items()}
+    params = config_params(cfg_dict)
     items = [Param(k, v) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         run.conn.call("log params", run.conn.client.log_batch, run.run_id, params=items[i:i + 100])
@@ -565,10 +571,11 @@ def set_tags(tags: dict[str, Any]) -> None:
 
 
 __all__ = [
-    "Connection", "StageRun", "active_stage", "close_parent", "connect", "env_pipeline_key", "file_digest",
+    "Connection", "StageRun", "active_stage", "close_parent", "config_params", "connect", "env_pipeline_key",
+    "file_digest",
     "log_artifacts",
     "log_config", "log_dataset", "log_metrics", "log_metrics_series", "mlflow_key", "parent_run",
     "pipeline_key", "platform_run_id", "redact_params", "redact_uri", "resolve_tracking_uri",
-    "resolve_workspace", "set_tags", "sqlite_path",
+    "resolve_workspace", "set_tags", "sqlite_path", "tag_run",
     "stage_run", "system_metrics",
 ]

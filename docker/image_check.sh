@@ -49,7 +49,8 @@ phase() {
         # A failed Dockerfile step is named by its instruction; the cause is the last line above
         # buildah's own exit lines.
         step=$(grep -m1 -o 'building at STEP "[^"]*"' "$log" || true)
-        cause=$(grep -v -e '^subprocess exited' -e '^Error: building at STEP' "$log" | tail -n 1)
+        cause=$(grep -v -e '^subprocess exited' -e '^Error: building at STEP' -e '^Error: exit status' \
+                "$log" | tail -n 1)
         fail "$name" "${step:+$step: }$cause (log: $log)"
     fi
 }

@@ -57,9 +57,14 @@ $(CHROMIUM):
 # The vllm-marked tests run in the vLLM environment, where a missing vllm fails instead of skipping;
 # EXPO_REQUIRE_REAL makes the real-model and real-data tests fail, not skip, when the SmolLM2 wheel or
 # ../shared/data is missing (tests/realmodel.py).
-test: $(STAMP) $(VSTAMP) $(CHROMIUM)
-	EXPO_REQUIRE_REAL=1 $(BIN)/python -m pytest -q -m "not fault and not vllm" $(PYTEST_ARGS)
-	EXPO_REQUIRE_REAL=1 EXPO_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_online.py tests/test_vllm_processes.py
+# Then the image check; its inputs (Debian base, wheelhouse, GPU lock: minutes of downloads on a
+# clean clone) are made beside the test suites, and a failed or unfinished one is redone by the check.
+test: $(STAMP) $(VSTAMP) $(CHROMIUM) $(BUILDAH) $(MMDEBSTRAP)
+	@mkdir -p build/image
+	docker/image_check.sh --inputs >build/image/inputs.log 2>&1 & inputs=$$!; \
+	EXPO_REQUIRE_REAL=1 $(BIN)/python -m pytest -q -m "not fault and not vllm" $(PYTEST_ARGS) && \
+	EXPO_REQUIRE_REAL=1 EXPO_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_online.py tests/test_vllm_processes.py; \
+	status=$$?; wait $$inputs; cat build/image/inputs.log; exit $$status
 	$(MAKE) --no-print-directory image-check
 
 fault_test: $(STAMP)

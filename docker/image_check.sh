@@ -4,6 +4,8 @@
 # image's own environment, writing only to a mounted folder.
 #
 #   make image-check            # or docker/image_check.sh; needs root, buildah and mmdebstrap
+#   docker/image_check.sh --inputs  # only the cached inputs (base, wheelhouse, GPU lock); make test
+#                                   # makes them beside the test suites, as they wait on the network
 #
 # Base image: the registry's python:3.11.14-slim-bookworm cannot be pulled here, so mmdebstrap makes
 # a Debian bookworm base: the same Debian release, Debian's Python 3.11 (3.11.2, not 3.11.14); cached,
@@ -113,15 +115,25 @@ assert version in aliases, f"{uri} is not in the registry, which has the version
 print(f"summary: models {models}; registered {uri}, aliases {aliases[version]}")
 '
 
+inputs_only=0
+case "${1:-}" in
+    --inputs) inputs_only=1 ;;
+    "") ;;
+    *) fail "setup" "unknown argument ${1} (the only one is --inputs)" ;;
+esac
 [ "$(id -u)" = 0 ] || fail "setup" "buildah with chroot isolation and mmdebstrap need root"
 for tool in buildah mmdebstrap pip; do
     command -v "$tool" >/dev/null || fail "setup" "$tool is not installed (make image-check installs it)"
 done
 mkdir -p "$LOGS"
-cleanup
-trap cleanup EXIT
 total=$SECONDS
-echo "image-check: CPU target of $ROOT/Dockerfile (logs: $LOGS)"
+if [ "$inputs_only" = 1 ]; then
+    echo "image-check --inputs: the Debian base, the wheelhouse and the GPU lock (logs: $LOGS)"
+else
+    cleanup
+    trap cleanup EXIT
+    echo "image-check: CPU target of $ROOT/Dockerfile (logs: $LOGS)"
+fi
 
 key=$(printf '%s\n' tar "$SUITE" "$BASE_PACKAGES" "${MIRRORS[@]}" | sha256sum | cut -c1-12)
 BASE_TAR=$CACHE/debian-$SUITE-$key.tar
@@ -131,7 +143,6 @@ if [ ! -f "$BASE_TAR" ]; then
 else
     echo "  base-debian    cached ($(basename "$BASE_TAR"))"
 fi
-phase base-import import_base "$BASE_TAR" "localhost/expo-debian-base:$key"
 
 lock=$(sed 's/ *#.*//' "$ROOT/docker/requirements-cpu.lock" | cat - <(echo "$TORCH") | sha256sum | cut -c1-12)
 WHEELS=$CACHE/wheels-$lock
@@ -141,6 +152,24 @@ if [ ! -d "$WHEELS" ]; then
 else
     echo "  wheelhouse     cached ($(basename "$WHEELS"))"
 fi
+# The GPU target's CUDA base cannot be pulled here: its lock is resolved as it stands instead, by
+# .venv's recent pip where it exists (it reads PyPI's metadata files; pip 23 downloads whole wheels,
+# gigabytes of CUDA libraries).
+lock_python=$ROOT/.venv/bin/python
+[ -x "$lock_python" ] || lock_python=python3
+gpu_ok=$CACHE/gpu-lock-$(sha256sum <"$ROOT/docker/requirements-gpu.lock" | cut -c1-12).ok
+if [ ! -f "$gpu_ok" ]; then
+    phase gpu-lock "$lock_python" "$ROOT/docker/lock.py" --check gpu
+    rm -f "$CACHE"/gpu-lock-*.ok && touch "$gpu_ok"
+else
+    echo "  gpu-lock       passed before for this lock ($(basename "$gpu_ok"))"
+fi
+if [ "$inputs_only" = 1 ]; then
+    echo "image-check --inputs: ready in $((SECONDS - total)) s"
+    exit 0
+fi
+
+phase base-import import_base "$BASE_TAR" "localhost/expo-debian-base:$key"
 phase build build "localhost/expo-debian-base:$key"
 size=$("${BUILDAH[@]}" images --format '{{.Size}}' "$IMAGE")
 
@@ -157,17 +186,5 @@ phase expo-run in_image sh -c 'expo run --output /workspace/run \
     --config "$(python -c "import expo, os; print(os.path.dirname(expo.__file__))")/toy/smoke.yaml"'
 phase run-checked in_image python -c "$CHECK_RUN"
 tail -n 1 "$LOGS/run-checked.log" | sed 's/^/  /'
-# The GPU target's CUDA base cannot be pulled here: its lock is resolved as it stands instead, by
-# .venv's recent pip where it exists (it reads PyPI's metadata files; pip 23 downloads whole wheels,
-# gigabytes of CUDA libraries).
-lock_python=$ROOT/.venv/bin/python
-[ -x "$lock_python" ] || lock_python=python3
-gpu_ok=$CACHE/gpu-lock-$(sha256sum <"$ROOT/docker/requirements-gpu.lock" | cut -c1-12).ok
-if [ ! -f "$gpu_ok" ]; then
-    phase gpu-lock "$lock_python" "$ROOT/docker/lock.py" --check gpu
-    rm -f "$CACHE"/gpu-lock-*.ok && touch "$gpu_ok"
-else
-    echo "  gpu-lock       passed before for this lock ($(basename "$gpu_ok"))"
-fi
 echo "image-check: passed in $((SECONDS - total)) s; image $IMAGE: $size" \
     "(uncompressed, as buildah reports it)"

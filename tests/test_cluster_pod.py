@@ -115,7 +115,7 @@ def test_torchrun_trains_one_step_with_two_cpu_processes(tmp_path: Path) -> None
     out = tmp_path / "out"
     lines = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in lines] == [1]  # one line: written once, by rank 0
-    assert lines[0]["explanations_used"] == 1.0  # rank 0's share: one of the step's two prompts
+    assert lines[0]["explanations_used"] == 2.0  # every process's: both of the step's prompts
     assert lines[0]["expo_nll"] > 0 and lines[0]["grad_norm"] > 0
     assert read_json(out / "summary.json")["steps"] == 1
     assert (out / "model" / "model.safetensors").is_file()

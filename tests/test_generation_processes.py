@@ -8,27 +8,19 @@ compared by shape; the explanations (greedy here) and the greedy answers must ma
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from expo.io import read_json, read_jsonl, write_jsonl
-from trainkit import make_folders, rows
+from trainkit import make_folders, rows, run_torchrun
 
-TESTS = Path(__file__).resolve().parent
 QUESTIONS = 5  # odd: the processes' shares differ in size (3 and 2)
 
 
 def _run(root: Path, processes: int) -> Path:
-    from expo.cluster.pod import torchrun_env
-
     out = root / f"processes-{processes}"
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            str(TESTS / "ddp_generation_worker.py"), str(root), str(out)]
-    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun("ddp_generation_worker.py", root, out, processes=processes, timeout=500)
     return out
 
 

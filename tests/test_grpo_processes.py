@@ -9,8 +9,6 @@ process), and end with the same weights. The explanations differ in length ("\\b
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,22 +16,16 @@ import torch
 from safetensors.torch import load_file
 
 from expo.io import read_jsonl
-from trainkit import make_folders
+from trainkit import make_folders, run_torchrun
 
-TESTS = Path(__file__).resolve().parent
 STEPS = 3
 COMPARED = ("loss", "grad_norm", "expo_nll", "expo_term", "total_loss", "grpo_loss", "expo/tokens",
             "explanations_used", "unsolved_groups")
 
 
 def _run(root: Path, processes: int) -> Path:
-    from expo.cluster.pod import torchrun_env
-
     out = root / f"processes-{processes}"
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            str(TESTS / "ddp_grpo_worker.py"), str(root), str(out), str(STEPS)]
-    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun("ddp_grpo_worker.py", root, out, STEPS, processes=processes, timeout=500)
     return out
 
 

@@ -5,8 +5,6 @@ gloo, on CPU) gives each process back its own explanation buffer."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from safetensors.torch import save_file
 
 from expo.io import read_json, read_jsonl
 from expo.train.resume import checkpoint_problem, latest_valid_checkpoint
-from tests.trainkit import make_folders
+from tests.trainkit import make_folders, run_torchrun
 
 
 def fake_checkpoint(root: Path, step: int) -> Path:
@@ -78,13 +76,7 @@ def test_a_multi_process_checkpoint_needs_every_process_files(tmp_path: Path) ->
 
 def _two_processes(root: Path, out: Path, steps: int) -> None:
     """An online exp-grpo run of `steps` steps with 2 CPU processes (tests/ddp_resume_worker.py)."""
-    from expo.cluster.pod import torchrun_env
-
-    script = Path(__file__).resolve().parent / "ddp_resume_worker.py"
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-            str(root), str(out), str(steps)]
-    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun("ddp_resume_worker.py", root, out, steps)
 
 
 @pytest.mark.slow

@@ -4,8 +4,6 @@ outputs, kill and resume (with the EMA teacher), and one clear error per bad set
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from expo.scratch_models import tiny_qwen2
 from expo.train import train_arm
 from expo.train.resume import checkpoint_problem
 from expo.train.sdft import SDFT_STATE_FILE, build_sdft_trainer
-from trainkit import boxed_reward, make_folders, rows, small_config
+from trainkit import boxed_reward, make_folders, rows, run_torchrun, small_config
 
 
 def sdft_batch(trainer: Any, tok: Any, cfg: Any, qrows: list[dict[str, Any]], completion: str) -> dict[str, Any]:
@@ -196,13 +194,7 @@ def test_a_top_k_wider_than_the_vocabulary_is_the_whole_vocabulary(tmp_path: Pat
 
 
 def _two_processes(root: Path, out: Path, steps: int) -> None:
-    from expo.cluster.pod import torchrun_env
-
-    script = Path(__file__).resolve().parent / "ddp_sdft_worker.py"
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-            str(root), str(out), str(steps)]
-    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun("ddp_sdft_worker.py", root, out, steps)
 
 
 @pytest.mark.slow

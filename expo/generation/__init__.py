@@ -49,7 +49,7 @@ def resolve_backend(cfg: GenerationConfig) -> str:
 
 
 def make_generator(model: Any, tokenizer: Any, cfg: GenerationConfig, ignore_eos: bool = False,
-                   memory: float | None = None) -> Generator:
+                   memory: float | None = None, trust_remote_code: bool = False) -> Generator:
     """A `Generator` for `model` (a loaded transformers model, or a folder / hub id).
 
     vLLM: the process's engine (built from the model's folder on first use); when given a loaded
@@ -57,6 +57,8 @@ def make_generator(model: Any, tokenizer: Any, cfg: GenerationConfig, ignore_eos
     `load_weights`. `memory`: the engine's GPU share if this call builds it (default
     `generation.vllm_memory`; a training process passes `generation.vllm_train_memory`).
     `ignore_eos=True` makes every completion exactly `max_new_tokens` long (benchmarks).
+    `trust_remote_code`: `model.trust_remote_code`, for a model whose architecture is the repo's own
+    Python (the engine, or the transformers load of a folder, runs it only when asked).
     """
     backend = resolve_backend(cfg)
     if backend == "vllm":
@@ -66,7 +68,8 @@ def make_generator(model: Any, tokenizer: Any, cfg: GenerationConfig, ignore_eos
         if not path:
             raise ModelError("the vllm backend needs the model's folder or hub id (model.name_or_path is empty)")
         generator = VLLMGenerator(path, tokenizer, cfg, ignore_eos=ignore_eos,
-                                  memory=cfg.vllm_memory if memory is None else memory)
+                                  memory=cfg.vllm_memory if memory is None else memory,
+                                  trust_remote_code=trust_remote_code)
         if not isinstance(model, (str, Path)):
             generator.load_weights(model)
         return generator
@@ -74,5 +77,5 @@ def make_generator(model: Any, tokenizer: Any, cfg: GenerationConfig, ignore_eos
     from expo.modeling import load_model
 
     if isinstance(model, (str, Path)):
-        model, tokenizer = load_model(model, ModelConfig())
+        model, tokenizer = load_model(model, ModelConfig(trust_remote_code=trust_remote_code))
     return HFGenerator(model, tokenizer, cfg, ignore_eos=ignore_eos)

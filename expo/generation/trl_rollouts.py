@@ -43,7 +43,9 @@ def rollout_args(cfg: ExpoConfig) -> dict[str, Any]:
     if resolve_backend(gen) != "vllm":
         return {}
     args: dict[str, Any] = {"use_vllm": True, "vllm_mode": gen.vllm_mode,
-                            "vllm_importance_sampling_correction": True}
+                            "vllm_importance_sampling_correction": True,
+                            # the colocated engine runs a model repo's own Python only when the config asks
+                            "trust_remote_code": cfg.model.trust_remote_code}
     if gen.vllm_mode == "server":
         if not gen.vllm_server_url.strip():  # on a cluster the train step fills it in (vllm_server.py)
             raise ConfigError("generation.vllm_server_url: vllm_mode 'server' needs the URL of a running "

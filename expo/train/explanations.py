@@ -178,7 +178,8 @@ class OnlineRegenerator:
             # Sized for the longer explanation budget (vLLM's max_model_len); each call passes its own.
             self.generator = make_generator(model, self.tokenizer,
                                             generator_config(self.cfg.generation, self.cfg.explain),
-                                            memory=self.cfg.generation.vllm_train_memory)
+                                            memory=self.cfg.generation.vllm_train_memory,
+                                            trust_remote_code=self.cfg.model.trust_remote_code)
         else:
             self.generator.load_weights(model)
         return self.generator

@@ -121,7 +121,8 @@ class PolicyHintWriter:
 
         if self.generator is None:
             self.generator = make_generator(model, self.tokenizer, self.cfg.generation,
-                                            memory=self.cfg.generation.vllm_train_memory)
+                                            memory=self.cfg.generation.vllm_train_memory,
+                                            trust_remote_code=self.cfg.model.trust_remote_code)
         else:
             self.generator.load_weights(model)
         if not rows:  # the engine is built and loaded above even so: a collective step under torchrun

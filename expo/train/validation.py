@@ -88,7 +88,8 @@ class Validator(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
-            generator = make_generator(model, self.tokenizer, self.cfg.generation)
+            generator = make_generator(model, self.tokenizer, self.cfg.generation,
+                                       trust_remote_code=self.cfg.model.trust_remote_code)
             results, _ = run_evaluation(generator, self.rows, self.prompts,
                                         EvaluateConfig(samples=tc.eval_samples, greedy=False),
                                         seed=self.cfg.generation.seed + step)

@@ -1,6 +1,6 @@
 """Torch threads for stages that run side by side on one CPU machine.
 
-kfp.local runs the iterations of the pipeline's ParallelFor (one per training arm) at the same time,
+kfp.local runs the iterations of the pipeline's ParallelFor (one per training arm) two at a time,
 and each stage process starts as many torch threads as the machine has cores: two arms put twice the
 threads on the cores. On the 2-core machine a training step of the embedded default then took 4.0 s
 instead of 0.56 s (docs/benchmarks.md), the OpenMP threads of the two processes mostly waiting on

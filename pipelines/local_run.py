@@ -157,6 +157,18 @@ def _failure_cause(exc: RuntimeError, run_dir: Path) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", str(exc).splitlines()[0] if str(exc) else repr(exc))
 
 
+def side_by_side(iterations: int) -> int:
+    """How many of a ParallelFor's iterations kfp.local runs at once: all of them up to its executor's
+    cap (two), so a third arm starts when one of the first two ends and takes that one's cores."""
+    try:
+        from kfp.local.orchestrator.enhanced_dag_orchestrator import ParallelExecutor
+
+        cap = ParallelExecutor().conservative_max
+    except (ImportError, AttributeError):  # a kfp without the cap: every iteration at once
+        cap = iterations
+    return max(1, min(iterations, cap))
+
+
 def _set_run_environment(cfg: ExpoConfig, run_dir: Path) -> None:
     """What stages read from the environment, so no run-varying value enters a step's cache key."""
     from expo.cpu import CONCURRENT_TASKS_ENV
@@ -167,8 +179,8 @@ def _set_run_environment(cfg: ExpoConfig, run_dir: Path) -> None:
     os.environ[workspace.WORKSPACE_ENV] = str(workspace_of(run_dir))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     os.environ["EXPO_PIPELINE_RUN_ID"] = f"local-{stamp}-{uuid.uuid4().hex[:6]}"
-    # kfp.local runs the ParallelFor's iterations (one per arm) at once: they share the cores (expo.cpu).
-    os.environ[CONCURRENT_TASKS_ENV] = str(max(1, len(cfg.train.arms)))
+    # kfp.local runs the ParallelFor's iterations (one per arm) side by side: they share the cores (expo.cpu).
+    os.environ[CONCURRENT_TASKS_ENV] = str(side_by_side(len(cfg.train.arms)))
     # Step subprocesses must import this checkout's packages even when run from elsewhere.
     root = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)

@@ -40,7 +40,11 @@ def test_a_gpu_keeps_its_threads(monkeypatch) -> None:
     assert torch.get_num_threads() == 2
 
 
-def test_expo_run_states_how_many_arms_share_the_machine(monkeypatch, tmp_path) -> None:
+@pytest.mark.parametrize("arms,side_by_side", [(["exp-grpo"], "1"), (["grpo", "exp-grpo"], "2"),
+                                               (["grpo", "exp-grpo", "sdft"], "2")])
+def test_expo_run_states_how_many_arms_share_the_machine(monkeypatch, tmp_path, arms, side_by_side) -> None:
+    """kfp.local runs two iterations of a ParallelFor at once: a third arm waits for one of them, so
+    each arm's share of the cores is half of them, not a third."""
     from expo.config import ExpoConfig
     from pipelines.local_run import _set_run_environment
 
@@ -48,8 +52,8 @@ def test_expo_run_states_how_many_arms_share_the_machine(monkeypatch, tmp_path) 
                 "PYTHONPATH"):
         monkeypatch.delenv(key, raising=False)  # monkeypatch restores them after the test
     cfg = ExpoConfig()
-    cfg.train.arms = ["grpo", "exp-grpo", "grpo-sft"]
+    cfg.train.arms = arms
     _set_run_environment(cfg, tmp_path)
     import os
 
-    assert os.environ[cpu.CONCURRENT_TASKS_ENV] == "3"
+    assert os.environ[cpu.CONCURRENT_TASKS_ENV] == side_by_side

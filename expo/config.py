@@ -673,9 +673,13 @@ def _coerce(tp: Any, value: Any, at: str) -> Any:
             raise ConfigError(f"config key '{at}': expected true or false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        # A whole number written as a float or in exponent form (`1e3`, which YAML reads as text).
+        number = parse_number(value)
+        if number is None or not number.is_integer():
             raise ConfigError(f"config key '{at}': expected an integer, got {value!r}")
-        return value
+        return int(number)
     if tp is float:
         number = parse_number(value)
         if number is None:

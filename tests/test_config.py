@@ -34,6 +34,14 @@ def test_int_accepted_where_float_expected():
     assert load_config(None, ["train.expo_beta=1"]).train.expo_beta == 1.0
 
 
+@pytest.mark.parametrize("raw, steps", [("1e3", 1000), ("2.0", 2), ("1.0e+2", 100)])
+def test_a_whole_number_in_any_spelling_is_an_integer(tmp_path, raw, steps):
+    assert load_config(None, [f"train.steps={raw}"]).train.steps == steps
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  steps: {raw}\n")  # YAML reads 1e3 as text, 1.0e+2 as a float
+    assert load_config(path).train.steps == steps
+
+
 @pytest.mark.parametrize("override, key", [
     ("train.foo=1", "train.foo"),                        # unknown key in a section
     ("nosuch.steps=1", "nosuch"),                        # unknown section

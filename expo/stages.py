@@ -23,6 +23,7 @@ import yaml
 from expo import gates, workspace
 from expo.artifacts import META_FILE, read_card
 from expo.config import ExpoConfig, to_dict
+from expo.errors import DataError
 from expo.explain import IN_DISTRIBUTION_FILE
 from expo.io import read_json, read_jsonl, write_json
 from expo.sections import partial_config
@@ -140,7 +141,13 @@ def prepare_data(config: str, output_dir: str, params: str = "") -> dict[str, fl
 
     cfg = load_stage_config(config, params)
     with _stage_run(cfg, config, "prepare_data", params_text=params):
-        prepare(cfg.data, output_dir)
+        result = prepare(cfg.data, output_dir)
+        if result.eval == 0:  # every model is evaluated on it: fail here, not after the model is built
+            why = ("data.eval_fraction is 0: nothing is held out" if cfg.data.eval_fraction == 0 else
+                   f"{result.rows_out} row{'s' if result.rows_out != 1 else ''} kept, and a level needs at least "
+                   f"2 to hold one out (data.eval_fraction {cfg.data.eval_fraction})")
+            raise DataError(f"data: the validation split (eval.jsonl) is empty: {why}; the pipeline evaluates "
+                            "every model on it")
         tracking.log_dataset(Path(output_dir) / "train.jsonl", context="train", name="train")
         tracking.log_dataset(Path(output_dir) / "eval.jsonl", context="eval", name="eval")
         if (Path(output_dir) / "test.jsonl").is_file():

@@ -309,3 +309,17 @@ def test_a_failed_stage_error_reaches_the_expo_run_message(tmp_path, monkeypatch
     cause = _failure_cause(kfp_message, tmp_path)
     assert cause.startswith("train-grpo: MLflow at http://127.0.0.1:9 did not answer") and "pw" not in cause
     assert "\n" not in cause
+
+
+def test_an_empty_validation_split_stops_the_run_at_the_data_stage(tmp_path):
+    """Every model is evaluated on the held-out split: with none, the data stage fails in one line naming
+    the key, before the model stage builds anything."""
+    out = tmp_path / "run"
+    proc = subprocess.run(expo_cmd(out, ["data.eval_fraction=0"]), cwd=ROOT, env=expo_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "expo run: error: pipeline failed: prepare_data: data: the validation split (eval.jsonl) is empty: "
+        "data.eval_fraction is 0: nothing is held out; the pipeline evaluates every model on it"), proc.stderr
+    assert "prepare-model" not in proc.stdout

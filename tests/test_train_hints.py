@@ -19,7 +19,7 @@ from expo.train import train_arm
 from expo.train.grpo_training import build_trainer
 from expo.train.hints import HINT_WRITER, Hinter, hinted_prompt, prefix_share, solution_prefix, usable_hint
 from expo.train.policy import load_policy
-from trainkit import boxed_reward, make_folders, small_config, zero_reward
+from trainkit import boxed_reward, make_folders, run_torchrun, small_config, zero_reward
 
 SOLUTION = "Add the number to itself: one and one make two, written as a digit. \\boxed{{{answer}}}"
 
@@ -224,21 +224,12 @@ def test_two_processes_hint_only_where_a_process_has_a_collapsed_unexplained_gro
     where one process holds an explained question and the other an unexplained one hints one group:
     both processes still roll out a hinted round together (TRL gathers its rewards), the first process's
     share discarded."""
-    import subprocess
-    import sys
-
-    from expo.cluster.pod import torchrun_env
-
     f = make_folders(tmp_path, n=4, solutions=False)
     records = read_jsonl(f["explanations"] / "explanations.jsonl")
     for rec in records:
         rec["accepted"] = rec["id"] in ("q0", "q1")
     write_jsonl(f["explanations"] / "explanations.jsonl", records)
-    script = Path(__file__).resolve().parent / "ddp_hints_worker.py"
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-            str(tmp_path), str(tmp_path / "out"), "4"]
-    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_torchrun("ddp_hints_worker.py", tmp_path, tmp_path / "out", 4, timeout=600)
     lines = read_jsonl(tmp_path / "out" / "metrics.jsonl")
     assert len(lines) == 4
     assert 1.0 in [row["hints/groups"] for row in lines]  # one process hinted, the other filled its share

@@ -6,8 +6,6 @@ stands in for the Kubernetes API, and the test reads the sequence of reports it 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -15,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from fake_http import LocalServer
-from trainkit import make_folders
+from trainkit import make_folders, run_torchrun
 
-TESTS = Path(__file__).resolve().parent
 TOKEN = "pod-token-1"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -46,17 +43,11 @@ def status_server() -> LocalServer:
 
 def train(tmp_path: Path, worker: str, *args: str) -> list[dict]:
     """Run `worker` in two processes with a TrainJob pod's status variables; the reports received."""
-    from expo.cluster.pod import torchrun_env
-
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     with status_server() as server:
-        env = {**torchrun_env(), "KUBEFLOW_TRAINER_SERVER_URL": f"{server.url}/status",
-               "KUBEFLOW_TRAINER_SERVER_TOKEN": str(token)}
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                str(TESTS / worker), *args]
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=800)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_torchrun(worker, *args, timeout=800, env={"KUBEFLOW_TRAINER_SERVER_URL": f"{server.url}/status",
+                                                      "KUBEFLOW_TRAINER_SERVER_TOKEN": str(token)})
     assert {auth for auth, _ in server.reports} == {f"Bearer {TOKEN}"}
     return [status for _, status in server.reports]
 

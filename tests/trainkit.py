@@ -92,12 +92,14 @@ def manual_nll(model: torch.nn.Module, tok: Any, prompts: list[str], texts: list
     return total / count
 
 
-def run_torchrun(script: str, *args: object, processes: int = 2, timeout: int = 400) -> None:
-    """Run tests/`script` as `processes` torchrun processes on this CPU (gloo), failing the test with the
-    tail of their stderr when they do not exit cleanly."""
+def run_torchrun(script: str, *args: object, processes: int = 2, timeout: int = 400,
+                 env: dict[str, str] | None = None) -> None:
+    """Run tests/`script` as `processes` torchrun processes on this CPU (gloo), with `env` added to their
+    environment, failing the test with the tail of their stderr when they do not exit cleanly."""
     from expo.cluster.pod import torchrun_env
 
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
             str(Path(__file__).resolve().parent / script), *map(str, args)]
-    proc = subprocess.run(argv, env=torchrun_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(argv, env={**torchrun_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]

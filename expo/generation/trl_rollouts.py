@@ -104,15 +104,21 @@ def _shared_generation_class() -> type:
 
 @contextlib.contextmanager
 def shared_engine_rollouts() -> Iterator[None]:
-    """While a GRPOTrainer is built, TRL's colocate vLLM engine is the process's engine."""
+    """While a TRL trainer is built, its colocate vLLM engine is the process's engine: GRPOTrainer
+    names VLLMGeneration in its module, SDFTTrainer imports it from trl.generation when it builds
+    one, so both names are replaced."""
+    from trl.generation import vllm_generation
     from trl.trainer import grpo_trainer
 
-    original = grpo_trainer.VLLMGeneration
-    grpo_trainer.VLLMGeneration = _shared_generation_class()
+    shared = _shared_generation_class()
+    originals = [(module, module.VLLMGeneration) for module in (grpo_trainer, vllm_generation)]
+    for module, _ in originals:
+        module.VLLMGeneration = shared
     try:
         yield
     finally:
-        grpo_trainer.VLLMGeneration = original
+        for module, original in originals:
+            module.VLLMGeneration = original
 
 
 __all__ = ["engine_length", "rollout_args", "shared_engine_rollouts"]

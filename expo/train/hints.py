@@ -21,8 +21,10 @@ without the hint, what it wrote with it. No importance correction is applied: th
 against the policy's own plain-prompt probability of the rollout at the step (TRL's on-policy ratio 1),
 so the hinted rollouts count as if sampled from pi(.|q). The exact correction, pi(o|q) / pi(o|q, hint),
 is tiny for precisely the rollouts worth learning (those the hint made right) and would cancel the
-signal; SAGE and QuestA train hinted rollouts without it. With vLLM rollouts TRL's
-sampler-vs-trainer correction still applies within the hinted prompt.
+signal; SAGE and QuestA train hinted rollouts without it. With vLLM rollouts TRL keeps pi_old
+from the prompt it sampled with; a hinted rollout's is recomputed under the plain prompt
+(`plain_prompt_logps`), so its ratio starts at 1 there too, and TRL's sampler-vs-trainer correction
+still applies within the hinted prompt.
 
 With dynamic sampling (train.filter_groups) hints act on the groups the filter kept for training:
 plain GRPO drops all-wrong groups first (DAPO's rule), so there hints reach only arms with an NLL term
@@ -259,6 +261,9 @@ class Hinter:
             raise ExpoError("train.hints: the hinted rollouts computed no rewards")
         groups = [i for i, _ in chosen]
         spliced = splice_groups(output, hinted, groups, G, trainer._tokenizer.pad_token_id)
+        if "old_per_token_logps" in spliced:  # vLLM rollouts: TRL's pi_old, taken under the hinted prompt
+            rows = [g * G + j for g in groups for j in range(G)]
+            spliced["old_per_token_logps"][rows] = plain_prompt_logps(trainer, spliced, rows)
         spliced["num_items_in_batch"] = trainer.accelerator.gather(spliced["completion_mask"].sum()).sum()
         solved = int((hinted_rewards.nan_to_num(0.0).view(-1, G)[: len(chosen)].max(dim=1).values > 0).sum())
         return spliced, solved
@@ -277,7 +282,7 @@ class Hinter:
 # TRL batch keys of a text-only step: which side each is padded on.
 _PROMPT_SIDE = ("prompt_ids", "prompt_mask")  # kept: the plain solve prompt's tokens
 _COMPLETION_SIDE = {"completion_ids": "pad", "completion_mask": 0, "sampling_per_token_logps": 0.0,
-                    "importance_sampling_ratio": 0.0}
+                    "importance_sampling_ratio": 0.0, "old_per_token_logps": 0.0}
 _PER_ROW = ("advantages",)
 
 
@@ -312,6 +317,22 @@ def splice_groups(output: dict[str, Any], hinted: dict[str, Any], groups: list[i
     advantages[rows.to(advantages.device)] = hinted["advantages"][source.to(advantages.device)]
     out["advantages"] = advantages
     return out
+
+
+def plain_prompt_logps(trainer: Any, batch: dict[str, Any], rows: list[int]) -> torch.Tensor:
+    """The policy's log-probabilities of `rows`' completions under the batch's (plain) prompt tokens, for
+    TRL's pi_old: with vLLM rollouts TRL computes pi_old under the prompt it sampled from, which for a
+    hinted rollout is the hinted one, and the ratio pi(o|q) / pi(o|q, hint) would then weigh the
+    rollout down to nothing. Under the plain prompt the ratio starts at 1, as without vLLM (where TRL
+    takes pi_old from the step's own forward)."""
+    index = torch.tensor(rows, dtype=torch.long, device=batch["completion_ids"].device)
+    completion_ids = batch["completion_ids"][index]
+    ids = torch.cat([batch["prompt_ids"][index], completion_ids], dim=1)
+    mask = torch.cat([batch["prompt_mask"][index], batch["completion_mask"][index]], dim=1)
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, ids, mask, completion_ids.size(1), batch_size=trainer.args.per_device_train_batch_size)
+    return logps.to(batch["old_per_token_logps"].dtype)
 
 
 def _right_pad(t: torch.Tensor, width: int, fill: float | int) -> torch.Tensor:

@@ -11,7 +11,8 @@ seconds, then one JSON line.
 Why: the question a user asks first, which member of the family to run, answered on one task with one
 verifier and one budget (docs/concepts.md shows the result).
 
-    nice .venv/bin/python bench/privileged_sweep.py --seeds 0 1 2 --out /tmp/privsweep
+    nice .venv/bin/python bench/privileged_sweep.py --seeds 0 1 2 --out /tmp/privsweep \
+        --write docs/results/privileged-embedded.json
 """
 
 from __future__ import annotations
@@ -71,8 +72,21 @@ def table(seeds: list[int], out: Path) -> dict[str, Any]:
         seconds[shown] = {kind: [reports[(s, tag)]["timings_s"][f"{kind}_{model}"] for s in seeds]
                           for kind in ("train", "eval")}
     return {"seeds": seeds, "levels": levels, "pass@1": pass1, "seconds": seconds,
+            "hints": {str(s): hint_counts(out / f"s{s}" / "hints" / "exp-grpo" / "metrics.jsonl") for s in seeds},
             "k": reports[(seeds[0], "arms")]["k"],
             "questions_per_level": reports[(seeds[0], "arms")]["questions_per_level"]}
+
+
+def hint_counts(steps_file: Path) -> dict[str, int]:
+    """The hints run's counts over its steps (the hints/* keys of the arm's metrics.jsonl)."""
+    steps = [json.loads(line) for line in steps_file.read_text().splitlines() if line.strip()]
+    hinted = [s for s in steps if "hints/groups" in s]
+    last = hinted[-1] if hinted else {}
+    return {"hinted_groups": round(sum(s["hints/groups"] for s in hinted)),
+            "hinted_groups_with_a_right_rollout": round(sum(s.get("hints/solved_groups", 0) for s in hinted)),
+            "no_usable_hint": round(sum(s.get("hints/no_hint", 0) for s in hinted)),
+            "questions_hinted": round(last.get("hints/questions", 0)),
+            "questions_rescued": round(last.get("hints/rescued", 0))}
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -97,10 +111,22 @@ if __name__ == "__main__":  # toy_sweep's verifier pool needs the guard in its o
     parser.add_argument("--out", required=True, type=Path, help="work folder (runs found there are reused)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--table-only", action="store_true", help="print what the logs hold; run nothing")
+    parser.add_argument("--write", type=Path, help="also store the JSON, with command, commit and machine "
+                                                   "(docs/results/privileged-embedded.json)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         run_missing(args.seeds, args.out, args.threads)
     result = table(args.seeds, args.out)
     print_table(result)
+    if args.write:
+        from recipe_numbers import machine
+
+        commit = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True,
+                                check=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+        seeds = " ".join(map(str, args.seeds))
+        result = {"command": f"nice .venv/bin/python bench/privileged_sweep.py --seeds {seeds} --out {args.out}",
+                  "commit": commit, "machine": f"{machine()}; torch threads {args.threads}",
+                  "source": "bench/privileged_sweep.py (bench/toy_sweep.py per seed and tag)", **result}
+        args.write.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))

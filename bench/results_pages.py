@@ -9,6 +9,7 @@ command that wrote the file, the commit and the machine. Which command writes wh
 
 - embedded-default-seeds.json: bench/toy_sweep.py, one run per seed and arm (the file's `command`);
 - privileged-embedded.json: bench/privileged_sweep.py (base, GRPO, ExP-GRPO, SDFT, ExP-GRPO + hints);
+- privileged-ladder.json: bench/privileged_ladder.py (the same arms on the SmolLM2 ladder recipe);
 - smollm2-135m-*.json: bench/recipe_numbers.py on a recipe's run folder;
 - bench-*.json: bench/record.py around one benchmark script.
 
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"<!-- results:(?P<name>[\w.-]+) begin[^>]*-->\n.*?<!-- results:(?P=name) end -->", re.S)
-NAMES = {"base": "base", "grpo": "GRPO", "exp-grpo": "ExP-GRPO", "grpo-sft": "GRPO+SFT", "exp-dpo": "ExP-DPO"}
+NAMES = {"base": "base", "grpo": "GRPO", "exp-grpo": "ExP-GRPO", "grpo-sft": "GRPO+SFT", "exp-dpo": "ExP-DPO",
+         "sdft": "SDFT", "exp-grpo + hints": "ExP-GRPO + hints"}
 
 
 def begin(name: str) -> str:
@@ -135,9 +137,53 @@ def privileged(n: dict[str, Any]) -> list[str]:
     return out
 
 
+def privileged_ladder(n: dict[str, Any]) -> list[str]:
+    """The privileged-information arms on the SmolLM2 ladder (bench/privileged_ladder.py): pass@1 by level,
+    the paired changes against the base and GRPO, the questions the base never solved, and the cost."""
+    levels, k = n["levels"], n["k"]
+    cell = lambda v: f"{v[0]} [{v[1]}, {v[2]}]"  # noqa: E731
+    change = lambda v: f"{v[0]:+.1f} [{v[1]:+.1f}, {v[2]:+.1f}]"  # noqa: E731
+    per_level = ", ".join(f"L{lv} {q}" for lv, q in n["questions_per_level"].items())
+    out = [f"Held-out pass@1 in % with 95 % intervals ({per_level} questions, {k} samples each; where every "
+           "question scored the same, Wilson's interval over the questions), overall "
+           f"pass@1 / pass@{k}, and the paired change of overall pass@1 in points:", "",
+           "| model | " + " | ".join(f"L{lv}" for lv in levels) + " | all | vs base | vs GRPO |",
+           "|---|" + "---|" * (len(levels) + 3)]
+    for model, m in n["models"].items():
+        overall = f"{m['overall']['pass@1'][0]} / {m['overall'][f'pass@{k}'][0]}"
+        out.append(f"| {NAMES.get(model, model)} | " + " | ".join(cell(m["pass@1"][lv]) for lv in levels)
+                   + f" | {overall} | " + (change(m["vs_base"]["overall"]) if "vs_base" in m else "")
+                   + " | " + (change(m["vs_grpo"]["overall"]) if "vs_grpo" in m else "") + " |")
+    never = n["never_solved_by_base"]
+    out += ["", "Questions no base sample solved, solved at least once after training (by level), and the cost: the "
+            "train and evaluate stages' seconds, the training steps' own seconds (rollouts, scoring, updates) "
+            "and the tokens of every rollout:", "",
+            "| model | " + " | ".join(f"L{lv} (of {never[lv]})" for lv in levels)
+            + " | train stage s | steps s | evaluate stage s | rollout tokens |",
+            "|---|" + "---|" * (len(levels) + 4)]
+    for model, m in n["models"].items():
+        if "cost" not in m:
+            continue
+        c = m["cost"]
+        tokens = "n/a" if c["rollout_tokens"] is None else f"{c['rollout_tokens']:,}"
+        out.append(f"| {NAMES.get(model, model)} | " + " | ".join(str(m["newly_solved"][lv]) for lv in levels)
+                   + f" | {c['train_stage_s']} | {c['steps_s']} | {c['eval_stage_s']} | {tokens} |")
+    for model, m in n["models"].items():
+        if "hints" in m:
+            h = m["hints"]
+            out += ["", f"Hints ({NAMES.get(model, model)}): {h['groups']} collapsed groups rolled out again with a "
+                    f"hint, {h['solved_groups']} of them with a right rollout; {h['no_hint']} more found no usable "
+                    f"hint; {h['questions']} questions hinted, {h['rescued']} rescued (later solved without a hint)."]
+    walls = "; ".join(f"`{cmd}` (commit {n['run_commits'][name]}): {_minutes(n['wall'][name]['wall_s'])} wall, "
+                      f"largest process {n['wall'][name]['peak_rss_gb']} GiB" for name, cmd in n["runs"].items())
+    return out + ["", f"Runs, in one run folder, the second served from the first's cache up to training: {walls}.",
+                  "", _provenance(n)]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "embedded-default-seeds": embedded_seeds,
     "privileged-embedded": privileged,
+    "privileged-ladder": privileged_ladder,
     "smollm2-135m-": recipe,
     "bench-": benchmark,
 }

@@ -26,7 +26,7 @@ def test_the_docs_have_commands_to_check():
     readme = [" ".join(c.argv) for c in found["README.md"]]
     assert "expo compile --config configs/qwen2.5-3b-math.yaml --output expo.yaml" in readme
     # a continuation line is one command; a comment is dropped
-    assert any(c.startswith("expo run --set train.arms=[grpo,exp-grpo,grpo-sft]") and "steps=100" in c
+    assert any(c.startswith("expo run --set train.arms=[grpo,exp-grpo,sdft]") and "steps=100" in c
                for c in readme)
     assert "make run" in readme
 

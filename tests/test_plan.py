@@ -131,13 +131,42 @@ def test_the_7b_lora_recipe_by_hand():
 
 
 def test_the_7b_lora_evaluation_engine_by_hand():
-    """evaluate on 2 GPUs (tensor parallel 2) at generation.vllm_memory 0.9 x 80 GiB = 77,309,411,328:
-    weights 2P / 2 = 7,615,616,512; runtime 1 GiB + 16384 x 2 x (2 x 3584 + 18944) + 1024 x 152064 x 4
-    = 1,073,741,824 + 855,638,016 + 622,854,144 = 2,552,233,984; KV cache the rest, 67,141,560,832, at
-    2 x 28 layers x 2 kv heads per GPU x 128 x 2 bytes = 28,672 per token: 1143 sequences of 2048 tokens."""
-    stage = next(s for s in make_plan(load_config(LORA_7B)).stages if s.name == "evaluate")
+    """evaluate on 2 GPUs, one engine across them (generation.parallelism tensor) at
+    generation.vllm_memory 0.9 x 80 GiB = 77,309,411,328: weights 2P / 2 = 7,615,616,512; runtime 1 GiB
+    + 16384 x 2 x (2 x 3584 + 18944) + 1024 x 152064 x 4 = 1,073,741,824 + 855,638,016 + 622,854,144
+    = 2,552,233,984; KV cache the rest, 67,141,560,832, at 2 x 28 layers x 2 kv heads per GPU x 128 x 2
+    bytes = 28,672 per token: 1143 sequences of 2048 tokens."""
+    plan = make_plan(load_config(LORA_7B, ["generation.parallelism=tensor"]))
+    stage = next(s for s in plan.stages if s.name == "evaluate")
     assert stage.gpu == {"vllm": 77_309_411_328}
-    assert "weights 7.1, runtime 2.4, KV cache 62.5 GiB (1143 sequences of 2048 tokens)" in stage.notes[0]
+    assert stage.notes[0] == "one engine over 2 GPUs (tensor parallel)"
+    assert "weights 7.1, runtime 2.4, KV cache 62.5 GiB (1143 sequences of 2048 tokens)" in stage.notes[1]
+
+
+def test_the_7b_fits_one_card_so_auto_evaluates_data_parallel():
+    """generation.parallelism auto: one engine per GPU when one card's engine holds the weights with at
+    least as much left for the KV cache. On one 80 GiB card: weights 2P = 15,231,233,024; runtime 1 GiB
+    + 16384 x 2 x (2 x 3584 + 2 x 18944) + 622,854,144 = 3,172,990,976; KV cache 77,309,411,328 - both =
+    58,905,187,328 >= the weights, at 2 x 28 x 4 x 128 x 2 = 57,344 bytes per token: 501 sequences."""
+    tensor = make_plan(load_config(LORA_7B, ["generation.parallelism=tensor"])).stages
+    for name in ("evaluate", "generate_explanations"):
+        stage = next(s for s in make_plan(load_config(LORA_7B)).stages if s.name == name)
+        assert stage.notes[0] == "data parallel: 2 processes, one engine per GPU", name
+        assert stage.cpu == 2 * next(s for s in tensor if s.name == name).cpu  # each process's host memory
+        assert "weights 14.2, runtime 3.0, KV cache 54.9 GiB (501 sequences of 2048 tokens)" in stage.notes[1]
+        assert stage.problem is None
+
+
+def test_a_model_one_card_cannot_hold_stays_tensor_parallel_unless_told():
+    """The 7B in bf16 (14.2 GiB of weights) on 16 GiB cards: auto spreads one engine over the 4 GPUs;
+    data puts it whole on each GPU, which the plan refuses in one line naming the key."""
+    sets = ["cluster.gpu_memory_gib=16", "cluster.gpus_evaluate=4", "cluster.gpus_generate=4"]
+    stage = next(s for s in make_plan(load_config(LORA_7B, sets)).stages if s.name == "evaluate")
+    assert stage.notes[0] == "one engine over 4 GPUs (tensor parallel)"
+    told = make_plan(load_config(LORA_7B, [*sets, "generation.parallelism=data"]))
+    stage = next(s for s in told.stages if s.name == "evaluate")
+    assert stage.notes[0] == "data parallel: 4 processes, one engine per GPU"
+    assert "generation.parallelism data puts the whole model on every GPU" in stage.problem
 
 
 # ---------------------------------------------------------------------------------------------

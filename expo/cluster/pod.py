@@ -70,8 +70,9 @@ def torchrun_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_processes(argv: list[str], env: dict[str, str]) -> None:
-    """Run `argv`, relaying its stderr line by line; a failure raises with the worker's own error line."""
+def run_processes(argv: list[str], env: dict[str, str], what: str = "train") -> None:
+    """Run `argv`, relaying its stderr line by line; a failure raises with the worker's own error line,
+    named after the step (`what`)."""
     proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
     cause = ""
     assert proc.stderr is not None
@@ -81,7 +82,7 @@ def run_processes(argv: list[str], env: dict[str, str]) -> None:
             cause = line.split(WORKER_ERROR, 1)[1].strip()
     code = proc.wait()
     if code != 0:
-        raise TrainProcessesError(f"train: the per-GPU processes (torchrun) exited with code {code}: "
+        raise TrainProcessesError(f"{what}: the per-GPU processes (torchrun) exited with code {code}: "
                                   f"{cause or 'see the log above'}")
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from expo.config import ExpoConfig
 from expo.errors import ConfigError, ExpoError
@@ -46,9 +47,21 @@ def load_config_json(text: str) -> ExpoConfig:
     return partial_config(data)  # the sections the train step was given, as in its own process
 
 
+def exit_code(work: Callable[[], object]) -> int:
+    """Run `work`: 0, or 2 with an ExpoError as the one `expo worker: error:` line that the launching
+    step relays (expo.cluster.pod.run_processes)."""
+    try:
+        work()
+    except ExpoError as exc:
+        print(f"expo worker: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def train() -> None:
         cfg = load_config_json(args.config_json)
         from expo.train import train_arm  # heavy (torch, TRL): only once the arguments are sound
 
@@ -57,10 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             train_arm(args.arm, cfg, args.data, args.model, args.explanations, args.output,
                       checkpoint_dir=args.checkpoint_dir)
-    except ExpoError as exc:
-        print(f"expo worker: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(train)
 
 
 if __name__ == "__main__":

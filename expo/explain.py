@@ -582,8 +582,11 @@ class _Sampler:
         return [f or [] for f in found]
 
     def generation_stats(self) -> dict[str, Any]:
+        from expo.train.distributed import world_size
+
         out = {"tokens": self.tokens, "seconds": round(self.seconds, 3),
-               "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else 0.0}
+               "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else 0.0,
+               "processes": world_size()}  # under torchrun each sampled its share of the questions
         stats = getattr(self.generator, "stats", None)
         if stats is not None and hasattr(stats, "as_dict"):
             out.update({k: v for k, v in stats.as_dict().items() if k.startswith("prompts_")})

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from benchkit import load_bench
 from tests.docs_commands import DOCS, ROOT, blocks, commands, problems
 
 pytestmark = pytest.mark.usefixtures("no_tracking_env")
@@ -72,12 +73,9 @@ def test_only_shell_blocks_are_commands():
 def test_readme_make_run_figures_are_rendered_from_the_measurement():
     """docs/make-run.json is what bench/readme_numbers.py measured and the README block is its rendering;
     before a measurement exists the block must be empty (no figure typed by hand)."""
-    import importlib.util
     import re
 
-    spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "bench" / "readme_numbers.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("readme_numbers")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     found = re.findall(re.escape(bench.BEGIN) + r".*?" + re.escape(bench.END), readme, re.S)
     assert len(found) == 1, "README.md needs exactly one make-run block"
@@ -93,11 +91,7 @@ def test_readme_make_run_figures_are_rendered_from_the_measurement():
 
 def test_the_readme_block_renders_every_measured_figure():
     """render() on a hand-made measurement: each figure lands in the text (so none is left typed)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "bench" / "readme_numbers.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("readme_numbers")
     numbers = {"cold_s": 427.3, "cached_s": 4.8, "peak_rss_gb": 1.49, "lines_printed": 52, "level": 5,
                "k": 8,
                "pass_at_1_k_percent": {"base": [1.2, 2.5], "grpo": [4.8, 6.2], "exp-grpo": [21.2, 40.0]},

@@ -5,7 +5,6 @@ gpu-wheels` brings what the wrapper installs, for Python 3.12, and never torch o
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from benchkit import load_bench
 from expo.plan import ModelShape
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +32,7 @@ TOP_KEYS = {"device", "cpu_smoke", "peak_tflops", "peak_source", "matmul_tflops"
 @functools.cache
 def gpu_check() -> Any:
     """bench/gpu_check.py as a module (registered first: its dataclasses look their module up)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("gpu_check")
 
 
 @pytest.mark.slow

@@ -4,29 +4,18 @@ questions, 4 samples each), and the results page renders what it measures."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchkit import load_bench
 
-
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ladder = _load("privileged_ladder")
-pages = _load("results_pages")
+ladder = load_bench("privileged_ladder")
+pages = load_bench("results_pages")
 
 QUESTIONS = (("q1a", 1), ("q1b", 1), ("q2a", 2), ("q2b", 2))  # (id, level)
 # Correct samples of 4 per question, in QUESTIONS' order. Every overall sum is even, so no figure falls on

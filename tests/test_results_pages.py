@@ -4,7 +4,6 @@ machine, and no table of a results page lives outside a block (a table typed by 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -13,19 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchkit import load_bench
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PAGES = ["docs/embedded-default.md", "docs/smollm2-recipes.md", "docs/benchmarks.md"]
 
 
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pages = _load("results_pages")
+pages = load_bench("results_pages")
 
 
 @pytest.mark.parametrize("page", pages.PAGES, ids=lambda p: p.name)
@@ -87,7 +80,7 @@ def test_the_run_reference_is_the_seeds_spread():
 
 
 def test_toy_sweep_adds_a_seed_that_renders(tmp_path, monkeypatch):
-    sweep = _load("toy_sweep")
+    sweep = load_bench("toy_sweep")
     levels = {str(lv): (50.0 - 10 * lv, 60.0 - 10 * lv) for lv in range(1, 6)}
     report = {"seed": 3, "results": {"base": levels, "grpo": levels, "exp-grpo": levels}, "threads": 1, "k": 8,
               "questions_per_level": 80, "acceptance": {str(lv): 90.0 for lv in range(1, 6)},

@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.recipe_numbers import commit_at, machine, time_log  # noqa: E402
+from expo.arm_report import hint_totals  # noqa: E402
 from expo.metrics import QuestionResult, aggregate, compare, level_key  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +49,6 @@ RUNS = {  # run -> `expo run` overrides
 }
 MODELS = (("base", "arms", "base"), ("grpo", "arms", "grpo"), ("exp-grpo", "arms", "exp-grpo"),
           ("sdft", "arms", "sdft"), ("exp-grpo + hints", "hints", "exp-grpo"))  # (shown, run, model in it)
-HINT_KEYS = ("hints/groups", "hints/solved_groups", "hints/no_hint")
 
 
 def half_the_cores() -> list[str]:
@@ -134,11 +134,9 @@ def measure(out: Path) -> dict[str, Any]:
                 "eval_stage_s": round(_stage(summaries[run], f"evaluate {model}")["seconds"], 1),
                 "rollout_tokens": next((int(s["num_tokens"]) for s in reversed(steps) if "num_tokens" in s), None),
             }
-            hinted = [s for s in steps if "hints/groups" in s]
-            if hinted:
-                row["hints"] = {key.split("/")[1]: round(sum(s.get(key, 0) for s in hinted)) for key in HINT_KEYS}
-                row["hints"]["questions"] = round(hinted[-1].get("hints/questions", 0))
-                row["hints"]["rescued"] = round(hinted[-1].get("hints/rescued", 0))
+            hints = hint_totals(steps)
+            if hints is not None:
+                row["hints"] = hints
         models[shown] = row
     commits = {name: commit_at((out / f"{name}.start").read_text().strip()) for name in RUNS}
     never_by_level = {lv: sum(level_key(r.level) == lv for r in results["base"] if r.id in never) for lv in levels}

@@ -79,14 +79,13 @@ def table(seeds: list[int], out: Path) -> dict[str, Any]:
 
 def hint_counts(steps_file: Path) -> dict[str, int]:
     """The hints run's counts over its steps (the hints/* keys of the arm's metrics.jsonl)."""
+    from expo.arm_report import hint_totals
+
     steps = [json.loads(line) for line in steps_file.read_text().splitlines() if line.strip()]
-    hinted = [s for s in steps if "hints/groups" in s]
-    last = hinted[-1] if hinted else {}
-    return {"hinted_groups": round(sum(s["hints/groups"] for s in hinted)),
-            "hinted_groups_with_a_right_rollout": round(sum(s.get("hints/solved_groups", 0) for s in hinted)),
-            "no_usable_hint": round(sum(s.get("hints/no_hint", 0) for s in hinted)),
-            "questions_hinted": round(last.get("hints/questions", 0)),
-            "questions_rescued": round(last.get("hints/rescued", 0))}
+    totals = hint_totals(steps) or dict.fromkeys(("groups", "solved_groups", "no_hint", "questions", "rescued"), 0)
+    return {"hinted_groups": totals["groups"], "hinted_groups_with_a_right_rollout": totals["solved_groups"],
+            "no_usable_hint": totals["no_hint"], "questions_hinted": totals["questions"],
+            "questions_rescued": totals["rescued"]}
 
 
 def print_table(result: dict[str, Any]) -> None:

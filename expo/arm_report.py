@@ -85,18 +85,27 @@ def cost_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
             ("table", Table("cost", ["arm", "steps", "train seconds", "rollout tokens"], rows))]
 
 
+def hint_totals(steps: list[dict[str, Any]]) -> dict[str, int] | None:
+    """An arm's hints over its steps (None when it ran without train.hints): groups hinted, of them with a
+    right rollout (solved_groups), groups without a usable hint (no_hint), each summed; the running
+    counts of questions hinted and rescued, as of the last step."""
+    hinted = [s for s in steps if isinstance(s.get("hints/groups"), (int, float))]
+    if not hinted:
+        return None
+    totals = {key: round(sum(s.get(f"hints/{key}", 0) for s in hinted)) for key in ("groups", "solved_groups",
+                                                                                  "no_hint")}
+    return {**totals, "questions": round(hinted[-1].get("hints/questions", 0)),
+            "rescued": round(hinted[-1].get("hints/rescued", 0))}
+
+
 def hints_section(training: dict[str, list[dict[str, Any]]]) -> list[Block]:
     """Per arm that ran with train.hints: hinted groups, solved hinted groups, questions hinted, rescued."""
     rows = []
     for arm, steps in training.items():
-        hinted = [s for s in steps if isinstance(s.get("hints/groups"), (int, float))]
-        if not hinted:
-            continue
-        last = hinted[-1]
-        rows.append([arm, str(round(sum(s["hints/groups"] for s in hinted))),
-                     str(round(sum(s.get("hints/solved_groups", 0) for s in hinted))),
-                     str(round(sum(s.get("hints/no_hint", 0) for s in hinted))),
-                     str(round(last.get("hints/questions", 0))), str(round(last.get("hints/rescued", 0)))])
+        totals = hint_totals(steps)
+        if totals is not None:
+            rows.append([arm, *(str(totals[key]) for key in ("groups", "solved_groups", "no_hint", "questions",
+                                                            "rescued"))])
     if not rows:
         return []
     return [("h2", "Hints for collapsed groups"),
@@ -113,4 +122,4 @@ def arm_blocks(evaluations: dict[str, dict[str, Any]], training: dict[str, list[
     return newly_solved_section(evaluations) + cost_section(training) + hints_section(training)
 
 
-__all__ = ["arm_blocks", "cost_section", "hints_section", "newly_solved_section"]
+__all__ = ["arm_blocks", "cost_section", "hint_totals", "hints_section", "newly_solved_section"]

@@ -11,6 +11,7 @@ from kfp import dsl
 import components as c
 from expo.config import load_pipeline_config
 from expo.stages import STAGE_SECTIONS, stage_config_yaml
+from trainkit import pipeline_task_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -30,9 +31,7 @@ def chain(tmp_path_factory):
     """Run every component once, in DAG order, sharing one MLflow store and pipeline run id."""
     root = tmp_path_factory.mktemp("components")
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    mp.setenv("EXPO_PIPELINE_RUN_ID", "components-test-run")
-    mp.setenv("EXPO_WORKSPACE", str(root / "workspace"))
+    pipeline_task_env(mp, root, "components-test-run")
     cfg = load_pipeline_config(None, TINY)
     conf = {stage: stage_config_yaml(cfg, stage) for stage in STAGE_SECTIONS}
     a = {}

@@ -16,7 +16,7 @@ from expo.config import ExpoConfig, load_config
 from expo.io import read_json, read_jsonl, write_jsonl
 from expo.plan import GiB
 from fake_vllm import install
-from trainkit import make_folders, rows
+from trainkit import make_folders, pipeline_task_env, rows
 
 QWEN_7B = {"model_type": "qwen2", "num_hidden_layers": 28, "hidden_size": 3584, "intermediate_size": 18944,
            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
@@ -73,9 +73,7 @@ def stage_config(stage: str) -> str:
 
 @pytest.fixture
 def stage_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("EXPO_PIPELINE_RUN_ID", "generation-parallelism-test")
-    monkeypatch.setenv("EXPO_WORKSPACE", str(tmp_path / "workspace"))
+    pipeline_task_env(monkeypatch, tmp_path, "generation-parallelism-test")
     make_folders(tmp_path, n=5)
     write_jsonl(tmp_path / "data" / "eval.jsonl", rows(5))
     return tmp_path

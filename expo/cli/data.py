@@ -99,12 +99,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = data_config(args)
     result = prepare_data(cfg, args.output, progress=not args.no_progress)
-    if result.eval == 0 and cfg.eval_fraction > 0:
+    empty = result.empty_validation(cfg.eval_fraction)
+    if empty and cfg.eval_fraction > 0:
         # Not an error (the train split is whole), but evaluation and validation during training
         # read eval.jsonl: say so now rather than leave the user to find an empty file later.
-        print(f"expo data: warning: the validation split (eval.jsonl) is empty: {result.rows_out} "
-              f"row{'s' if result.rows_out != 1 else ''} kept, and a level needs at least 2 to hold one "
-              f"out (data.eval_fraction {cfg.eval_fraction})", file=sys.stderr)
+        print(f"expo data: warning: the validation split (eval.jsonl) is empty: {empty}", file=sys.stderr)
     print(f"{result.rows_out} of {result.rows_in} rows kept (train {result.train}, eval {result.eval}, "
           f"{sum(result.skipped.values())} dropped) -> {result.output_dir}")
     return 0

@@ -59,6 +59,15 @@ class DataResult:
     # the test set (data.test_source): {"source", "rows_in", "rows", "levels": {level: n}, "skipped"}
     test: dict[str, Any] | None = None
 
+    def empty_validation(self, eval_fraction: float) -> str | None:
+        """Why the validation split (eval.jsonl) is empty, or None when it holds rows."""
+        if self.eval:
+            return None
+        if eval_fraction == 0:
+            return "data.eval_fraction is 0: nothing is held out"
+        return (f"{self.rows_out} row{'s' if self.rows_out != 1 else ''} kept, and a level needs at least 2 to "
+                f"hold one out (data.eval_fraction {eval_fraction})")
+
     def stats(self) -> dict[str, Any]:
         out = {"rows_in": self.rows_in, "rows_out": self.rows_out, "train": self.train, "eval": self.eval,
                "skipped": dict(self.skipped), "digest": dict(self.digest), "schemas": dict(self.schemas),

@@ -320,7 +320,7 @@ def _generation(cfg: ExpoConfig, shape: ModelShape, stage: str) -> Stage:
     cpus, limit = _pod(cfg, key)
     vllm = gpus > 0 and cfg.generation.backend != "hf"
     card = int(cfg.cluster.gpu_memory_gib * GiB)
-    processes = generation_processes(cfg.generation.parallelism, gpus, shape, cfg, stage, card) if vllm else 1
+    processes = generation_processes(cfg, stage, gpus, shape, card) if vllm else 1
     # each data-parallel process holds what the one process would (as the training processes do)
     cpu = processes * (PROCESS_HOST + shape.params() * _inference_bytes(cfg) + (VLLM_HOST if vllm else 0)
                        + _verifier_workers(cpus) * VERIFIER_WORKER)
@@ -394,12 +394,13 @@ def generation_engine(cfg: ExpoConfig, shape: ModelShape, stage: str, tp: int, c
                    VLLM_PROFILE_TOKENS, VLLM_PROFILE_SEQS, card=card)
 
 
-def generation_processes(parallelism: str, gpus: int, shape: ModelShape | None, cfg: ExpoConfig, stage: str,
-                         card: int) -> int:
-    """How many processes a generation stage with vLLM runs on `gpus` GPUs of `card` bytes: 1 (one engine
-    across them, tensor parallel) or `gpus` (one engine each, the questions split). `auto`: one per GPU
-    when one card's engine holds the weights with at least as much left for the KV cache; a model of
-    unknown shape stays tensor parallel (it fits wherever the cards hold it together)."""
+def generation_processes(cfg: ExpoConfig, stage: str, gpus: int, shape: ModelShape | None, card: int) -> int:
+    """How many processes a generation stage with vLLM runs on `gpus` GPUs of `card` bytes
+    (`generation.parallelism`): 1 (one engine across them, tensor parallel) or `gpus` (one engine each,
+    the questions split). `auto`: one per GPU when one card's engine holds the weights with at least as
+    much left for the KV cache; a model of unknown shape stays tensor parallel (it fits wherever the
+    cards hold it together)."""
+    parallelism = cfg.generation.parallelism
     if gpus <= 1 or parallelism == "tensor":
         return 1
     if parallelism == "data":

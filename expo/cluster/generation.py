@@ -59,8 +59,7 @@ def stage_processes(cfg: ExpoConfig, stage: str, model_dir: str | Path, visible_
         import torch
 
         card_bytes = torch.cuda.get_device_properties(0).total_memory
-    return generation_processes(cfg.generation.parallelism, visible_gpus, model_shape(str(model_dir)), cfg,
-                                stage, card_bytes)
+    return generation_processes(cfg, stage, visible_gpus, model_shape(str(model_dir)), card_bytes)
 
 
 def worker_argv(nproc: int, cfg: ExpoConfig, stage: str, data_dir: str | Path, model_dir: str | Path,
